@@ -1,0 +1,1 @@
+"""Experiment configs that ship inside the package (the default experiment)."""

@@ -1,0 +1,10 @@
+"""Data: sources of real examples, transforms, and one grain pipeline per task variant."""
+
+from imp.data.pipeline import EvalBatches, TaskIterators, eval_batches, prompt_tokens, task_dataset
+from imp.data.sources import SOURCES, DataSource, load_source, register_source
+from imp.data.tokenizer import ByteTokenizer
+
+__all__ = [
+    "SOURCES", "ByteTokenizer", "DataSource", "EvalBatches", "TaskIterators", "eval_batches",
+    "load_source", "prompt_tokens", "register_source", "task_dataset",
+]

@@ -1,0 +1,136 @@
+"""Data sources: named builders of real, labelled examples, chosen by config.
+
+A source turns a config entry (`config.datasets.<name>`) into a `DataSource`: random-access
+splits of example dicts (a grain data source), the class names and the modalities an example
+provides. New sources register with `@register_source("name")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+SOURCES: dict[str, Callable[..., DataSource]] = {}
+
+
+def register_source(name: str):
+  """Registers a builder `fn(name, **settings) -> DataSource` under `name`."""
+
+  def wrap(fn):
+    if name in SOURCES:
+      raise ValueError(f"data source {name!r} registered twice.")
+    SOURCES[name] = fn
+    return fn
+
+  return wrap
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+  """A random-access split held in memory: field -> array with a leading example axis.
+
+  Implements grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`).
+  """
+
+  fields: Mapping[str, np.ndarray]
+
+  def __len__(self) -> int:
+    return len(next(iter(self.fields.values())))
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in self.fields.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """A dataset ready for pipelines.
+
+  Attributes:
+    name: the config name of the dataset.
+    modalities: modalities an example provides. "text" is listed for labelled datasets
+      whose class names give label text (IMP's label-text contrastive, §4.1).
+    class_names: one name per label id.
+    splits: split name -> ArraySplit.
+    label_templates: prompt templates, each with one "{}" for the class name.
+    augment: training augmentation settings (`translate`: max pixel shift).
+  """
+
+  name: str
+  modalities: tuple[str, ...]
+  class_names: tuple[str, ...]
+  splits: Mapping[str, ArraySplit]
+  label_templates: tuple[str, ...] = ("{}",)
+  augment: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def split(self, split: str) -> ArraySplit:
+    if split not in self.splits:
+      raise ValueError(
+          f"dataset {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}.")
+    return self.splits[split]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def load_source(name: str, settings: Mapping[str, Any]) -> DataSource:
+  """Builds dataset `name` from its config entry ({"source": ..., **source settings})."""
+  settings = dict(settings)
+  source = settings.pop("source", None)
+  augment = dict(settings.pop("augment", None) or {})
+  if source not in SOURCES:
+    raise ValueError(
+        f"datasets.{name}.source={source!r} is not a known source; valid sources: "
+        f"{', '.join(sorted(SOURCES))}.")
+  try:
+    data = SOURCES[source](name, **settings)
+  except TypeError as e:
+    raise ValueError(f"datasets.{name}: bad settings for source {source!r}: {e}") from e
+  data = dataclasses.replace(data, augment=augment)
+  for split_name, split in data.splits.items():
+    if len(split) == 0:
+      raise ValueError(f"datasets.{name}: split {split_name!r} is empty.")
+  return data
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@register_source("sklearn_digits")
+def sklearn_digits(
+    name: str,
+    *,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    label_templates: tuple[str, ...] = ("{}",),
+) -> DataSource:
+  """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes).
+
+  Splits "train" and "test" are a stratified hold-out split of `test_fraction`. Images are
+  uint8 [8, 8, 1] (the 0..16 intensities scaled by 16, clipped to 255).
+  """
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+
+  if not 0.0 < test_fraction < 1.0:
+    raise ValueError(f"datasets.{name}.test_fraction={test_fraction} must be in (0, 1).")
+  digits = load_digits()
+  images = np.clip(digits.images * 16.0, 0, 255).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  index = np.arange(len(labels))
+  train_idx, test_idx = train_test_split(
+      index, test_size=test_fraction, stratify=labels, random_state=split_seed)
+  splits = {
+      split: ArraySplit({"image": images[np.sort(idx)], "label": labels[np.sort(idx)]})
+      for split, idx in (("train", train_idx), ("test", test_idx))
+  }
+  return DataSource(
+      name=name,
+      modalities=("image", "text"),
+      class_names=DIGIT_NAMES,
+      splits=splits,
+      label_templates=tuple(label_templates),
+  )

@@ -1,0 +1,98 @@
+r"""Command line: train or evaluate an experiment.
+
+  python -m imp.main --config experiments/digits.py --workdir /tmp/digits \
+      --config.total_steps=500 --config.model.depth=2
+  python -m imp.main                       # the default experiment into ./workdirs/digits
+  python -m imp.main --mode=eval --config experiments/digits.py --workdir /tmp/digits
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+import imp.configs.digits
+
+_DEFAULT_CONFIG = str(Path(imp.configs.digits.__file__))
+
+
+
+def _define_config_flag():
+  """--config, whose `--config.a.b=v` overrides ml_collections applies as soon as it is defined.
+
+  A bad override (unknown key, wrong type) becomes one line naming it, not a traceback.
+  """
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Experiment config file (get_config), optionally `path:arg`.",
+        lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError, flags.Error) as e:
+    message = re.sub(r"(\\n|\\'|\n|')+", " ", str(e)).strip()
+    overrides = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
+    sys.stderr.write(f"FATAL bad config ({overrides}): {message}\n")
+    sys.exit(2)
+
+
+_CONFIG = _define_config_flag()
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and summary (default ./workdirs/<name>).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+
+
+def _summary_lines(summary: dict) -> list[str]:
+  cache = summary["step_cache"]
+  lines = [
+      f"steps: {summary['steps']} ({summary['steps_this_run']} this run) in "
+      f"{summary['wall_seconds']:.1f}s, {summary['steps_per_second']} steps/s",
+      f"step cache: {cache['size']} programs, {cache['misses']} compiles, {cache['hits']} hits, "
+      f"{cache['compile_seconds']:.1f}s compiling = {100 * cache['compile_share']:.1f}% of wall, "
+      f"{cache['xla_compiles_after_warmup']} XLA compiles after warm-up",
+      f"data wait: {100 * (summary['data_wait_share'] or 0):.1f}% of loop time",
+      "task steps: " + ", ".join(f"{k}={v}" for k, v in summary["task_steps"].items()),
+  ]
+  lines += [f"{k}: {v:.4f}" for k, v in summary["eval"].items()]
+  return lines
+
+
+def _config_path() -> str:
+  return config_flags.get_config_filename(flags.FLAGS["config"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Our own INFO lines (compiles, resume) go to the console; libraries (orbax) only warn.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+  for name in ("imp", "imp.train.step_cache", "imp.train.checkpoint"):
+    logging.getLogger(name).setLevel(logging.INFO)
+  logging.getLogger("imp").addHandler(handler)
+  from imp.train import loop  # after flags: keeps `--help` fast
+
+  config = _CONFIG.value
+  try:
+    config.keys()  # ml_collections defers the error of a config file that failed to load
+  except OSError as e:
+    cause = e
+    while cause.__cause__ is not None:
+      cause = cause.__cause__
+    raise app.UsageError(f"--config={_config_path()}: "
+                         f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
+  workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
+  if _MODE.value == "eval":
+    print(json.dumps(loop.evaluate(config, workdir), indent=2))
+    return
+  summary = loop.train(config, workdir)
+  print("\n".join(["", f"== summary ({workdir}/summary.json) =="] + _summary_lines(summary)))
+
+
+if __name__ == "__main__":
+  app.run(main)

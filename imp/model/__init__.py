@@ -1,0 +1,11 @@
+"""The IMP model: modality embedders -> one shared encoder -> heads.
+
+Shape glossary used in docstrings:
+  B batch, N tokens, D model width, E common embedding width, C classes,
+  F frames, H height, W width, T spectrogram time bins, Q spectrogram frequency bins.
+"""
+
+from imp.model.encoder import REMAT_POLICIES, Encoder, drop_tokens
+from imp.model.imp_model import IMPModel, ModelConfig, Request
+
+__all__ = ["REMAT_POLICIES", "Encoder", "IMPModel", "ModelConfig", "Request", "drop_tokens"]

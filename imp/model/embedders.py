@@ -1,0 +1,123 @@
+"""Modality embedders: raw inputs -> tokens [B, N, D] in the encoder's shared space.
+
+Vision follows VATT: 3D patches of a video (an image is a one-frame video, repeated to fill
+the temporal patch). Audio is a spectrogram cut into 2D patches (AudioMAE). Text is a token
+embedding (T5). Each adds a learnable position table defined on a *base* grid; a variant with
+another grid (multi-resolution training, IMP §3.4) gets the table resized to its grid, so all
+variants share one set of position parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imp.model import logical
+
+Array = jax.Array
+
+
+class GridPositions(nn.Module):
+  """Learnable positions on `base_grid`, linearly resized to the requested grid.
+
+  Returns [*grid, D].
+  """
+
+  base_grid: Sequence[int]
+  width: int
+
+  @nn.compact
+  def __call__(self, grid: Sequence[int]) -> Array:
+    axes = tuple(f"pos_{i}" for i in range(len(self.base_grid))) + ("embed",)
+    table = self.param("table", logical.normal(0.02, *axes), (*self.base_grid, self.width))
+    if tuple(grid) == tuple(self.base_grid):
+      return table
+    return jax.image.resize(table, (*grid, self.width), method="linear")
+
+
+def patchify(x: Array, patch: Sequence[int]) -> tuple[Array, tuple[int, ...]]:
+  """Cuts [B, *spatial, C] into non-overlapping patches.
+
+  Returns ([B, *grid, prod(patch) * C], grid) with grid[i] = spatial[i] // patch[i].
+  """
+  b, *spatial, c = x.shape
+  for i, (size, p) in enumerate(zip(spatial, patch, strict=True)):
+    if size % p:
+      raise ValueError(f"input axis {i + 1} has size {size}, not divisible by patch {p}.")
+  grid = tuple(s // p for s, p in zip(spatial, patch, strict=True))
+  shape = [b]
+  for g, p in zip(grid, patch, strict=True):
+    shape += [g, p]
+  x = x.reshape(*shape, c)
+  n = len(grid)
+  # [B, g0, p0, g1, p1, ..., C] -> [B, g0, g1, ..., p0, p1, ..., C]
+  order = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [1 + 2 * n]
+  x = x.transpose(order)
+  return x.reshape(b, *grid, -1), grid
+
+
+class VisionEmbedder(nn.Module):
+  """Images [B, H, W, C] or videos [B, F, H, W, C] -> tokens [B, F/pt * H/ph * W/pw, D]."""
+
+  width: int
+  patch: Sequence[int]  # (pt, ph, pw)
+  base_grid: Sequence[int]  # (tf, th, tw) of the base resolution
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim == 4:
+      x = x[:, None]
+    if x.ndim != 5:
+      raise ValueError(f"vision input must be [B, H, W, C] or [B, F, H, W, C], got {x.shape}.")
+    frames, pt = x.shape[1], self.patch[0]
+    if frames == 1 and pt > 1:
+      x = jnp.repeat(x, pt, axis=1)  # an image is a still video filling one temporal patch
+    patches, grid = patchify(x, self.patch)
+    tokens = nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
+                      bias_init=logical.zeros("embed"), name="patch_proj")(patches)
+    tokens = tokens + GridPositions(self.base_grid, self.width, name="pos")(grid)
+    return tokens.reshape(x.shape[0], -1, self.width)
+
+
+class AudioEmbedder(nn.Module):
+  """Spectrograms [B, T, Q, 1] -> tokens [B, T/pt * Q/pq, D]."""
+
+  width: int
+  patch: Sequence[int]  # (pt, pq)
+  base_grid: Sequence[int]
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim != 4:
+      raise ValueError(f"audio input must be a spectrogram [B, T, Q, 1], got {x.shape}.")
+    patches, grid = patchify(x, self.patch)
+    tokens = nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
+                      bias_init=logical.zeros("embed"), name="patch_proj")(patches)
+    tokens = tokens + GridPositions(self.base_grid, self.width, name="pos")(grid)
+    return tokens.reshape(x.shape[0], -1, self.width)
+
+
+class TextEmbedder(nn.Module):
+  """Token ids [B, L] -> tokens [B, L, D].
+
+  Positions are sliced, not resized, for shorter texts: position i of a 16-token label means
+  the same as position i of a 256-token caption.
+  """
+
+  width: int
+  vocab_size: int
+  max_length: int
+
+  @nn.compact
+  def __call__(self, ids: Array) -> Array:
+    length = ids.shape[1]
+    if length > self.max_length:
+      raise ValueError(f"text length {length} exceeds model.text.max_length={self.max_length}.")
+    embed = nn.Embed(
+        self.vocab_size, self.width, name="token",
+        embedding_init=logical.normal(0.02, "vocab", "embed"))
+    pos = GridPositions((self.max_length,), self.width, name="pos")((self.max_length,))
+    return embed(ids) + pos[:length]

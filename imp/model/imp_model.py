@@ -1,0 +1,213 @@
+"""IMPModel: embed each input modality, run the shared encoder, apply the requested heads.
+
+The model knows modalities and head names, never tasks: a step passes a `Request` saying which
+outputs it needs, and only those submodules run (so only their parameters get gradients).
+
+Outputs (keys of the returned dict):
+  "logits/<head>":      [B, C] classifier logits on the average-pooled encoding.
+  "embedding/<modality>": [B, E] L2-normalised projection into the common space (CLIP-style).
+  "features/<modality>":  [B, D] average-pooled encoder output (for linear probes).
+  "logit_scale":        [] the learnable inverse temperature, when any embedding is requested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imp.model import logical
+from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
+from imp.model.encoder import Encoder, drop_tokens
+
+Array = jax.Array
+
+# Which embedder family reads each modality: an image is a one-frame video.
+EMBEDDER_OF = {"image": "vision", "video": "vision", "audio": "audio", "text": "text"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Model hyper-parameters (config key `model`).
+
+  Attributes:
+    width: model dimension D.
+    depth: encoder layers.
+    num_heads: attention heads.
+    mlp_dim: hidden size of the feed-forward blocks.
+    embed_dim: width E of the common contrastive space.
+    scan_layers: roll layers with nn.scan.
+    remat_policy: a key of imp.model.REMAT_POLICIES.
+    vision_patch: (pt, ph, pw) patch of videos; images fill pt by repetition.
+    vision_base_grid: (tf, th, tw) token grid of the base vision resolution.
+    vision_channels: input channels.
+    audio_patch: (pt, pq) spectrogram patch.
+    audio_base_grid: (tt, tq) token grid of the base spectrogram.
+    text_vocab_size: token vocabulary.
+    text_max_length: longest text (positions are defined up to it).
+    logit_scale_init: initial inverse temperature of contrastive logits (CLIP: 1 / 0.07).
+    logit_scale_max: the inverse temperature is clipped to this (CLIP: 100).
+  """
+
+  width: int = 64
+  depth: int = 4
+  num_heads: int = 4
+  mlp_dim: int = 256
+  embed_dim: int = 64
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  vision_patch: tuple[int, int, int] = (1, 2, 2)
+  vision_base_grid: tuple[int, int, int] = (1, 4, 4)
+  vision_channels: int = 1
+  audio_patch: tuple[int, int] = (4, 4)
+  audio_base_grid: tuple[int, int] = (8, 8)
+  text_vocab_size: int = 258
+  text_max_length: int = 32
+  logit_scale_init: float = 1.0 / 0.07
+  logit_scale_max: float = 100.0
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+      raise ValueError(f"model.{unknown[0]} is not a model setting; valid: {', '.join(fields)}.")
+    values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
+    return cls(**values)
+
+  def dummy_input(self, modality: str, batch: int = 1) -> np.ndarray:
+    """A zero input of the base shape, for initialisation."""
+    if modality == "image":
+      _, th, tw = self.vision_base_grid
+      return np.zeros((batch, th * self.vision_patch[1], tw * self.vision_patch[2],
+                       self.vision_channels), np.float32)
+    if modality == "video":
+      shape = [g * p for g, p in zip(self.vision_base_grid, self.vision_patch, strict=True)]
+      return np.zeros((batch, *shape, self.vision_channels), np.float32)
+    if modality == "audio":
+      shape = [g * p for g, p in zip(self.audio_base_grid, self.audio_patch, strict=True)]
+      return np.zeros((batch, *shape, 1), np.float32)
+    if modality == "text":
+      return np.ones((batch, self.text_max_length), np.int32)
+    raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(EMBEDDER_OF)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """The outputs one step needs (static: part of the compiled step's identity).
+
+  Attributes:
+    classify: (modality, head name) pairs: logits of that head on that modality.
+    embed: modalities to project into the common space.
+    features: modalities whose pooled encoder features to return.
+  """
+
+  classify: tuple[tuple[str, str], ...] = ()
+  embed: tuple[str, ...] = ()
+  features: tuple[str, ...] = ()
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    wanted = [m for m, _ in self.classify] + list(self.embed) + list(self.features)
+    return tuple(dict.fromkeys(wanted))
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+  """Mean of [B, N, D] over real tokens (mask bool [B, N]) -> [B, D]."""
+  weights = mask.astype(x.dtype)[..., None]
+  return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+
+
+class IMPModel(nn.Module):
+  """Embedders -> shared encoder -> classifier heads and contrastive projections.
+
+  Attributes:
+    config: ModelConfig.
+    heads: (head name, number of classes) of every classifier, e.g. one per dataset.
+    modalities: modalities the model embeds (one projection head each).
+  """
+
+  config: ModelConfig
+  heads: Sequence[tuple[str, int]] = ()
+  modalities: Sequence[str] = ("image", "text")
+
+  def setup(self):
+    c = self.config
+    families = {EMBEDDER_OF[m] for m in self.modalities}
+    embedders = {}
+    if "vision" in families:
+      embedders["vision"] = VisionEmbedder(c.width, c.vision_patch, c.vision_base_grid)
+    if "audio" in families:
+      embedders["audio"] = AudioEmbedder(c.width, c.audio_patch, c.audio_base_grid)
+    if "text" in families:
+      embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length)
+    self.embedders = embedders
+    self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
+                           c.remat_policy)
+    # Zero-initialised heads start at uniform predictions (as big_vision does).
+    self.classifiers = {
+        name: nn.Dense(classes, kernel_init=logical.zeros("embed", "classes"),
+                       bias_init=logical.zeros("classes"))
+        for name, classes in self.heads}
+    self.projections = {
+        m: nn.Dense(c.embed_dim, kernel_init=logical.kernel("embed", "common"),
+                    bias_init=logical.zeros("common"))
+        for m in self.modalities}
+    self.log_logit_scale = self.param(
+        "log_logit_scale", nn.initializers.constant(math.log(c.logit_scale_init)), ())
+
+  def encode(self, modality: str, x: Array, *, train: bool = False,
+             drop_token: float = 0.0) -> tuple[Array, Array]:
+    """One modality through its embedder and the shared encoder.
+
+    Returns (tokens [B, N, D], mask bool [B, N]); N shrinks under DropToken.
+    """
+    if modality not in self.modalities:
+      raise ValueError(f"model has no {modality!r} embedder; modalities: {self.modalities}.")
+    tokens = self.embedders[EMBEDDER_OF[modality]](x)
+    if modality == "text":
+      mask = x != 0  # id 0 is padding
+    else:
+      mask = jnp.ones(tokens.shape[:2], bool)
+      # DropToken applies to the long perceptual sequences, never to short discrete text.
+      if train and drop_token > 0.0:
+        tokens, mask = drop_tokens(tokens, mask, drop_token, self.make_rng("droptoken"))
+    chex.assert_rank(tokens, 3)
+    return self.encoder(tokens, mask), mask
+
+  def __call__(self, inputs: Mapping[str, Array], request: Request, *, train: bool = False,
+               drop_token: float = 0.0) -> dict[str, Array]:
+    pooled = {}
+    for modality in request.modalities:
+      if modality not in inputs:
+        raise ValueError(f"request needs input {modality!r}; batch has {sorted(inputs)}.")
+      tokens, mask = self.encode(modality, inputs[modality], train=train, drop_token=drop_token)
+      pooled[modality] = masked_mean(tokens, mask)
+    out = {}
+    for modality, head in request.classify:
+      if head not in self.classifiers:
+        raise ValueError(f"no classifier head {head!r}; heads: {sorted(self.classifiers)}.")
+      out[f"logits/{head}"] = self.classifiers[head](pooled[modality])
+    for modality in request.embed:
+      z = self.projections[modality](pooled[modality])
+      out[f"embedding/{modality}"] = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
+    for modality in request.features:
+      out[f"features/{modality}"] = pooled[modality]
+    if request.embed:
+      out["logit_scale"] = jnp.exp(
+          jnp.minimum(self.log_logit_scale, math.log(self.config.logit_scale_max)))
+    return out
+
+  def init_request(self) -> Request:
+    """A request that touches every parameter, for initialisation."""
+    image_like = [m for m in self.modalities if m != "text"]
+    first = image_like[0] if image_like else self.modalities[0]
+    return Request(classify=tuple((first, h) for h, _ in self.heads),
+                   embed=tuple(self.modalities))

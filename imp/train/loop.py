@@ -1,0 +1,241 @@
+"""The AGD training loop (IMP Algorithm 1), top to bottom.
+
+  sources + tasks -> sampler -> per-task grain iterators -> model + optimizer -> resume
+  -> loop: task of step t -> its batch -> its compiled step (StepCache) -> metrics
+  -> periodic evaluation and checkpoints -> summary
+
+Sections are marked with banners; each is short. Nothing here branches on a dataset's name.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from imp.data import DataSource, TaskIterators, load_source, task_dataset
+from imp.evaluate import EvalSuite
+from imp.model import IMPModel, ModelConfig, Request
+from imp.objectives import OBJECTIVES, get_objective
+from imp.tasks import TaskRegistry, TaskSampler
+from imp.train.checkpoint import Checkpointer
+from imp.train.metric_writers import MetricWriter
+from imp.train.state import TrainState, init_state, make_optimizer
+from imp.train.step import StepSpec, make_infer_step, make_train_step
+from imp.train.step_cache import StepCache, signature, xla_compiles
+
+log = logging.getLogger("imp")
+
+CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
+               "checkpoint_keep", "datasets", "tasks", "sampling", "model", "optimizer", "input",
+               "evals")
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step."""
+
+  config: ml_collections.ConfigDict
+  workdir: Path
+  sources: dict[str, DataSource]
+  registry: TaskRegistry
+  sampler: TaskSampler
+  model: IMPModel
+  tx: Any
+  state: TrainState
+  suite: EvalSuite
+  cache: StepCache
+  checkpointer: Checkpointer
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  unknown = sorted(set(config.keys()) - set(CONFIG_KEYS))
+  if unknown:
+    raise ValueError(f"config.{unknown[0]} is not a config key; valid: {', '.join(CONFIG_KEYS)}.")
+  for key in ("total_steps", "log_every"):
+    if int(config[key]) <= 0:
+      raise ValueError(f"config.{key}={config[key]} must be a positive int.")
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
+  """Validates the config and builds data, tasks, model, optimizer and state (no compiles)."""
+  _check_config(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # ---- Data sources and tasks -----------------------------------------------------------
+  sources = {name: load_source(name, cfg) for name, cfg in config.datasets.items()}
+  registry = TaskRegistry.from_config(
+      config.tasks.to_dict() if hasattr(config.tasks, "to_dict") else config.tasks,
+      dataset_sizes={n: len(s.split("train")) for n, s in sources.items()},
+      dataset_modalities={n: s.modalities for n, s in sources.items()},
+      objectives=list(OBJECTIVES),
+      weighting=config.sampling.get("weighting", "size"))
+  for task in registry:
+    get_objective(task.objective, f"tasks.{task.entry}.objective").check_args(
+        task.entry, dict(task.args), task.modalities)
+  sampler = TaskSampler(registry.weights, seed=config.seed)
+
+  # ---- Model, optimizer, state ----------------------------------------------------------
+  modalities = {m for t in registry for m in t.modalities}
+  for entry in config.evals.values():
+    modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
+        entry.get("modality", "image")}
+  heads = tuple((n, s.num_classes) for n, s in sources.items() if s.num_classes)
+  model = IMPModel(ModelConfig.from_config(config.model), heads=heads,
+                   modalities=tuple(sorted(modalities)))
+  tx = make_optimizer(config.optimizer, config.total_steps)
+  state = init_state(model, tx, config.seed)
+  return Experiment(
+      config=config, workdir=workdir, sources=sources, registry=registry, sampler=sampler,
+      model=model, tx=tx, state=state, suite=EvalSuite(config.evals, sources), cache=StepCache(),
+      checkpointer=Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
+                                keep=config.checkpoint_keep))
+
+
+def _infer_fn(exp: Experiment, params: Any):
+  """`infer(request, batch)` for the eval suite, backed by the step cache."""
+
+  def infer(request: Request, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    program = exp.cache.compiled(("infer", request), lambda: make_infer_step(exp.model, request),
+                                 (params, batch))
+    return jax.device_get(program(params, batch))
+
+  return infer
+
+
+def _meta(exp: Experiment, iterators: TaskIterators) -> dict[str, Any]:
+  return {"sampler": exp.sampler.state_dict(), "data": iterators.get_state(),
+          "config": json.loads(exp.config.to_json_best_effort())}
+
+
+def _mean_by_task(pending: list[tuple[str, dict]]) -> dict[str, float]:
+  """Per-task means of the metrics of the steps since the last write."""
+  values = jax.device_get([m for _, m in pending])
+  sums: dict[str, list[float]] = collections.defaultdict(list)
+  for (task, _), metrics in zip(pending, values, strict=True):
+    for name, value in metrics.items():
+      sums[f"{task}/{name}"].append(float(value))
+  return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Runs (or resumes) an experiment; returns the summary also written to summary.json."""
+  wall_start = time.perf_counter()
+  exp = build(config, workdir)
+  registry, sampler, cache = exp.registry, exp.sampler, exp.cache
+  log.info("tasks (name, weight): %s",
+           ", ".join(f"{t.name}={t.weight:.3f}" for t in registry))
+
+  # ---- Input pipelines: one grain iterator per task variant ------------------------------
+  seeds = np.random.SeedSequence(config.seed).spawn(len(registry))
+  iterators = TaskIterators({
+      t.name: task_dataset(exp.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
+                           num_threads=config.input.num_threads, prefetch=config.input.prefetch)
+      for t, s in zip(registry, seeds, strict=True)})
+
+  # ---- Resume ------------------------------------------------------------------------------
+  state = exp.state
+  restored = exp.checkpointer.restore(state)
+  if restored is not None:
+    state, meta = restored
+    sampler.check_state(meta["sampler"])
+    iterators.set_state(meta["data"])
+    log.info("resumed from step %d", int(state.step))
+
+  # ---- Compiled steps ----------------------------------------------------------------------
+  specs = {t.name: StepSpec.from_task(t) for t in registry}
+
+  def run_step(task_name: str, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    spec = specs[task_name]
+    program = cache.compiled(("train", spec),
+                             lambda: make_train_step(exp.model, exp.tx, spec, state, batch),
+                             (state, batch), donate_argnums=(0,), sig=signature(batch))
+    return program(state, batch)
+
+  # ---- The AGD loop ----------------------------------------------------------------------
+  writer = MetricWriter(exp.workdir, enabled=jax.process_index() == 0)
+  total = int(config.total_steps)
+  start = int(state.step)
+  counts = collections.Counter()
+  pending: list[tuple[str, dict]] = []
+  evals: dict[str, float] = {}
+  data_wait = 0.0
+  warm: set[str] = set()  # tasks whose step has run once: their compiles are done
+  compiles_after_warmup = 0
+  loop_start = time.perf_counter()
+  bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
+             dynamic_ncols=True)
+  for step in range(start, total):
+    task = registry[sampler.task_index(step)]
+    t0 = time.perf_counter()
+    batch = iterators.next(task.name)
+    data_wait += time.perf_counter() - t0
+    compiles_before = xla_compiles()
+    state, metrics = run_step(task.name, state, batch)
+    if task.name in warm:
+      compiles_after_warmup += xla_compiles() - compiles_before
+    warm.add(task.name)
+    counts[task.name] += 1
+    pending.append((task.name, metrics))
+    bar.update(1)
+    done = step + 1
+
+    if done % config.log_every == 0 or done == total:
+      scalars = _mean_by_task(pending)
+      pending.clear()
+      writer.write(done, scalars)
+      line = "  ".join(f"{k}={v:.3f}" for k, v in sorted(scalars.items())
+                       if k.endswith(("/loss", "/accuracy")))
+      bar.write(f"step {done}: {line}  (steps cached: {len(cache)}, hits {cache.hits})")
+
+    if done == total or (config.eval_every and done % config.eval_every == 0):
+      evals = exp.suite.run(_infer_fn(exp, state.params))
+      writer.write(done, evals, kind="eval")
+      bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+
+    if done == total or exp.checkpointer.should_save(done):
+      exp.checkpointer.save(done, state, _meta(exp, iterators))
+  bar.close()
+  exp.checkpointer.close()
+
+  # ---- Summary -----------------------------------------------------------------------------
+  wall = time.perf_counter() - wall_start
+  loop_seconds = time.perf_counter() - loop_start
+  steps_run = total - start
+  summary = {
+      "steps": total, "steps_this_run": steps_run, "wall_seconds": round(wall, 2),
+      "steps_per_second": round(steps_run / loop_seconds, 2) if steps_run else None,
+      "data_wait_share": round(data_wait / loop_seconds, 4) if steps_run else None,
+      "step_cache": dict(cache.stats(wall), xla_compiles_after_warmup=compiles_after_warmup),
+      "task_steps": dict(sorted(counts.items())),
+      "eval": evals,
+  }
+  writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
+                       "data_wait_share": summary["data_wait_share"] or 0.0}, kind="summary")
+  writer.close()
+  (exp.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+  """Runs the eval suite on the latest checkpoint in `workdir`."""
+  exp = build(config, workdir)
+  restored = exp.checkpointer.restore(exp.state)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {exp.checkpointer.directory}; train first.")
+  state, _ = restored
+  results = exp.suite.run(_infer_fn(exp, state.params))
+  exp.checkpointer.close()
+  (exp.workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+  return results

@@ -1,0 +1,94 @@
+"""Train state and the optimizer built from config."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from imp.model import IMPModel
+
+OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw}
+SCHEDULES = ("cosine", "constant")
+_OPTIMIZER_KEYS = ("name", "learning_rate", "warmup_steps", "schedule", "end_lr_fraction",
+                   "b1", "b2", "eps", "weight_decay", "grad_clip_norm")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes.
+
+  Attributes:
+    step: int32 [] steps taken.
+    params: model parameters (unboxed; logical axes live in `IMPModel` metadata).
+    opt_state: optax state.
+    rng: uint32 [2] base key; a step's key is `fold_in(rng, step)`.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+  """Linear warm-up, then cosine decay to `end_lr_fraction` of the peak (or constant)."""
+  peak = float(cfg["learning_rate"])
+  warmup = int(cfg.get("warmup_steps", 0))
+  schedule = cfg.get("schedule", "cosine")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"optimizer.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}.")
+  if schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+        [max(warmup, 1)])
+  return optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+      end_value=peak * float(cfg.get("end_lr_fraction", 0.0)))
+
+
+def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
+  """Adam/AdamW with a warm-up + cosine schedule and global-norm gradient clipping."""
+  unknown = sorted(set(cfg) - set(_OPTIMIZER_KEYS))
+  if unknown:
+    raise ValueError(
+        f"optimizer.{unknown[0]} is not an optimizer setting; valid: {', '.join(_OPTIMIZER_KEYS)}.")
+  name = cfg.get("name", "adam")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}.")
+  kwargs = {k: float(cfg[k]) for k in ("b1", "b2", "eps") if k in cfg}
+  if name == "adamw":
+    # Decay matrices only: biases, norms, positions and the temperature keep their scale.
+    kwargs["weight_decay"] = float(cfg.get("weight_decay", 0.0))
+    kwargs["mask"] = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  elif cfg.get("weight_decay"):
+    raise ValueError("optimizer.weight_decay needs optimizer.name='adamw'.")
+  parts = []
+  if cfg.get("grad_clip_norm"):
+    parts.append(optax.clip_by_global_norm(float(cfg["grad_clip_norm"])))
+  parts.append(OPTIMIZERS[name](learning_rate_schedule(cfg, total_steps), **kwargs))
+  return optax.chain(*parts)
+
+
+def init_state(model: IMPModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """Initialises every parameter (all embedders and heads) and the optimizer state."""
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+  inputs = {m: model.config.dummy_input(m) for m in model.modalities}
+  variables = jax.jit(model.init, static_argnums=2)(init_rng, inputs, model.init_request())
+  params = nn.unbox(variables["params"])
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=state_rng)
+
+
+def logical_axes(model: IMPModel) -> Any:
+  """Logical axis names of every parameter, e.g. ("layers", "embed", "mlp")."""
+  inputs = {m: model.config.dummy_input(m) for m in model.modalities}
+  init = functools.partial(model.init, request=model.init_request())
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0), inputs)
+  return nn.get_partition_spec(abstract)["params"]

@@ -1,0 +1,124 @@
+"""The AGD train step: one task's loss, its gradient, and an update of only what it used.
+
+`make_train_step` returns a pure function `(state, batch) -> (state, metrics)` for one
+`StepSpec`. Everything static about a step (objective, head, modalities, DropToken rate, loss
+weight, objective arguments) is in the spec, so the step cache compiles one program per
+(spec, batch signature).
+
+Only parameters the task reads move (DESIGN: AGD updates). Adam would otherwise move another
+dataset's head on every step through its momentum; the set of parameters a task reads is
+found once, from the jaxpr of its loss, and the update and optimizer state of every other
+parameter are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from imp.model import IMPModel, Request
+from imp.objectives import get_objective
+from imp.tasks import Task
+from imp.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What a compiled train step depends on besides shapes (hashable)."""
+
+  objective: str
+  head: str
+  modalities: tuple[str, ...]
+  drop_token: float = 0.0
+  loss_weight: float = 1.0
+  args: tuple[tuple[str, Any], ...] = ()
+
+  @classmethod
+  def from_task(cls, task: Task) -> StepSpec:
+    return cls(task.objective, task.dataset, task.modalities, task.variant.drop_token,
+               task.loss_weight, task.args)
+
+  @property
+  def request(self) -> Request:
+    needs = get_objective(self.objective).needs(self.head, self.modalities, **dict(self.args))
+    return Request(classify=needs.classify, embed=needs.embed)
+
+
+def params_read_by(fn: Callable[..., Any], params: Any, *args: Any) -> Any:
+  """Bool pytree like `params`: True where `fn(params, *args)` reads the leaf.
+
+  Traces `fn` abstractly (no compute) and marks the parameter inputs that any equation of
+  its jaxpr consumes or that it returns.
+  """
+  closed = jax.make_jaxpr(fn)(params, *args)
+  leaves, treedef = jax.tree.flatten(params)
+  param_vars = closed.jaxpr.invars[: len(leaves)]
+  read = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars}
+  read |= {id(v) for v in closed.jaxpr.outvars}
+  return jax.tree.unflatten(treedef, [id(v) in read for v in param_vars])
+
+
+def _keep_unread(new: Any, old: Any, read: Any) -> Any:
+  """new where read else old; `read` is static, so this costs nothing when compiled."""
+  return jax.tree.map(lambda n, o, r: n if r else o, new, old, read)
+
+
+def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
+                    state: TrainState, batch: Batch,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Builds the pure train step of one spec.
+
+  Args:
+    model, tx: the model and optimizer.
+    spec: the step's static description.
+    state, batch: examples (arrays or ShapeDtypeStructs) of the step's arguments, used to
+      find which parameters this task reads.
+  """
+  objective = get_objective(spec.objective)
+  request = spec.request
+  args = dict(spec.args)
+
+  def loss_fn(params, batch, rng):
+    outputs = model.apply({"params": params}, batch, request, train=True,
+                          drop_token=spec.drop_token, rngs={"droptoken": rng})
+    loss, metrics = objective.loss(outputs, batch, head=spec.head,
+                                   modalities=spec.modalities, **args)
+    return loss * spec.loss_weight, (loss, metrics)
+
+  abstract = lambda tree: jax.tree.map(  # noqa: E731
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  read_mask = params_read_by(lambda p, b, r: loss_fn(p, b, r)[0], abstract(state.params),
+                             abstract(batch), abstract(state.rng))
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (loss, metrics)), grads = grad_fn(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = _keep_unread(optax.apply_updates(state.params, updates), state.params, read_mask)
+    # Optimizer-state leaves that mirror a parameter follow its mask; counters always advance.
+    state_mask = optax.tree_map_params(tx, lambda _, r: r, opt_state, read_mask,
+                                       transform_non_params=lambda _: True)
+    opt_state = _keep_unread(opt_state, state.opt_state, state_mask)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def make_infer_step(model: IMPModel, request: Request) -> Callable[[Any, Batch], dict]:
+  """Pure evaluation forward pass: (params, batch) -> requested outputs."""
+
+  def infer(params, batch):
+    return model.apply({"params": params}, batch, request, train=False)
+
+  return infer

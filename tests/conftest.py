@@ -1,0 +1,5 @@
+"""Test set-up: CPU only. `slow` marks the full default experiment (run with `-m slow`)."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
