@@ -136,8 +136,8 @@ def eval_batches(source: DataSource, split: str, *, modality: str,
   if modality not in ("image",):
     raise ValueError(f"evaluation of modality {modality!r} is not supported yet; use 'image'.")
   images = np.stack([
-      transforms.resize_image(transforms.normalize_image(data[i][modality]), resolution)
-      for i in range(len(data))
+      transforms.resize_image(transforms.normalize_image(x), resolution)
+      for x in data.fields[modality]
   ])
   labels = np.asarray(data.fields["label"], np.int32)
   batches = []

@@ -7,12 +7,17 @@ that policies may save are tagged with `checkpoint_name`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from imp.model import logical
+from imp.model.moe import ROUTERS, MoeMlp
 
 Array = jax.Array
 
@@ -90,29 +95,107 @@ class Mlp(nn.Module):
                     bias_init=logical.zeros("embed"), name="wo")(h)
 
 
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+  """Where and how the encoder uses Mixture-of-Experts FFNs (config key `model.moe`).
+
+  Attributes:
+    num_experts: experts per MoE layer; 0 means a dense encoder.
+    every: the last layer of every block of `every` layers is MoE, the others dense
+      (V-MoE/LIMoE use every=2); depth must be a multiple of it.
+    router: a key of imp.model.moe.ROUTERS ("expert_choice" as IMP, or "top_k").
+    router_args: keyword arguments of the router (capacity factors, k, noise, loss weights).
+    hidden_dim: expert hidden width (default: model.mlp_dim, so expert choice at capacity
+      factor 1.0 costs the FLOPs of the dense FFN).
+    group_size: "example", "batch" or a number of tokens per routing group.
+    dispatch: "gather" (fast on one device) or "einsum" (lowers to all-to-all on a mesh).
+  """
+
+  num_experts: int = 0
+  every: int = 1
+  router: str = "expert_choice"
+  router_args: tuple[tuple[str, Any], ...] = ()
+  hidden_dim: int | None = None
+  group_size: str | int = "example"
+  dispatch: str = "gather"
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any] | None) -> MoeConfig:
+    cfg = dict(cfg or {})
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+      raise ValueError(f"model.moe.{unknown[0]} is not an MoE setting; valid: {', '.join(fields)}.")
+    if "router_args" in cfg:
+      cfg["router_args"] = tuple(sorted(dict(cfg["router_args"]).items()))
+    moe = cls(**cfg)
+    if moe.num_experts and moe.router not in ROUTERS:
+      raise ValueError(f"model.moe.router={moe.router!r} is not known; valid: "
+                       f"{', '.join(sorted(ROUTERS))}.")
+    return moe
+
+
 class EncoderBlock(nn.Module):
-  """Pre-LN Transformer block; (x [B, N, D], mask [B, N]) -> (x, None) for `nn.scan`."""
+  """Pre-LN Transformer block: (x [B, N, D], mask [B, N]) -> (x, MoE metrics or None).
+
+  With `moe` set, the FFN is a Mixture-of-Experts layer; tokens no expert picks pass through
+  the residual unchanged.
+  """
 
   width: int
   num_heads: int
   mlp_dim: int
+  moe: MoeConfig | None = None
+  train: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> tuple[Array, None]:
+  def __call__(self, x: Array, mask: Array) -> tuple[Array, dict | None]:
     y = SelfAttention(self.width, self.num_heads, name="attn")(logical.layer_norm("ln_attn")(x),
                                                                mask)
     x = x + checkpoint_name(y, "attn_out")
-    y = Mlp(self.width, self.mlp_dim, name="mlp")(logical.layer_norm("ln_mlp")(x))
+    h = logical.layer_norm("ln_mlp")(x)
+    metrics = None
+    if self.moe is None:
+      y = Mlp(self.width, self.mlp_dim, name="mlp")(h)
+    else:
+      y, metrics = MoeMlp(
+          num_experts=self.moe.num_experts, hidden_dim=self.moe.hidden_dim or self.mlp_dim,
+          router=self.moe.router, router_kwargs=self.moe.router_args,
+          group_size=self.moe.group_size, dispatch=self.moe.dispatch, name="moe",
+      )(h, mask, train=self.train)
     x = x + checkpoint_name(y, "mlp_out")
-    return x, None
+    return x, metrics
+
+
+class BlockGroup(nn.Module):
+  """`every` blocks, the last with an MoE FFN: the unit `nn.scan` repeats in an MoE encoder."""
+
+  width: int
+  num_heads: int
+  mlp_dim: int
+  moe: MoeConfig
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> tuple[Array, dict]:
+    for i in range(self.moe.every - 1):
+      x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, train=self.train,
+                          name=f"dense_{i}")(x, mask)
+    return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe,
+                        train=self.train, name="moe_block")(x, mask)
 
 
 class Encoder(nn.Module):
-  """Stack of `depth` blocks plus a final LayerNorm: ([B, N, D], bool [B, N]) -> [B, N, D].
+  """Stack of `depth` blocks plus a final LayerNorm.
+
+  (tokens [B, N, D], mask bool [B, N]) -> (tokens [B, N, D], MoE metrics), where each MoE
+  metric has a leading [moe_layers] axis (empty dict for a dense encoder).
 
   Attributes:
-    scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis).
+    scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis; with
+      MoE every `moe.every` layers form the scanned unit).
     remat_policy: a key of REMAT_POLICIES.
+    moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
   """
 
   width: int
@@ -121,24 +204,34 @@ class Encoder(nn.Module):
   mlp_dim: int
   scan_layers: bool = True
   remat_policy: str = "none"
+  moe: MoeConfig | None = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, *, train: bool = False) -> tuple[Array, dict]:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"{', '.join(REMAT_POLICIES)}.")
-    block = EncoderBlock
-    policy = REMAT_POLICIES[self.remat_policy]
+    moe = self.moe if self.moe is not None and self.moe.num_experts else None
+    if moe is not None and (moe.every < 1 or self.depth % moe.every):
+      raise ValueError(f"model.depth={self.depth} must be a multiple of "
+                       f"model.moe.every={moe.every}.")
+    unit = EncoderBlock if moe is None else BlockGroup
+    kwargs = {"train": train} if moe is None else {"moe": moe, "train": train}
+    length = self.depth if moe is None else self.depth // moe.every
     if self.remat_policy != "none":
       # Under scan, CSE cannot merge the recomputation across iterations, so it is safe off.
-      block = nn.remat(block, policy=policy, prevent_cse=not self.scan_layers)
+      unit = nn.remat(unit, policy=REMAT_POLICIES[self.remat_policy],
+                      prevent_cse=not self.scan_layers)
+    args = (self.width, self.num_heads, self.mlp_dim)
     if self.scan_layers:
       layers = nn.scan(
-          block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=nn.broadcast, length=self.depth,
-          metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = layers(self.width, self.num_heads, self.mlp_dim, name="layers")(x, mask)
+          unit, variable_axes={"params": 0}, split_rngs={"params": True, "router": True},
+          in_axes=nn.broadcast, length=length, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, metrics = layers(*args, **kwargs, name="layers")(x, mask)
     else:
-      for i in range(self.depth):
-        x, _ = block(self.width, self.num_heads, self.mlp_dim, name=f"layer_{i}")(x, mask)
-    return logical.layer_norm("ln_final")(x)
+      per_layer = []
+      for i in range(length):
+        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask)
+        per_layer.append(m)
+      metrics = None if moe is None else jax.tree.map(lambda *m: jnp.stack(m), *per_layer)
+    return logical.layer_norm("ln_final")(x), metrics or {}

@@ -25,7 +25,7 @@ import numpy as np
 
 from imp.model import logical
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
-from imp.model.encoder import Encoder, drop_tokens
+from imp.model.encoder import Encoder, MoeConfig, drop_tokens
 
 Array = jax.Array
 
@@ -54,6 +54,7 @@ class ModelConfig:
     text_max_length: longest text (positions are defined up to it).
     logit_scale_init: initial inverse temperature of contrastive logits (CLIP: 1 / 0.07).
     logit_scale_max: the inverse temperature is clipped to this (CLIP: 100).
+    moe: Mixture-of-Experts placement and routing (`model.moe`; dense by default).
   """
 
   width: int = 64
@@ -72,6 +73,7 @@ class ModelConfig:
   text_max_length: int = 32
   logit_scale_init: float = 1.0 / 0.07
   logit_scale_max: float = 100.0
+  moe: MoeConfig = MoeConfig()
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -80,6 +82,7 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"model.{unknown[0]} is not a model setting; valid: {', '.join(fields)}.")
     values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
+    values["moe"] = MoeConfig.from_config(cfg.get("moe"))
     return cls(**values)
 
   def dummy_input(self, modality: str, batch: int = 1) -> np.ndarray:
@@ -150,7 +153,7 @@ class IMPModel(nn.Module):
       embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length)
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
-                           c.remat_policy)
+                           c.remat_policy, c.moe)
     # Zero-initialised heads start at uniform predictions (as big_vision does).
     self.classifiers = {
         name: nn.Dense(classes, kernel_init=logical.zeros("embed", "classes"),
@@ -167,7 +170,8 @@ class IMPModel(nn.Module):
              drop_token: float = 0.0) -> tuple[Array, Array]:
     """One modality through its embedder and the shared encoder.
 
-    Returns (tokens [B, N, D], mask bool [B, N]); N shrinks under DropToken.
+    Returns (tokens [B, N, D], mask bool [B, N]); N shrinks under DropToken. MoE routing
+    metrics (each [moe_layers, ...]) are sown as intermediates "moe_<modality>".
     """
     if modality not in self.modalities:
       raise ValueError(f"model has no {modality!r} embedder; modalities: {self.modalities}.")
@@ -180,7 +184,10 @@ class IMPModel(nn.Module):
       if train and drop_token > 0.0:
         tokens, mask = drop_tokens(tokens, mask, drop_token, self.make_rng("droptoken"))
     chex.assert_rank(tokens, 3)
-    return self.encoder(tokens, mask), mask
+    tokens, moe_metrics = self.encoder(tokens, mask, train=train)
+    if moe_metrics:
+      self.sow("intermediates", f"moe_{modality}", moe_metrics)
+    return tokens, mask
 
   def __call__(self, inputs: Mapping[str, Array], request: Request, *, train: bool = False,
                drop_token: float = 0.0) -> dict[str, Array]:

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
 from imp.data import DataSource, TaskIterators, load_source, task_dataset
 from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
@@ -119,14 +120,67 @@ def _meta(exp: Experiment, iterators: TaskIterators) -> dict[str, Any]:
           "config": json.loads(exp.config.to_json_best_effort())}
 
 
-def _mean_by_task(pending: list[tuple[str, dict]]) -> dict[str, float]:
-  """Per-task means of the metrics of the steps since the last write."""
+def _mean_by_task(pending: list[tuple[str, dict]]) -> dict[str, dict[str, np.ndarray]]:
+  """task -> metric -> mean over the steps since the last write (arrays keep their shape)."""
   values = jax.device_get([m for _, m in pending])
-  sums: dict[str, list[float]] = collections.defaultdict(list)
+  collected: dict[str, dict[str, list]] = collections.defaultdict(
+      lambda: collections.defaultdict(list))
   for (task, _), metrics in zip(pending, values, strict=True):
     for name, value in metrics.items():
-      sums[f"{task}/{name}"].append(float(value))
-  return {k: float(np.mean(v)) for k, v in sums.items()}
+      collected[task][name].append(np.asarray(value))
+  return {task: {name: np.mean(v, axis=0) for name, v in metrics.items()}
+          for task, metrics in collected.items()}
+
+
+def _flatten(means: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+  """Scalars for the writers: per-layer MoE metrics become ".../l<layer>[/e<expert>]"."""
+  flat = {}
+  for task, metrics in means.items():
+    for name, value in metrics.items():
+      for index in np.ndindex(value.shape):
+        suffix = "".join(f"/{p}{i}" for p, i in zip("le", index, strict=False))
+        flat[f"{task}/{name}{suffix}"] = float(value[index])
+  return flat
+
+
+class _TrainLog:
+  """Buffers step metrics on the device and writes per-task means every `log_every` steps.
+
+  Metrics stay device arrays until a write, so logging forces no host sync per step.
+  """
+
+  def __init__(self, workdir: Path):
+    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    self.pending: list[tuple[str, dict]] = []
+    self.usage = ExpertUsage()  # MoE router probabilities per task/modality, for the heatmap
+
+  def add(self, task_name: str, metrics: dict) -> None:
+    self.pending.append((task_name, metrics))
+
+  def write(self, step: int, cache_stats: dict[str, float]) -> str:
+    """Writes the buffered means; returns the console line."""
+    means = _mean_by_task(self.pending)
+    for task_name, metrics in means.items():
+      steps = sum(t == task_name for t, _ in self.pending)
+      for name, value in metrics.items():
+        if name.endswith("/router_prob"):  # moe/<modality>/router_prob: [layers, experts]
+          self.usage.add(f"{task_name} {name.split('/')[1]}", value, count=steps)
+    self.pending.clear()
+    scalars = _flatten(means)
+    self.writer.write(step, dict(scalars, **{f"step_cache/{k}": v
+                                             for k, v in cache_stats.items()}))
+    line = "  ".join(f"{k}={v:.3f}" for k, v in sorted(scalars.items())
+                     if k.endswith(("/loss", "/accuracy")))
+    return (f"step {step}: {line}  (step cache: {cache_stats['size']} programs, "
+            f"{cache_stats['hits']} hits, {100 * cache_stats['compile_share']:.1f}% of wall "
+            "compiling)")
+
+  def close(self, workdir: Path) -> None:
+    if self.usage:
+      log.info("expert usage heatmap: %s",
+               plot_expert_usage(self.usage.means(), workdir / "moe_expert_usage.png",
+                                 label="mean router probability"))
+    self.writer.close()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -164,11 +218,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     return program(state, batch)
 
   # ---- The AGD loop ----------------------------------------------------------------------
-  writer = MetricWriter(exp.workdir, enabled=jax.process_index() == 0)
+  train_log = _TrainLog(exp.workdir)
   total = int(config.total_steps)
   start = int(state.step)
   counts = collections.Counter()
-  pending: list[tuple[str, dict]] = []
   evals: dict[str, float] = {}
   data_wait = 0.0
   warm: set[str] = set()  # tasks whose step has run once: their compiles are done
@@ -187,21 +240,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
       compiles_after_warmup += xla_compiles() - compiles_before
     warm.add(task.name)
     counts[task.name] += 1
-    pending.append((task.name, metrics))
+    train_log.add(task.name, metrics)
     bar.update(1)
     done = step + 1
 
     if done % config.log_every == 0 or done == total:
-      scalars = _mean_by_task(pending)
-      pending.clear()
-      writer.write(done, scalars)
-      line = "  ".join(f"{k}={v:.3f}" for k, v in sorted(scalars.items())
-                       if k.endswith(("/loss", "/accuracy")))
-      bar.write(f"step {done}: {line}  (steps cached: {len(cache)}, hits {cache.hits})")
+      bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start)))
 
     if done == total or (config.eval_every and done % config.eval_every == 0):
       evals = exp.suite.run(_infer_fn(exp, state.params))
-      writer.write(done, evals, kind="eval")
+      train_log.writer.write(done, evals, kind="eval")
       bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
 
     if done == total or exp.checkpointer.should_save(done):
@@ -221,9 +269,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
       "task_steps": dict(sorted(counts.items())),
       "eval": evals,
   }
-  writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
-                       "data_wait_share": summary["data_wait_share"] or 0.0}, kind="summary")
-  writer.close()
+  train_log.writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
+                                 "data_wait_share": summary["data_wait_share"] or 0.0},
+                         kind="summary")
+  train_log.close(exp.workdir)
   (exp.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 

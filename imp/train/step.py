@@ -66,6 +66,30 @@ def params_read_by(fn: Callable[..., Any], params: Any, *args: Any) -> Any:
   return jax.tree.unflatten(treedef, [id(v) in read for v in param_vars])
 
 
+def moe_summary(intermediates: dict) -> tuple[jax.Array, Metrics]:
+  """Total MoE auxiliary loss and per-modality routing metrics of one forward pass.
+
+  Args:
+    intermediates: the model's sown "moe_<modality>" entries, each a tuple of metric dicts
+      with a leading [moe_layers] axis.
+
+  Returns:
+    (aux loss summed over layers and modalities, {"moe/<modality>/<metric>": [layers, ...]}).
+  """
+  aux = jnp.zeros((), jnp.float32)
+  metrics = {}
+  for key, calls in intermediates.items():
+    if not key.startswith("moe_"):
+      continue
+    modality = key[len("moe_"):]
+    for name in calls[0]:
+      metrics[f"moe/{modality}/{name}"] = jnp.mean(jnp.stack([c[name] for c in calls]), 0)
+    aux = aux + sum(c["aux_loss"].sum() for c in calls)
+  if metrics:
+    metrics["moe/aux_loss"] = aux
+  return aux, metrics
+
+
 def _keep_unread(new: Any, old: Any, read: Any) -> Any:
   """new where read else old; `read` is static, so this costs nothing when compiled."""
   return jax.tree.map(lambda n, o, r: n if r else o, new, old, read)
@@ -87,11 +111,15 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
   args = dict(spec.args)
 
   def loss_fn(params, batch, rng):
-    outputs = model.apply({"params": params}, batch, request, train=True,
-                          drop_token=spec.drop_token, rngs={"droptoken": rng})
+    drop_rng, router_rng = jax.random.split(rng)
+    outputs, state = model.apply(
+        {"params": params}, batch, request, train=True, drop_token=spec.drop_token,
+        rngs={"droptoken": drop_rng, "router": router_rng}, mutable=["intermediates"])
     loss, metrics = objective.loss(outputs, batch, head=spec.head,
                                    modalities=spec.modalities, **args)
-    return loss * spec.loss_weight, (loss, metrics)
+    aux, moe_metrics = moe_summary(state.get("intermediates", {}))
+    metrics = dict(metrics, **moe_metrics)
+    return loss * spec.loss_weight + aux, (loss, metrics)
 
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)

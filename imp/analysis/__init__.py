@@ -1,0 +1,1 @@
+"""Analysis of trained models and runs: expert utilisation (and, later, task interference)."""
