@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 10_000
   config.checkpoint_every = 2_000
   config.checkpoint_keep = 3
+  config.nonfinite = dict(policy="skip", max_consecutive=20)
 
   config.datasets = ml_collections.ConfigDict({
       "imagenet": dict(source="tfds", tfds_name="imagenet2012", data_dir=None,

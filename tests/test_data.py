@@ -39,7 +39,7 @@ def test_digits_split_is_stratified_and_held_out(digits):
 
 def test_unknown_source_and_bad_settings():
   with pytest.raises(ValueError, match=r"datasets.x.source='mnist' is not a known source; "
-                                       r"valid sources: idx, sklearn_digits, tfds"):
+                                       r"valid sources: arrayrecord, idx, sklearn_digits, tfds"):
     load_source("x", dict(source="mnist"))
   with pytest.raises(ValueError, match=r"datasets.x: bad settings for source 'sklearn_digits'"):
     load_source("x", dict(source="sklearn_digits", colour=True))

@@ -24,6 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 2000  # steps between evaluations (and always at the end)
   config.checkpoint_every = 2000  # steps between checkpoints (and always at the end)
   config.checkpoint_keep = 2  # newest checkpoints kept
+  # A non-finite loss or gradient skips that step's update ("skip", counted in the metrics) or
+  # stops the run ("stop"); too many consecutive skips stop it too.
+  config.nonfinite = dict(policy="skip", max_consecutive=20)
 
   config.datasets = ml_collections.ConfigDict({
       "digits": dict(source="sklearn_digits", test_fraction=0.2, split_seed=0,

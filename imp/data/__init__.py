@@ -1,6 +1,7 @@
 """Data: sources of real examples, transforms, and one grain pipeline per task variant."""
 
-from imp.data import idx_source, tfds_source  # noqa: F401, E402  (register "idx" and "tfds")
+# Importing these registers the "arrayrecord", "idx" and "tfds" sources.
+from imp.data import arrayrecord_source, idx_source, tfds_source  # noqa: F401
 from imp.data.pipeline import EvalBatches, TaskIterators, eval_batches, prompt_tokens, task_dataset
 from imp.data.sources import SOURCES, DataSource, load_source, register_source
 from imp.data.tokenizer import ByteTokenizer

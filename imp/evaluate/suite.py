@@ -105,9 +105,13 @@ class EvalSuite:
             zero_shot_predictions(embeddings, class_emb), test.labels)
       if e.linear_probe:
         train = self._split(e, e.train_split)
-        probe = linear_probe(self._outputs(infer, request, train, f"features/{m}"), train.labels,
-                             self._outputs(infer, request, test, f"features/{m}"), test.labels)
-        results[f"{e.name}/linear_probe_top1"] = probe.accuracy
+        train_x = self._outputs(infer, request, train, f"features/{m}")
+        test_x = self._outputs(infer, request, test, f"features/{m}")
+        if np.isfinite(train_x).all() and np.isfinite(test_x).all():
+          probe = linear_probe(train_x, train.labels, test_x, test.labels).accuracy
+        else:  # a diverged model: report it, do not crash the run
+          probe = float("nan")
+        results[f"{e.name}/linear_probe_top1"] = probe
         if e.name not in self._raw_probe:
           self._raw_probe[e.name] = linear_probe(train.raw, train.labels, test.raw,
                                                  test.labels).accuracy

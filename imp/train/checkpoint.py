@@ -20,6 +20,10 @@ from imp.train.state import TrainState
 log = logging.getLogger("imp.checkpoint")
 
 
+def _path(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
@@ -29,6 +33,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
     )
 
   def latest_step(self) -> int | None:
@@ -42,12 +48,43 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
+  def check_compatible(self, template: TrainState, step: int) -> None:
+    """Raises a ValueError listing every parameter whose shape differs from the checkpoint."""
+    metadata = self._manager.item_metadata(step)["state"]
+    stored = {_path(p): tuple(m.shape)
+              for p, m in jax.tree_util.tree_flatten_with_path(metadata)[0]}
+    wanted = {_path(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
+    problems = []
+    for path in sorted(set(stored) | set(wanted)):
+      if not path.startswith("params"):
+        continue
+      if path not in stored:
+        problems.append(f"{path}: not in the checkpoint (config shape {wanted[path]})")
+      elif path not in wanted:
+        problems.append(f"{path}: in the checkpoint {stored[path]}, not in this config's model")
+      elif stored[path] != wanted[path]:
+        problems.append(f"{path}: checkpoint {stored[path]} vs config {wanted[path]}")
+    if problems:
+      shown = "\n  ".join(problems[:20])
+      more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+      raise ValueError(
+          f"checkpoint {self.directory / str(step)} does not fit this config's model "
+          f"({len(problems)} parameters differ):\n  {shown}{more}\nUse the config the run was "
+          "started with, or a new workdir.")
+
   def restore(self, template: TrainState, step: int | None = None,
               ) -> tuple[TrainState, dict[str, Any]] | None:
-    """Restores step (default: the latest) into `template`'s structure, or None if none."""
+    """Restores step (default: the latest complete one) into `template`, or None if none.
+
+    Only finished checkpoints are candidates: orbax writes into a temporary directory and
+    renames it when complete, so one interrupted by a crash is never loaded. Restoring reads
+    arrays and JSON only; nothing in a checkpoint is executed.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       return None
+    self.check_compatible(template, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

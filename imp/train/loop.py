@@ -13,6 +13,8 @@ import collections
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +41,34 @@ log = logging.getLogger("imp")
 
 CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
                "checkpoint_keep", "datasets", "tasks", "sampling", "model", "optimizer", "input",
-               "evals")
+               "evals", "nonfinite")
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped on a non-finite loss or gradient (config.nonfinite)."""
+
+
+class _Preemption:
+  """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and stops."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -66,6 +95,36 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   for key in ("total_steps", "log_every"):
     if int(config[key]) <= 0:
       raise ValueError(f"config.{key}={config[key]} must be a positive int.")
+  nonfinite = dict(config.get("nonfinite") or {})
+  unknown = sorted(set(nonfinite) - {"policy", "max_consecutive"})
+  if unknown:
+    raise ValueError(f"config.nonfinite.{unknown[0]} is not a setting; valid: policy, "
+                     "max_consecutive.")
+  if nonfinite.get("policy", "skip") not in NONFINITE_POLICIES:
+    raise ValueError(f"config.nonfinite.policy={nonfinite['policy']!r}; valid: "
+                     f"{', '.join(NONFINITE_POLICIES)}.")
+
+
+def _check_shapes(registry: TaskRegistry, model: ModelConfig) -> None:
+  """Every variant's input must cut into whole patches and fit the position tables."""
+  _, ph, pw = model.vision_patch
+  for task in registry:
+    v, key = task.variant, f"tasks.{task.entry}.variants.{task.variant.name}"
+    visual = v.resolution and any(m in ("image", "video") for m in task.modalities)
+    if visual and (v.resolution[0] % ph or v.resolution[1] % pw):
+      raise ValueError(f"{key}.resolution={v.resolution} is not divisible by the patch "
+                       f"model.vision_patch[1:]=({ph}, {pw}).")
+    if "video" in task.modalities and v.frames % model.vision_patch[0]:
+      raise ValueError(f"{key}.frames={v.frames} is not divisible by the temporal patch "
+                       f"model.vision_patch[0]={model.vision_patch[0]}.")
+    if "text" in task.modalities and (v.text_length or 0) > model.text_max_length:
+      raise ValueError(f"{key}.text_length={v.text_length} exceeds "
+                       f"model.text_max_length={model.text_max_length}.")
+    if "audio" in task.modalities and v.spectrogram:
+      pt, pq = model.audio_patch
+      if v.spectrogram[0] % pt or v.spectrogram[1] % pq:
+        raise ValueError(f"{key}.spectrogram={v.spectrogram} is not divisible by the patch "
+                         f"model.audio_patch=({pt}, {pq}).")
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
@@ -93,8 +152,9 @@ def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
     modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
         entry.get("modality", "image")}
   heads = tuple((n, s.num_classes) for n, s in sources.items() if s.num_classes)
-  model = IMPModel(ModelConfig.from_config(config.model), heads=heads,
-                   modalities=tuple(sorted(modalities)))
+  model_config = ModelConfig.from_config(config.model)
+  _check_shapes(registry, model_config)
+  model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)))
   tx = make_optimizer(config.optimizer, config.total_steps)
   state = init_state(model, tx, config.seed)
   return Experiment(
@@ -152,13 +212,30 @@ class _TrainLog:
   def __init__(self, workdir: Path):
     self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     self.pending: list[tuple[str, dict]] = []
+    self.steps: list[int] = []
     self.usage = ExpertUsage()  # MoE router probabilities per task/modality, for the heatmap
+    self.skipped = 0  # steps whose update the NaN/Inf guard skipped
+    self.consecutive = 0
+    self.first_skip: tuple[int, str] | None = None  # (step, task) of the latest skip run
 
-  def add(self, task_name: str, metrics: dict) -> None:
+  def add(self, step: int, task_name: str, metrics: dict) -> None:
+    self.steps.append(step)
     self.pending.append((task_name, metrics))
+
+  def _count_skips(self) -> None:
+    flags = jax.device_get([m["nonfinite"] for _, m in self.pending])
+    for step, (task_name, _), flag in zip(self.steps, self.pending, flags, strict=True):
+      if flag:
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive == 1:
+          self.first_skip = (step, task_name)
+      else:
+        self.consecutive = 0
 
   def write(self, step: int, cache_stats: dict[str, float]) -> str:
     """Writes the buffered means; returns the console line."""
+    self._count_skips()
     means = _mean_by_task(self.pending)
     for task_name, metrics in means.items():
       steps = sum(t == task_name for t, _ in self.pending)
@@ -166,6 +243,7 @@ class _TrainLog:
         if name.endswith("/router_prob"):  # moe/<modality>/router_prob: [layers, experts]
           self.usage.add(f"{task_name} {name.split('/')[1]}", value, count=steps)
     self.pending.clear()
+    self.steps.clear()
     scalars = _flatten(means)
     self.writer.write(step, dict(scalars, **{f"step_cache/{k}": v
                                              for k, v in cache_stats.items()}))
@@ -183,8 +261,35 @@ class _TrainLog:
     self.writer.close()
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Runs (or resumes) an experiment; returns the summary also written to summary.json."""
+def _check_nonfinite(train_log: _TrainLog, config: ml_collections.ConfigDict,
+                     checkpointer: Checkpointer) -> None:
+  """Applies config.nonfinite after a metrics write (skipped updates are counted there)."""
+  settings = dict(config.get("nonfinite") or {})
+  policy, limit = settings.get("policy", "skip"), int(settings.get("max_consecutive", 20))
+  if policy == "stop" and train_log.skipped:
+    why = "config.nonfinite.policy='stop'"
+  elif train_log.consecutive > limit:
+    why = (f"{train_log.consecutive} consecutive skipped steps > "
+           f"config.nonfinite.max_consecutive={limit}")
+  else:
+    return
+  step, task = train_log.first_skip
+  raise NonFiniteError(
+      f"non-finite loss or gradient in task {task!r} at step {step} ({why}). The guard kept "
+      "the parameters of those steps unchanged; the latest checkpoint is step "
+      f"{checkpointer.latest_step()} in {checkpointer.directory}.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          stop_after: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) an experiment; returns the summary also written to summary.json.
+
+  Args:
+    config: the experiment config.
+    workdir: checkpoints, metrics and summary go here; an existing checkpoint is resumed.
+    stop_after: stop (with a checkpoint) after this many steps of this run, as a preemption
+      would; for notebooks and tests.
+  """
   wall_start = time.perf_counter()
   exp = build(config, workdir)
   registry, sampler, cache = exp.registry, exp.sampler, exp.cache
@@ -221,6 +326,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   train_log = _TrainLog(exp.workdir)
   total = int(config.total_steps)
   start = int(state.step)
+  end = total if stop_after is None else min(total, start + int(stop_after))
   counts = collections.Counter()
   evals: dict[str, float] = {}
   data_wait = 0.0
@@ -229,44 +335,55 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
   loop_start = time.perf_counter()
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
              dynamic_ncols=True)
-  for step in range(start, total):
-    task = registry[sampler.task_index(step)]
-    t0 = time.perf_counter()
-    batch = iterators.next(task.name)
-    data_wait += time.perf_counter() - t0
-    compiles_before = xla_compiles()
-    state, metrics = run_step(task.name, state, batch)
-    if task.name in warm:
-      compiles_after_warmup += xla_compiles() - compiles_before
-    warm.add(task.name)
-    counts[task.name] += 1
-    train_log.add(task.name, metrics)
-    bar.update(1)
-    done = step + 1
+  with _Preemption() as preemption:
+    for step in range(start, end):
+      task = registry[sampler.task_index(step)]
+      t0 = time.perf_counter()
+      batch = iterators.next(task.name)
+      data_wait += time.perf_counter() - t0
+      compiles_before = xla_compiles()
+      state, metrics = run_step(task.name, state, batch)
+      if task.name in warm:
+        compiles_after_warmup += xla_compiles() - compiles_before
+      warm.add(task.name)
+      counts[task.name] += 1
+      train_log.add(step, task.name, metrics)
+      bar.update(1)
+      done = step + 1
+      stopping = done == end or preemption.signal is not None
 
-    if done % config.log_every == 0 or done == total:
-      bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start)))
+      if done % config.log_every == 0 or stopping:
+        bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start)))
+        _check_nonfinite(train_log, config, exp.checkpointer)
 
-    if done == total or (config.eval_every and done % config.eval_every == 0):
-      evals = exp.suite.run(_infer_fn(exp, state.params))
-      train_log.writer.write(done, evals, kind="eval")
-      bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+      # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
+      if stopping or exp.checkpointer.should_save(done):
+        exp.checkpointer.save(done, state, _meta(exp, iterators))
 
-    if done == total or exp.checkpointer.should_save(done):
-      exp.checkpointer.save(done, state, _meta(exp, iterators))
+      if done == total or (config.eval_every and done % config.eval_every == 0):
+        evals = exp.suite.run(_infer_fn(exp, state.params))
+        train_log.writer.write(done, evals, kind="eval")
+        bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+      if preemption.signal is not None:
+        bar.write(f"step {done}: signal {preemption.signal} received; saved a checkpoint at "
+                  f"step {done} in {exp.checkpointer.directory}; rerun the same command to "
+                  "resume.")
+        break
   bar.close()
   exp.checkpointer.close()
 
   # ---- Summary -----------------------------------------------------------------------------
   wall = time.perf_counter() - wall_start
   loop_seconds = time.perf_counter() - loop_start
-  steps_run = total - start
+  steps_run = sum(counts.values())
   summary = {
-      "steps": total, "steps_this_run": steps_run, "wall_seconds": round(wall, 2),
+      "steps": start + steps_run, "total_steps": total, "steps_this_run": steps_run,
+      "stopped_early": start + steps_run < total, "wall_seconds": round(wall, 2),
       "steps_per_second": round(steps_run / loop_seconds, 2) if steps_run else None,
       "data_wait_share": round(data_wait / loop_seconds, 4) if steps_run else None,
       "step_cache": dict(cache.stats(wall), xla_compiles_after_warmup=compiles_after_warmup),
       "task_steps": dict(sorted(counts.items())),
+      "nonfinite_skipped_steps": train_log.skipped,
       "eval": evals,
   }
   train_log.writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],

@@ -37,7 +37,8 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     for name, value in clean.items():
-      self._tb.add_scalar(f"{kind}/{name}", value, int(step))
+      if math.isfinite(value):  # the JSONL record keeps non-finite values as strings
+        self._tb.add_scalar(f"{kind}/{name}", value, int(step))
 
   def flush(self) -> None:
     if self.enabled:

@@ -136,7 +136,13 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
     state_mask = optax.tree_map_params(tx, lambda _, r: r, opt_state, read_mask,
                                        transform_non_params=lambda _: True)
     opt_state = _keep_unread(opt_state, state.opt_state, state_mask)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    # NaN/Inf guard inside the step: a non-finite loss or gradient leaves params and optimizer
+    # state as they were. The host reads the flag with the other metrics, never per step.
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=1.0 - finite)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,0 +1,254 @@
+"""The `arrayrecord` source: datasets written by `python -m imp.data.prepare`.
+
+A prepared directory holds one `<split>.array_record` file per split and a `metadata.json`
+(class names, fields with dtypes and shapes, counts per split, the source path). Each record
+is one example serialised with `np.savez` (one .npy entry per field) and read back with
+`allow_pickle=False`, so reading a dataset never executes code stored in it.
+
+Config entry (`config.datasets.<name>`):
+  source: "arrayrecord"
+  directory: the prepared directory (`prepare --output`).
+  label_templates: prompt templates, each with one "{}".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from imp.data.sources import DataSource, register_source
+
+METADATA_FILE = "metadata.json"
+FORMAT = "imp.arrayrecord"
+FORMAT_VERSION = 1
+# The metadata dtype of text fields (numpy stores them as "<U{n}", n varying per example).
+TEXT_DTYPE = "str"
+_MODALITY_ORDER = ("image", "video", "audio", "text")
+# Writer options: group_size:1 makes every record its own chunk, which random access (and
+# grain, which logs an error otherwise) wants.
+WRITER_OPTIONS = "group_size:1"
+# Reads per `__getitems__` call when materialising `.fields`.
+_READ_CHUNK = 1024
+
+
+def split_file(split: str) -> str:
+  return f"{split}.array_record"
+
+
+def encode_record(example: Mapping[str, np.ndarray]) -> bytes:
+  """One example (field -> array; no object arrays) as `np.savez` bytes."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **{k: np.asarray(v) for k, v in example.items()})
+  return buffer.getvalue()
+
+
+def decode_record(data: bytes, where: str) -> dict[str, np.ndarray]:
+  """Inverse of `encode_record`; `where` ("file, record i") names the record in errors."""
+  try:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f"{where}: not a record written by imp.data.prepare ({e}).") from e
+
+
+def field_dtype(array: np.ndarray) -> str:
+  """The metadata name of an array's dtype ("str" for text)."""
+  return TEXT_DTYPE if array.dtype.kind == "U" else array.dtype.name
+
+
+def check_record(example: Mapping[str, np.ndarray], fields: Mapping[str, Mapping[str, Any]],
+                 where: str) -> None:
+  """Raises ValueError (naming `where`) unless `example` matches the metadata's `fields`.
+
+  `fields` maps field -> {"dtype": name, "shape": [dim or None (varies), ...]}.
+  """
+  if set(example) != set(fields):
+    raise ValueError(
+        f"{where}: record fields {sorted(example)} do not match metadata.json's fields "
+        f"{sorted(fields)}.")
+  for name, spec in fields.items():
+    value = example[name]
+    shape = spec["shape"]
+    if (field_dtype(value) != spec["dtype"] or value.ndim != len(shape)
+        or any(d is not None and d != v for d, v in zip(shape, value.shape, strict=True))):
+      raise ValueError(
+          f"{where}: field {name!r} is {field_dtype(value)} {list(value.shape)}, but "
+          f"metadata.json says {spec['dtype']} {shape} (null: any size).")
+
+
+class _LazyFields(Mapping[str, np.ndarray]):
+  """field -> array [examples, ...] of a whole split, read once on first access and kept.
+
+  Holds the split in memory once touched: meant for evaluation splits (`eval_batches`).
+  """
+
+  def __init__(self, split: ArrayRecordSplit):
+    self._split = split
+    self._arrays: dict[str, np.ndarray] | None = None
+    self._lock = threading.Lock()
+
+  def _load(self) -> dict[str, np.ndarray]:
+    with self._lock:  # eval code may touch fields from several threads; read only once
+      if self._arrays is None:
+        split = self._split
+        values: dict[str, list[np.ndarray]] = {f: [] for f in split.field_names}
+        for start in range(0, len(split), _READ_CHUNK):
+          for example in split.__getitems__(range(start, min(start + _READ_CHUNK, len(split)))):
+            for f in values:
+              values[f].append(example[f])
+        arrays = {}
+        for f, items in values.items():
+          shapes = {item.shape for item in items}
+          if len(shapes) > 1:
+            listed = ", ".join(map(str, sorted(shapes)[:4])) + (", ..." if len(shapes) > 4 else "")
+            raise ValueError(
+                f"{split.path}: field {f!r} has examples of different shapes ({listed}); "
+                f"`.fields` (used by eval_batches) needs fixed-shape fields: prepare with "
+                f"--resize (images) or --clip-seconds (audio).")
+          arrays[f] = np.stack(items)
+        self._arrays = arrays
+      return self._arrays
+
+  def __getstate__(self) -> dict[str, Any]:
+    # grain may pickle sources into worker processes; locks do not pickle.
+    return {"split": self._split}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__(state["split"])
+
+  def __getitem__(self, field: str) -> np.ndarray:
+    if field not in self._split.field_names:
+      raise KeyError(field)
+    return self._load()[field]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._split.field_names)
+
+  def __len__(self) -> int:
+    return len(self._split.field_names)
+
+
+class ArrayRecordSplit:
+  """One prepared split: random access to decoded, checked examples.
+
+  Implements grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`,
+  `__getitems__`); `fields` gives whole-split arrays (read lazily) like `ArraySplit`.
+  """
+
+  def __init__(self, path: str, fields: Mapping[str, Mapping[str, Any]], count: int):
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    self.path = path
+    self.field_specs = {k: dict(v) for k, v in fields.items()}
+    self.field_names = tuple(fields)
+    try:
+      self._source = ArrayRecordDataSource([path])
+      length = len(self._source)
+    except Exception as e:  # the reader raises bare RuntimeErrors/ValueErrors from C++
+      raise ValueError(f"{path}: not a readable ArrayRecord file ({e}).") from e
+    if length != count:
+      raise ValueError(
+          f"{path}: holds {length} records, but metadata.json says {count}; was the directory "
+          f"prepared twice into the same place?")
+    self.fields: Mapping[str, np.ndarray] = _LazyFields(self)
+
+  def _decode(self, data: bytes, index: int) -> dict[str, np.ndarray]:
+    where = f"{self.path}, record {index}"
+    example = decode_record(data, where)
+    check_record(example, self.field_specs, where)
+    return example
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"{self.path}: record {index} out of range ({len(self)} records).")
+    index %= len(self)
+    return self._decode(self._source[index], index)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Batched read (one array_record call for all `indices`)."""
+    indices = [int(i) for i in indices]
+    records = self._source.__getitems__(indices)
+    return [self._decode(data, i) for data, i in zip(records, indices, strict=True)]
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSplit({self.path}, {len(self)} examples)"
+
+
+def read_metadata(directory: str) -> dict[str, Any]:
+  """The checked metadata.json of a prepared directory; ValueError naming the file and why."""
+  path = os.path.join(directory, METADATA_FILE)
+  if not os.path.isfile(path):
+    present = sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+    holds = ("it is not a directory" if present is None
+             else f"the directory holds: {', '.join(present) or 'nothing'}")
+    raise ValueError(
+        f"{path}: missing; a directory prepared by `python -m imp.data.prepare` has one "
+        f"({holds}).")
+  try:
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not readable JSON ({e}).") from e
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise ValueError(f"{path}: not written by imp.data.prepare (no \"format\": \"{FORMAT}\").")
+  if meta.get("version") != FORMAT_VERSION:
+    raise ValueError(f"{path}: format version {meta.get('version')!r}; this code reads version "
+                     f"{FORMAT_VERSION}. Prepare the dataset again.")
+  for key, kind in (("fields", dict), ("splits", dict), ("class_names", list)):
+    if not isinstance(meta.get(key), kind):
+      raise ValueError(f"{path}: {key!r} is missing or not a {kind.__name__}.")
+  if not meta["splits"]:
+    raise ValueError(f"{path}: lists no splits.")
+  return meta
+
+
+@register_source("arrayrecord")
+def arrayrecord_source(
+    name: str,
+    *,
+    directory: str,
+    label_templates: Sequence[str] = ("{}",),
+) -> DataSource:
+  """A dataset prepared by `imp.data.prepare`, read with random access from `directory`.
+
+  Splits and class names come from metadata.json. Examples hold the stored fields: image uint8
+  [H, W, C], audio float32 [samples] or [time, mel, 1], text a 0-d str array, label int32 [].
+  Modalities are the stored modality fields, plus "text" when there are class names.
+
+  Raises:
+    ValueError: naming the file and the reason: metadata.json missing or malformed, a split
+      file missing or unreadable, a count mismatch; reading a record that does not match the
+      metadata's fields raises too, naming the file and record.
+  """
+  directory = os.path.expanduser(str(directory))
+  meta = read_metadata(directory)
+  splits = {}
+  for split, info in meta["splits"].items():
+    path = os.path.join(directory, info.get("file", split_file(split)))
+    if not os.path.isfile(path):
+      raise ValueError(
+          f"{path}: missing; {os.path.join(directory, METADATA_FILE)} lists split {split!r} "
+          f"with {info.get('count')} examples in it.")
+    splits[split] = ArrayRecordSplit(path, meta["fields"], int(info["count"]))
+  class_names = tuple(str(c) for c in meta["class_names"])
+  modalities = [m for m in _MODALITY_ORDER if m in meta["fields"]]
+  if class_names and "text" not in modalities:
+    modalities.append("text")
+  return DataSource(
+      name=name,
+      modalities=tuple(modalities),
+      class_names=class_names,
+      splits=splits,
+      label_templates=tuple(label_templates),
+  )
