@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   config.optimizer = dict(name="adam", learning_rate=1e-3, warmup_steps=10_000,
                           schedule="cosine", grad_clip_norm=1.0)
+  config.mesh = dict(data=-1)
   config.input = dict(num_threads=16, prefetch=4)
   config.evals = ml_collections.ConfigDict({
       "imagenet": dict(dataset="imagenet", modality="image", resolution=512, text_length=16,

@@ -105,3 +105,39 @@ def test_eval_batches_pad_and_mask(digits):
   prompts = prompt_tokens(digits, 20)
   assert prompts.shape == (10, 2, 20)
   assert ByteTokenizer().decode(prompts[3, 1]) == "a three"
+
+
+def test_audio_features_from_waveforms_and_spectrograms():
+  from imp.data.pipeline import audio_features
+
+  rate = 8000
+  t = np.arange(rate // 2) / rate  # 0.5 s of a 1 kHz tone
+  example = {"audio": np.sin(2 * np.pi * 1000 * t).astype(np.float32), "sample_rate": rate}
+  spec = audio_features(example, (32, 16), None)  # 10 ms hops: 48 frames, cut to 32
+  assert spec.shape == (32, 16, 1) and spec.dtype == np.float32
+  short = audio_features({"audio": spec[:5]}, (32, 16), None)  # stored spectrogram, padded
+  np.testing.assert_array_equal(short[:5], spec[:5])
+  np.testing.assert_array_equal(short[5:], 0.0)
+  crop = audio_features({"audio": spec}, (8, 16), np.random.default_rng(0))
+  assert crop.shape == (8, 16, 1)
+  with pytest.raises(ValueError, match="does not give 20 mel bins"):
+    audio_features({"audio": spec}, (8, 20), None)
+
+
+def test_pipeline_batches_audio(digits):
+  from imp.data.sources import ArraySplit, DataSource
+
+  rate = 8000
+  waves = np.stack([np.sin(2 * np.pi * (300 + 100 * k) * np.arange(rate // 4) / rate)
+                    for k in range(10)]).astype(np.float32)
+  split = ArraySplit({"audio": waves, "sample_rate": np.full(10, rate),
+                      "label": np.arange(10, dtype=np.int32)})
+  source = DataSource("tones", ("audio", "text"), digits.class_names, {"train": split})
+  task = Task(name="a/base", entry="a", dataset="tones", objective="softmax",
+              modalities=("audio",), weight=1.0,
+              variant=Variant("base", batch_size=4, spectrogram=(16, 8)))
+  batch = next(iter(task_dataset(source, task, seed=0)))
+  assert batch["audio"].shape == (4, 16, 8, 1) and np.isfinite(batch["audio"]).all()
+  evals = eval_batches(source, "train", modality="audio", resolution=None, batch_size=4,
+                       spectrogram=(16, 8))
+  assert evals.batches[0]["audio"].shape == (4, 16, 8, 1) and evals.raw.shape == (10, 128)

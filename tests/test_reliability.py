@@ -139,3 +139,14 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, how):
   config = _small(total_steps=30)
   _assert_bit_identical(_final_params(config, tmp_path / "straight"),
                         _final_params(config, tmp_path / "cut"))
+
+
+def test_best_checkpoint_is_kept_beside_the_newest(tmp_path):
+  config = _small(total_steps=8, eval_every=4, checkpoint_keep=1)
+  summary = loop.train(config, tmp_path)
+  assert summary["steps"] == 8
+  assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["8"]
+  best = [p.name for p in (tmp_path / "checkpoints_best").iterdir() if p.name.isdigit()]
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  scores = {r["step"]: r["digits/zero_shot_top1"] for r in records if r["kind"] == "eval"}
+  assert len(best) == 1 and scores[int(best[0])] == max(scores.values()), (best, scores)

@@ -24,6 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 2000  # steps between evaluations (and always at the end)
   config.checkpoint_every = 2000  # steps between checkpoints (and always at the end)
   config.checkpoint_keep = 2  # newest checkpoints kept
+  # Also keep the checkpoint with the best value of this eval result (None: off).
+  config.checkpoint_best_metric = "digits/zero_shot_top1"
+  config.checkpoint_best_mode = "max"
   # A non-finite loss or gradient skips that step's update ("skip", counted in the metrics) or
   # stops the run ("stop"); too many consecutive skips stop it too.
   config.nonfinite = dict(policy="skip", max_consecutive=20)
@@ -55,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           end_lr_fraction=0.0, grad_clip_norm=1.0)
 
   config.input = dict(num_threads=2, prefetch=4)
+  # Device mesh: axis -> size (-1: the remaining devices). Batches split over data x fsdp.
+  config.mesh = dict(data=-1)
   config.evals = ml_collections.ConfigDict({
       # IMP evaluates at the largest resolution it trained on (§4.1).
       "digits": dict(dataset="digits", modality="image", resolution=16, text_length=24,

@@ -16,14 +16,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from imp.data.sources import DataSource, register_source
+from imp.data.sources import DataSource, LazyFields, register_source
 
 METADATA_FILE = "metadata.json"
 FORMAT = "imp.arrayrecord"
@@ -35,7 +34,6 @@ _MODALITY_ORDER = ("image", "video", "audio", "text")
 # grain, which logs an error otherwise) wants.
 WRITER_OPTIONS = "group_size:1"
 # Reads per `__getitems__` call when materialising `.fields`.
-_READ_CHUNK = 1024
 
 
 def split_file(split: str) -> str:
@@ -83,58 +81,6 @@ def check_record(example: Mapping[str, np.ndarray], fields: Mapping[str, Mapping
           f"metadata.json says {spec['dtype']} {shape} (null: any size).")
 
 
-class _LazyFields(Mapping[str, np.ndarray]):
-  """field -> array [examples, ...] of a whole split, read once on first access and kept.
-
-  Holds the split in memory once touched: meant for evaluation splits (`eval_batches`).
-  """
-
-  def __init__(self, split: ArrayRecordSplit):
-    self._split = split
-    self._arrays: dict[str, np.ndarray] | None = None
-    self._lock = threading.Lock()
-
-  def _load(self) -> dict[str, np.ndarray]:
-    with self._lock:  # eval code may touch fields from several threads; read only once
-      if self._arrays is None:
-        split = self._split
-        values: dict[str, list[np.ndarray]] = {f: [] for f in split.field_names}
-        for start in range(0, len(split), _READ_CHUNK):
-          for example in split.__getitems__(range(start, min(start + _READ_CHUNK, len(split)))):
-            for f in values:
-              values[f].append(example[f])
-        arrays = {}
-        for f, items in values.items():
-          shapes = {item.shape for item in items}
-          if len(shapes) > 1:
-            listed = ", ".join(map(str, sorted(shapes)[:4])) + (", ..." if len(shapes) > 4 else "")
-            raise ValueError(
-                f"{split.path}: field {f!r} has examples of different shapes ({listed}); "
-                f"`.fields` (used by eval_batches) needs fixed-shape fields: prepare with "
-                f"--resize (images) or --clip-seconds (audio).")
-          arrays[f] = np.stack(items)
-        self._arrays = arrays
-      return self._arrays
-
-  def __getstate__(self) -> dict[str, Any]:
-    # grain may pickle sources into worker processes; locks do not pickle.
-    return {"split": self._split}
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__init__(state["split"])
-
-  def __getitem__(self, field: str) -> np.ndarray:
-    if field not in self._split.field_names:
-      raise KeyError(field)
-    return self._load()[field]
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._split.field_names)
-
-  def __len__(self) -> int:
-    return len(self._split.field_names)
-
-
 class ArrayRecordSplit:
   """One prepared split: random access to decoded, checked examples.
 
@@ -157,7 +103,8 @@ class ArrayRecordSplit:
       raise ValueError(
           f"{path}: holds {length} records, but metadata.json says {count}; was the directory "
           f"prepared twice into the same place?")
-    self.fields: Mapping[str, np.ndarray] = _LazyFields(self)
+    self.fields: Mapping[str, np.ndarray] = LazyFields(
+        self, str(self.path), ": prepare with --resize (images) or --clip-seconds (audio)")
 
   def _decode(self, data: bytes, index: int) -> dict[str, np.ndarray]:
     where = f"{self.path}, record {index}"

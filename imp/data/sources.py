@@ -8,7 +8,8 @@ provides. New sources register with `@register_source("name")`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,63 @@ class ArraySplit:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {k: v[index] for k, v in self.fields.items()}
+
+
+class LazyFields(Mapping[str, np.ndarray]):
+  """field -> array [examples, ...] of a whole split, read once on first access and kept.
+
+  For file-backed splits (TFDS, ArrayRecord) whose code is written against `ArraySplit.fields`
+  (as `pipeline.eval_batches` is). It holds the split in memory once touched, so it is meant
+  for evaluation splits, not large training splits. The split needs `field_names`,
+  `__len__` and a batched `__getitems__`.
+  """
+
+  read_chunk = 1024
+
+  def __init__(self, split: Any, description: str, hint: str = ""):
+    self._split, self._description, self._hint = split, description, hint
+    self._arrays: dict[str, np.ndarray] | None = None
+    self._lock = threading.Lock()
+
+  def _load(self) -> dict[str, np.ndarray]:
+    with self._lock:  # eval code may touch fields from several threads; read only once
+      if self._arrays is None:
+        split, chunk = self._split, self.read_chunk
+        values: dict[str, list[np.ndarray]] = {f: [] for f in split.field_names}
+        for start in range(0, len(split), chunk):
+          for example in split.__getitems__(range(start, min(start + chunk, len(split)))):
+            for f in values:
+              values[f].append(example[f])
+        arrays = {}
+        for f, items in values.items():
+          shapes = sorted({item.shape for item in items})
+          if len(shapes) > 1:
+            listed = ", ".join(map(str, shapes[:4])) + (", ..." if len(shapes) > 4 else "")
+            raise ValueError(
+                f"{self._description}: field {f!r} has examples of different shapes ({listed}); "
+                f"`.fields` (used by eval_batches) needs fixed-shape fields{self._hint}.")
+          arrays[f] = np.stack(items)
+        self._arrays = arrays
+      return self._arrays
+
+  def __getstate__(self) -> dict[str, Any]:
+    # grain may pickle sources into worker processes: locks do not pickle, and the cached
+    # arrays are not worth shipping (workers read examples, not fields).
+    return {"split": self._split, "description": self._description, "hint": self._hint}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__(state["split"], state["description"], state["hint"])
+
+  def __getitem__(self, field: str) -> np.ndarray:
+    if field not in self._split.field_names:
+      raise KeyError(field)
+    return self._load()[field]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._split.field_names)
+
+  def __len__(self) -> int:
+    return len(self._split.field_names)
 
 
 @dataclasses.dataclass(frozen=True)

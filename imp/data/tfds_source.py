@@ -19,14 +19,13 @@ Config entry (`config.datasets.<name>`):
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from imp.data.sources import DataSource, register_source
+from imp.data.sources import DataSource, LazyFields, register_source
 
 # Fields a `features` entry may map, and which of them are modalities (registry.MODALITIES).
 FIELDS = ("image", "label", "text", "audio", "video")
@@ -37,7 +36,6 @@ DEFAULT_FEATURES: Mapping[str, str] = MappingProxyType({"image": "image", "label
 
 # Reads per `__getitems__` call when materialising `.fields`; bounds the list of decoded
 # examples held at once besides the stacked arrays.
-_READ_CHUNK = 1024
 
 
 def _as_dict(value: Any, key: str) -> dict[str, str]:
@@ -73,59 +71,6 @@ def _convert(field: str, value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
-class _LazyFields(Mapping[str, np.ndarray]):
-  """field -> array [examples, ...] of a whole split, read once on first access and kept.
-
-  Holds the split's decoded arrays in memory once touched, so use it for evaluation splits
-  (as `pipeline.eval_batches` does), not for large training splits.
-  """
-
-  def __init__(self, split: TfdsSplit):
-    self._split = split
-    self._arrays: dict[str, np.ndarray] | None = None
-    self._lock = threading.Lock()
-
-  def _load(self) -> dict[str, np.ndarray]:
-    with self._lock:  # eval code may touch fields from several threads; read only once
-      if self._arrays is None:
-        split = self._split
-        values: dict[str, list[np.ndarray]] = {f: [] for f in split.field_names}
-        for start in range(0, len(split), _READ_CHUNK):
-          for example in split.__getitems__(range(start, min(start + _READ_CHUNK, len(split)))):
-            for f in values:
-              values[f].append(example[f])
-        arrays = {}
-        for f, items in values.items():
-          shapes = {item.shape for item in items}
-          if len(shapes) > 1:
-            listed = ", ".join(map(str, sorted(shapes)[:4])) + (", ..." if len(shapes) > 4 else "")
-            raise ValueError(
-                f"{split.description}: field {f!r} has examples of different shapes ({listed}); "
-                f"`.fields` (used by eval_batches) needs fixed-shape fields.")
-          arrays[f] = np.stack(items)
-        self._arrays = arrays
-      return self._arrays
-
-  def __getstate__(self) -> dict[str, Any]:
-    # grain may pickle sources into worker processes: locks do not pickle, and the cached
-    # arrays are not worth shipping (workers read examples, not fields).
-    return {"split": self._split}
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__init__(state["split"])
-
-  def __getitem__(self, field: str) -> np.ndarray:
-    if field not in self._split.field_names:
-      raise KeyError(field)
-    return self._load()[field]
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._split.field_names)
-
-  def __len__(self) -> int:
-    return len(self._split.field_names)
-
-
 class TfdsSplit:
   """A random-access split over a TFDS data source, with our field names.
 
@@ -146,7 +91,7 @@ class TfdsSplit:
     self._features = dict(features)
     self.description = description
     self.field_names = tuple(self._features)
-    self.fields: Mapping[str, np.ndarray] = _LazyFields(self)
+    self.fields: Mapping[str, np.ndarray] = LazyFields(self, self.description)
 
   def _example(self, raw: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {ours: _convert(ours, raw[theirs]) for ours, theirs in self._features.items()}

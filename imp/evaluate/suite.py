@@ -23,8 +23,8 @@ from imp.model import Request
 
 Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
-_EVAL_KEYS = ("dataset", "modality", "resolution", "text_length", "train_split", "test_split",
-              "batch_size", "zero_shot", "linear_probe", "templates")
+_EVAL_KEYS = ("dataset", "modality", "resolution", "spectrogram", "text_length", "train_split",
+              "test_split", "batch_size", "zero_shot", "linear_probe", "templates")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,8 @@ class _Entry:
   name: str
   source: DataSource
   modality: str
-  resolution: tuple[int, int]
+  resolution: tuple[int, int] | None
+  spectrogram: tuple[int, int] | None
   text_length: int
   train_split: str
   test_split: str
@@ -40,6 +41,11 @@ class _Entry:
   zero_shot: bool
   linear_probe: bool
   templates: tuple[str, ...] | None
+
+
+def _raw_name(entry: _Entry) -> str:
+  """The baseline probe's result name: raw pixels for images, the raw spectrogram for audio."""
+  return "raw_pixel_probe_top1" if entry.modality == "image" else "raw_input_probe_top1"
 
 
 class EvalSuite:
@@ -55,10 +61,11 @@ class EvalSuite:
       if spec["dataset"] not in sources:
         raise ValueError(f"evals.{name}.dataset={spec['dataset']!r} is not in config.datasets; "
                          f"valid: {', '.join(sources)}.")
-      res = spec["resolution"]
+      res, spectrogram = spec.get("resolution"), spec.get("spectrogram")
       self.entries.append(_Entry(
           name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
-          resolution=(res, res) if isinstance(res, int) else tuple(res),
+          resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
+          spectrogram=tuple(spectrogram) if spectrogram else None,
           text_length=int(spec.get("text_length", 16)),
           train_split=spec.get("train_split", "train"), test_split=spec.get("test_split", "test"),
           batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
@@ -67,12 +74,23 @@ class EvalSuite:
     self._batches: dict[tuple[str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """Names of the results `run` returns."""
+    names = []
+    for e in self.entries:
+      names += [f"{e.name}/zero_shot_top1"] if e.zero_shot else []
+      names += ([f"{e.name}/linear_probe_top1", f"{e.name}/{_raw_name(e)}"]
+                if e.linear_probe else [])
+    return tuple(names)
+
   def _split(self, entry: _Entry, split: str):
     key = (entry.name, split)
     if key not in self._batches:
       self._batches[key] = eval_batches(entry.source, split, modality=entry.modality,
                                         resolution=entry.resolution,
-                                        batch_size=entry.batch_size)
+                                        batch_size=entry.batch_size,
+                                        spectrogram=entry.spectrogram)
     return self._batches[key]
 
   @staticmethod
@@ -115,5 +133,5 @@ class EvalSuite:
         if e.name not in self._raw_probe:
           self._raw_probe[e.name] = linear_probe(train.raw, train.labels, test.raw,
                                                  test.labels).accuracy
-        results[f"{e.name}/raw_pixel_probe_top1"] = self._raw_probe[e.name]
+        results[f"{e.name}/{_raw_name(e)}"] = self._raw_probe[e.name]
     return results

@@ -59,45 +59,52 @@ def patchify(x: Array, patch: Sequence[int]) -> tuple[Array, tuple[int, ...]]:
   return x.reshape(b, *grid, -1), grid
 
 
-class VisionEmbedder(nn.Module):
-  """Images [B, H, W, C] or videos [B, F, H, W, C] -> tokens [B, F/pt * H/ph * W/pw, D]."""
+class PatchEmbedder(nn.Module):
+  """[B, *spatial, C] -> tokens [B, prod(spatial / patch), D]: patches, projection, positions.
+
+  Subclasses adapt their raw input in `prepare`.
+  """
 
   width: int
-  patch: Sequence[int]  # (pt, ph, pw)
-  base_grid: Sequence[int]  # (tf, th, tw) of the base resolution
+  patch: Sequence[int]
+  base_grid: Sequence[int]
+
+  def prepare(self, x: Array) -> Array:
+    return x
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    x = self.prepare(x)
+    patches, grid = patchify(x, self.patch)
+    tokens = nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
+                      bias_init=logical.zeros("embed"), name="patch_proj")(patches)
+    tokens = tokens + GridPositions(self.base_grid, self.width, name="pos")(grid)
+    return tokens.reshape(x.shape[0], -1, self.width)
+
+
+class VisionEmbedder(PatchEmbedder):
+  """Images [B, H, W, C] or videos [B, F, H, W, C] -> tokens [B, F/pt * H/ph * W/pw, D].
+
+  patch is (pt, ph, pw); base_grid is the (tf, th, tw) token grid of the base resolution.
+  """
+
+  def prepare(self, x: Array) -> Array:
     if x.ndim == 4:
       x = x[:, None]
     if x.ndim != 5:
       raise ValueError(f"vision input must be [B, H, W, C] or [B, F, H, W, C], got {x.shape}.")
-    frames, pt = x.shape[1], self.patch[0]
-    if frames == 1 and pt > 1:
-      x = jnp.repeat(x, pt, axis=1)  # an image is a still video filling one temporal patch
-    patches, grid = patchify(x, self.patch)
-    tokens = nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
-                      bias_init=logical.zeros("embed"), name="patch_proj")(patches)
-    tokens = tokens + GridPositions(self.base_grid, self.width, name="pos")(grid)
-    return tokens.reshape(x.shape[0], -1, self.width)
+    if x.shape[1] == 1 and self.patch[0] > 1:
+      x = jnp.repeat(x, self.patch[0], axis=1)  # an image is a still video filling one patch
+    return x
 
 
-class AudioEmbedder(nn.Module):
-  """Spectrograms [B, T, Q, 1] -> tokens [B, T/pt * Q/pq, D]."""
+class AudioEmbedder(PatchEmbedder):
+  """Spectrograms [B, T, Q, 1] -> tokens [B, T/pt * Q/pq, D]; patch is (pt, pq)."""
 
-  width: int
-  patch: Sequence[int]  # (pt, pq)
-  base_grid: Sequence[int]
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def prepare(self, x: Array) -> Array:
     if x.ndim != 4:
       raise ValueError(f"audio input must be a spectrogram [B, T, Q, 1], got {x.shape}.")
-    patches, grid = patchify(x, self.patch)
-    tokens = nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
-                      bias_init=logical.zeros("embed"), name="patch_proj")(patches)
-    tokens = tokens + GridPositions(self.base_grid, self.width, name="pos")(grid)
-    return tokens.reshape(x.shape[0], -1, self.width)
+    return x
 
 
 class TextEmbedder(nn.Module):

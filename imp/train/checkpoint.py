@@ -27,9 +27,22 @@ def _path(path) -> str:
 class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
-  def __init__(self, directory: str | Path, *, every: int, keep: int = 2):
+  def __init__(self, directory: str | Path, *, every: int, keep: int = 2,
+               best_metric: str | None = None, best_mode: str = "max"):
     self.directory = Path(directory).absolute()
     self.every = int(every)
+    self.best_metric = best_metric
+    self._best = None
+    if best_metric:
+      if best_mode not in ("max", "min"):
+        raise ValueError(f"config.checkpoint_best_mode={best_mode!r}; valid: max, min.")
+      # A second manager keeps only the best-scoring checkpoint, beside the newest `keep`.
+      self._best = ocp.CheckpointManager(
+          self.directory.with_name(self.directory.name + "_best"),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode),
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -47,6 +60,15 @@ class Checkpointer:
     """Starts an asynchronous save of `state` and `meta` at `step`."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def save_best(self, step: int, state: TrainState, meta: dict[str, Any],
+                metrics: dict[str, float]) -> None:
+    """Offers a checkpoint scored by `metrics[best_metric]`; the best one is kept."""
+    if self._best is None:
+      return
+    self._best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
   def check_compatible(self, template: TrainState, step: int) -> None:
     """Raises a ValueError listing every parameter whose shape differs from the checkpoint."""
@@ -95,5 +117,7 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    for manager in (self._manager, self._best):
+      if manager is not None:
+        manager.wait_until_finished()
+        manager.close()

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
@@ -30,6 +31,7 @@ from imp.data import DataSource, TaskIterators, load_source, task_dataset
 from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
 from imp.objectives import OBJECTIVES, get_objective
+from imp.parallel.mesh import data_parallel_size, make_mesh, put_batch, replicated
 from imp.tasks import TaskRegistry, TaskSampler
 from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
@@ -40,8 +42,8 @@ from imp.train.step_cache import StepCache, signature, xla_compiles
 log = logging.getLogger("imp")
 
 CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
-               "checkpoint_keep", "datasets", "tasks", "sampling", "model", "optimizer", "input",
-               "evals", "nonfinite")
+               "checkpoint_keep", "checkpoint_best_metric", "checkpoint_best_mode", "datasets",
+               "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh")
 NONFINITE_POLICIES = ("skip", "stop")
 
 
@@ -86,6 +88,7 @@ class Experiment:
   suite: EvalSuite
   cache: StepCache
   checkpointer: Checkpointer
+  mesh: Mesh
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -151,17 +154,31 @@ def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
   for entry in config.evals.values():
     modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
         entry.get("modality", "image")}
+  mesh = make_mesh(config.get("mesh"))
+  shards = data_parallel_size(mesh)
+  for task in registry:
+    if task.variant.batch_size % max(shards, jax.process_count()):
+      raise ValueError(
+          f"tasks.{task.entry}.variants.{task.variant.name}.batch_size="
+          f"{task.variant.batch_size} does not split over the {shards} data-parallel devices "
+          f"of config.mesh ({dict(mesh.shape)}) and {jax.process_count()} processes.")
   heads = tuple((n, s.num_classes) for n, s in sources.items() if s.num_classes)
   model_config = ModelConfig.from_config(config.model)
   _check_shapes(registry, model_config)
   model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)))
   tx = make_optimizer(config.optimizer, config.total_steps)
-  state = init_state(model, tx, config.seed)
+  state = jax.device_put(init_state(model, tx, config.seed), replicated(mesh))
+  suite = EvalSuite(config.evals, sources)
+  best_metric = config.get("checkpoint_best_metric")
+  if best_metric and best_metric not in suite.metric_names:
+    raise ValueError(f"config.checkpoint_best_metric={best_metric!r} is not an eval result; "
+                     f"valid: {', '.join(suite.metric_names) or '(no evals configured)'}.")
   return Experiment(
       config=config, workdir=workdir, sources=sources, registry=registry, sampler=sampler,
-      model=model, tx=tx, state=state, suite=EvalSuite(config.evals, sources), cache=StepCache(),
+      model=model, tx=tx, state=state, suite=suite, cache=StepCache(), mesh=mesh,
       checkpointer=Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
-                                keep=config.checkpoint_keep))
+                                keep=config.checkpoint_keep, best_metric=best_metric,
+                                best_mode=config.get("checkpoint_best_mode", "max")))
 
 
 def _infer_fn(exp: Experiment, params: Any):
@@ -300,7 +317,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   seeds = np.random.SeedSequence(config.seed).spawn(len(registry))
   iterators = TaskIterators({
       t.name: task_dataset(exp.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
-                           num_threads=config.input.num_threads, prefetch=config.input.prefetch)
+                           num_threads=config.input.num_threads, prefetch=config.input.prefetch,
+                           shard=(jax.process_index(), jax.process_count()),
+                           batch_size=t.variant.batch_size // jax.process_count())
       for t, s in zip(registry, seeds, strict=True)})
 
   # ---- Resume ------------------------------------------------------------------------------
@@ -308,6 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   restored = exp.checkpointer.restore(state)
   if restored is not None:
     state, meta = restored
+    state = jax.device_put(state, replicated(exp.mesh))
     sampler.check_state(meta["sampler"])
     iterators.set_state(meta["data"])
     log.info("resumed from step %d", int(state.step))
@@ -341,6 +361,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       t0 = time.perf_counter()
       batch = iterators.next(task.name)
       data_wait += time.perf_counter() - t0
+      batch = put_batch(batch, exp.mesh)  # split over the data-parallel devices
       compiles_before = xla_compiles()
       state, metrics = run_step(task.name, state, batch)
       if task.name in warm:
@@ -363,6 +384,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       if done == total or (config.eval_every and done % config.eval_every == 0):
         evals = exp.suite.run(_infer_fn(exp, state.params))
         train_log.writer.write(done, evals, kind="eval")
+        exp.checkpointer.save_best(done, state, _meta(exp, iterators), evals)
         bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
       if preemption.signal is not None:
         bar.write(f"step {done}: signal {preemption.signal} received; saved a checkpoint at "

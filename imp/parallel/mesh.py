@@ -1,0 +1,70 @@
+"""A device mesh from config, and where state and batches live on it.
+
+Axes are named (data, fsdp, expert, tensor). Today batches are split over (data, fsdp) and
+parameters and optimizer state are replicated: data parallelism on one host or many. The
+logical-axis rules that shard parameters over fsdp/expert/tensor build on this (issue 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(spec: Mapping[str, int] | None, num_devices: int) -> dict[str, int]:
+  """Resolves config.mesh (axis -> size, one size may be -1 for "the rest") for the devices."""
+  spec = dict(spec or {"data": -1})
+  unknown = sorted(set(spec) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"config.mesh.{unknown[0]} is not a mesh axis; valid: "
+                     f"{', '.join(MESH_AXES)}.")
+  sizes = {axis: int(spec.get(axis, 1)) for axis in MESH_AXES}
+  free = [axis for axis, size in sizes.items() if size == -1]
+  if len(free) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
+    raise ValueError(f"config.mesh={spec}: sizes must be positive, with at most one -1.")
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"config.mesh={spec}: the fixed axes ({fixed} devices) do not divide "
+                       f"the {num_devices} devices.")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(f"config.mesh={spec} has {math.prod(sizes.values())} devices, but this "
+                     f"run has {num_devices} ({jax.devices()[0].platform}); make the axis "
+                     "sizes multiply to the device count, or use -1 for one axis.")
+  return sizes
+
+
+def make_mesh(spec: Mapping[str, int] | None, devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_shape(spec, len(devices))
+  grid = np.asarray(devices).reshape([sizes[axis] for axis in MESH_AXES])
+  return Mesh(grid, MESH_AXES)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays sharded over (data, fsdp)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
