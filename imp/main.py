@@ -87,10 +87,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"--config={_config_path()}: "
                          f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
-  if _MODE.value == "eval":
-    print(json.dumps(loop.evaluate(config, workdir), indent=2))
-    return
-  summary = loop.train(config, workdir)
+  try:
+    if _MODE.value == "eval":
+      print(json.dumps(loop.evaluate(config, workdir), indent=2))
+      return
+    summary = loop.train(config, workdir)
+  except (loop.ConfigError, loop.NonFiniteError) as e:
+    sys.stderr.write(f"FATAL {e}\n")
+    sys.exit(2)
   print("\n".join(["", f"== summary ({workdir}/summary.json) =="] + _summary_lines(summary)))
 
 

@@ -22,18 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from imp.data.sources import DataSource, LazyFields, register_source
+from imp.data.sources import DataSource, LazyFields, modalities_of, register_source
 
 METADATA_FILE = "metadata.json"
 FORMAT = "imp.arrayrecord"
 FORMAT_VERSION = 1
 # The metadata dtype of text fields (numpy stores them as "<U{n}", n varying per example).
 TEXT_DTYPE = "str"
-_MODALITY_ORDER = ("image", "video", "audio", "text")
 # Writer options: group_size:1 makes every record its own chunk, which random access (and
 # grain, which logs an error otherwise) wants.
 WRITER_OPTIONS = "group_size:1"
-# Reads per `__getitems__` call when materialising `.fields`.
 
 
 def split_file(split: str) -> str:
@@ -189,12 +187,9 @@ def arrayrecord_source(
           f"with {info.get('count')} examples in it.")
     splits[split] = ArrayRecordSplit(path, meta["fields"], int(info["count"]))
   class_names = tuple(str(c) for c in meta["class_names"])
-  modalities = [m for m in _MODALITY_ORDER if m in meta["fields"]]
-  if class_names and "text" not in modalities:
-    modalities.append("text")
   return DataSource(
       name=name,
-      modalities=tuple(modalities),
+      modalities=modalities_of(meta["fields"], class_names),
       class_names=class_names,
       splits=splits,
       label_templates=tuple(label_templates),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,15 @@ class DataSource:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+
+def modalities_of(fields: Iterable[str], class_names: Sequence[str]) -> tuple[str, ...]:
+  """Modalities of examples with these fields; class names add "text" (label text)."""
+  fields = set(fields)
+  found = [m for m in ("image", "video", "audio", "text") if m in fields]
+  if class_names and "text" not in found:
+    found.append("text")
+  return tuple(found)
 
 
 def load_source(name: str, settings: Mapping[str, Any]) -> DataSource:

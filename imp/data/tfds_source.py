@@ -25,17 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from imp.data.sources import DataSource, LazyFields, register_source
+from imp.data.sources import DataSource, LazyFields, modalities_of, register_source
 
 # Fields a `features` entry may map, and which of them are modalities (registry.MODALITIES).
 FIELDS = ("image", "label", "text", "audio", "video")
-_MODALITY_ORDER = ("image", "video", "audio", "text")
 
 DEFAULT_SPLITS: Mapping[str, str] = MappingProxyType({"train": "train", "test": "test"})
 DEFAULT_FEATURES: Mapping[str, str] = MappingProxyType({"image": "image", "label": "label"})
-
-# Reads per `__getitems__` call when materialising `.fields`; bounds the list of decoded
-# examples held at once besides the stacked arrays.
 
 
 def _as_dict(value: Any, key: str) -> dict[str, str]:
@@ -247,12 +243,9 @@ def tfds_source(
       raise ValueError(f"{description}: the split of {tfds_name!r} is empty.")
     split_sources[ours] = TfdsSplit(builder.as_data_source(split=theirs), features, description)
 
-  modalities = [m for m in _MODALITY_ORDER if m in features]
-  if names and "text" not in modalities:
-    modalities.append("text")
   return DataSource(
       name=name,
-      modalities=tuple(modalities),
+      modalities=modalities_of(features, names),
       class_names=names,
       splits=split_sources,
       label_templates=tuple(label_templates),

@@ -47,6 +47,10 @@ CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_eve
 NONFINITE_POLICIES = ("skip", "stop")
 
 
+class ConfigError(ValueError):
+  """The config, its data or its checkpoint cannot start a run (raised before any compile)."""
+
+
 class NonFiniteError(RuntimeError):
   """Training stopped on a non-finite loss or gradient (config.nonfinite)."""
 
@@ -131,7 +135,20 @@ def _check_shapes(registry: TaskRegistry, model: ModelConfig) -> None:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
-  """Validates the config and builds data, tasks, model, optimizer and state (no compiles)."""
+  """Validates the config and builds data, tasks, model, optimizer and state (no compiles).
+
+  Raises:
+    ConfigError: naming the bad key, file or task and what would be valid.
+  """
+  try:
+    return _build(config, workdir)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
+def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
   _check_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +341,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   # ---- Resume ------------------------------------------------------------------------------
   state = exp.state
-  restored = exp.checkpointer.restore(state)
+  try:
+    restored = exp.checkpointer.restore(state)
+  except ValueError as e:  # a checkpoint that does not fit this config
+    raise ConfigError(str(e)) from e
   if restored is not None:
     state, meta = restored
     state = jax.device_put(state, replicated(exp.mesh))
