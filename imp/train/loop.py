@@ -391,7 +391,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       train_log.add(step, task.name, metrics)
       bar.update(1)
       done = step + 1
-      stopping = done == end or preemption.signal is not None
+      # Read the flag once per step: the save and the stop below must agree on it.
+      preempted = preemption.signal is not None
+      stopping = done == end or preempted
 
       if done % config.log_every == 0 or stopping:
         bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start)))
@@ -406,7 +408,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         train_log.writer.write(done, evals, kind="eval")
         exp.checkpointer.save_best(done, state, _meta(exp, iterators), evals)
         bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
-      if preemption.signal is not None:
+
+      if preempted:
         bar.write(f"step {done}: signal {preemption.signal} received; saved a checkpoint at "
                   f"step {done} in {exp.checkpointer.directory}; rerun the same command to "
                   "resume.")
