@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from imp.data import ByteTokenizer, DataSource, eval_batches, prompt_tokens
+from imp.evaluate import retrieval
 from imp.evaluate.linear_probe import linear_probe
-from imp.evaluate.retrieval import (POSITIVES, RECALL_KS, bidirectional_recall, label_positives,
-                                    pair_positives)
 from imp.evaluate.zero_shot import class_embeddings, top1_accuracy, zero_shot_predictions
 from imp.model import Request
 
@@ -57,9 +56,9 @@ def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
                         ) -> tuple[tuple[tuple[str, str], ...], str]:
   """Validated (modality pairs, positives) of entry `name`."""
   positives = spec.get("retrieval_positives", "pair")
-  if positives not in POSITIVES:
+  if positives not in retrieval.POSITIVES:
     raise ValueError(f"evals.{name}.retrieval_positives={positives!r}; valid: "
-                     f"{', '.join(POSITIVES)}.")
+                     f"{', '.join(retrieval.POSITIVES)}.")
   pairs = []
   for pair in spec.get("retrieval") or ():
     if isinstance(pair, str) or len(pair) != 2 or pair[0] == pair[1]:
@@ -97,7 +96,7 @@ class EvalSuite:
         raise ValueError(f"evals.{name}.dataset={spec['dataset']!r} is not in config.datasets; "
                          f"valid: {', '.join(sources)}.")
       res, spectrogram = spec.get("resolution"), spec.get("spectrogram")
-      retrieval, positives = _retrieval_settings(name, spec, sources[spec["dataset"]])
+      pairs, positives = _retrieval_settings(name, spec, sources[spec["dataset"]])
       self.entries.append(_Entry(
           name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
           resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
@@ -107,7 +106,7 @@ class EvalSuite:
           batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
           linear_probe=bool(spec.get("linear_probe", True)),
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
-          retrieval=retrieval, retrieval_positives=positives))
+          retrieval=pairs, retrieval_positives=positives))
     self._batches: dict[tuple[str, str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
@@ -120,7 +119,7 @@ class EvalSuite:
       names += ([f"{e.name}/linear_probe_top1", f"{e.name}/{_raw_name(e)}"]
                 if e.linear_probe else [])
       names += [f"{e.name}/retrieval/{src}_to_{dst}/R@{k}" for a, b in e.retrieval
-                for src, dst in ((a, b), (b, a)) for k in RECALL_KS]
+                for src, dst in ((a, b), (b, a)) for k in retrieval.RECALL_KS]
     return tuple(names)
 
   def _split(self, entry: _Entry, split: str, modality: str | None = None):
@@ -171,12 +170,12 @@ class EvalSuite:
     for a, b in entry.retrieval:
       emb_a, emb_b = self._embeddings(infer, entry, a), self._embeddings(infer, entry, b)
       if entry.retrieval_positives == "pair":
-        positives = pair_positives(len(emb_a))
+        positives = retrieval.pair_positives(len(emb_a))
       else:
         if labels is None:
           labels = np.asarray(entry.source.split(entry.test_split).fields["label"])
-        positives = label_positives(labels, labels)
-      for name, value in bidirectional_recall(emb_a, emb_b, positives, (a, b)).items():
+        positives = retrieval.label_positives(labels, labels)
+      for name, value in retrieval.bidirectional_recall(emb_a, emb_b, positives, (a, b)).items():
         results[f"{entry.name}/retrieval/{name}"] = value
     return results
 
