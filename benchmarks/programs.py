@@ -64,14 +64,24 @@ def spec_for(objective: str) -> StepSpec:
   return StepSpec(objective, HEAD, modalities)
 
 
-def train_program(model: Mapping[str, Any], batch: dict[str, np.ndarray],
-                  objective: str = "softmax") -> Program:
-  """Compiles the AGD train step of `model` for `batch` (its compile is timed)."""
+def setup(model: Mapping[str, Any]) -> tuple[IMPModel, Any, TrainState]:
+  """(model, Adam optimizer, initial state) for a `config.model` mapping."""
   imp_model = build_model(model)
   tx = make_optimizer(dict(name="adam", learning_rate=1e-3, warmup_steps=0), 1000)
-  state = init_state(imp_model, tx, seed=0)
-  batch = jax.device_put(batch)
-  step = make_train_step(imp_model, tx, spec_for(objective), state, batch)
+  return imp_model, tx, init_state(imp_model, tx, seed=0)
+
+
+def compile_program(step: Any, state: TrainState, batch: Any) -> Program:
+  """Compiles a pure (state, batch) -> (state, metrics) step, timing trace + compile."""
   start = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
   return Program(compiled, state, batch, time.perf_counter() - start)
+
+
+def train_program(model: Mapping[str, Any], batch: dict[str, np.ndarray],
+                  objective: str = "softmax") -> Program:
+  """Compiles the AGD train step of `model` for `batch`."""
+  imp_model, tx, state = setup(model)
+  batch = jax.device_put(batch)
+  step = make_train_step(imp_model, tx, spec_for(objective), state, batch)
+  return compile_program(step, state, batch)
