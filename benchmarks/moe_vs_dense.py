@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from imp.model import IMPModel, ModelConfig
-from imp.train.state import init_state, make_optimizer
-from imp.train.step import StepSpec, make_train_step
+from benchmarks.measure import Report, interleaved, ratio
+from benchmarks.programs import synthetic_batch, train_program
 
+NAME = "moe_vs_dense"
+GOAL = "expert choice ~1x dense"
 BASE = dict(width=64, depth=4, num_heads=4, mlp_dim=256, embed_dim=64, text_max_length=24)
 VARIANTS = {
     "dense": None,
@@ -35,44 +35,38 @@ VARIANTS = {
 SHAPES = {"8x8 (16 tokens) x 64": (64, 8), "16x16 (64 tokens) x 16": (16, 16)}
 
 
-def _program(moe, batch):
-  cfg = ModelConfig.from_config(dict(BASE, moe=moe) if moe else BASE)
-  model = IMPModel(cfg, heads=(("digits", 10),), modalities=("image",))
-  tx = make_optimizer(dict(name="adam", learning_rate=1e-3, warmup_steps=0), 1000)
-  state = init_state(model, tx, seed=0)
-  step = make_train_step(model, tx, StepSpec("softmax", "digits", ("image",)), state, batch)
-  return jax.jit(step, donate_argnums=0).lower(state, batch).compile(), state
-
-
 def run(rounds: int, steps: int) -> dict:
-  rng = np.random.default_rng(0)
+  """Per shape and variant: median ms per step, spread, and ratios to dense."""
   results = {}
   for shape_name, (batch_size, size) in SHAPES.items():
-    batch = {"image": rng.normal(size=(batch_size, size, size, 1)).astype(np.float32),
-             "label": rng.integers(0, 10, batch_size).astype(np.int32)}
-    programs = {name: _program(moe, batch) for name, moe in VARIANTS.items()}
-    states = {name: state for name, (_, state) in programs.items()}
-    times = {name: [] for name in VARIANTS}
-    for name, (program, _) in programs.items():  # warm-up
-      for _ in range(3):
-        states[name], metrics = program(states[name], batch)
-      jax.block_until_ready(metrics)
-    for _ in range(rounds):
-      for name, (program, _) in programs.items():
-        start = time.perf_counter()
-        for _ in range(steps):
-          states[name], metrics = program(states[name], batch)
-        jax.block_until_ready(metrics)
-        times[name].append((time.perf_counter() - start) / steps)
-    dense = float(np.median(times["dense"]))
+    batch = synthetic_batch(batch_size, size)
+    programs = {name: train_program(dict(BASE, moe=moe) if moe else BASE, batch)
+                for name, moe in VARIANTS.items()}
+    times = interleaved(programs, rounds=rounds, repeats=steps, warmup=3)
     results[shape_name] = {
         name: {"median_ms": 1e3 * float(np.median(t)),
                "spread_ms": 1e3 * float(np.max(t) - np.min(t)),
-               "ratio_to_dense": float(np.median(t)) / dense}
+               "ratio_to_dense": ratio(t, times["dense"]).median}
         for name, t in times.items()}
-    results[shape_name]["top2_over_expert_choice_e4"] = (
-        float(np.median(times["top2_e4"])) / float(np.median(times["expert_choice_e4"])))
+    results[shape_name]["top2_over_expert_choice_e4"] = ratio(
+        times["top2_e4"], times["expert_choice_e4"]).median
   return results
+
+
+def benchmark(quick: bool) -> Report:
+  """The registry entry (python -m benchmarks.run --only moe_vs_dense)."""
+  rounds, steps = (2, 3) if quick else (5, 20)
+  results = run(rounds, steps)
+  rows = []
+  for shape, r in results.items():
+    for name in VARIANTS:
+      if name != "dense":
+        rows.append((f"{shape}: {name} / dense", f"{r[name]['ratio_to_dense']:.2f}x "
+                     f"({r[name]['median_ms']:.1f} vs {r['dense']['median_ms']:.1f} ms)",
+                     GOAL if name.startswith("expert_choice") else ""))
+    rows.append((f"{shape}: top-2 / expert choice (E=4)",
+                 f"{r['top2_over_expert_choice_e4']:.2f}x", ""))
+  return Report(rows, {"rounds": rounds, "steps": steps, "results": results})
 
 
 def main() -> None:

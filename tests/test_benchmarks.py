@@ -6,17 +6,100 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from benchmarks import gpu_mfu
+from benchmarks.measure import Stat, ratio
+from benchmarks.run import BENCHMARKS
+from imp.model import IMPModel, ModelConfig
+from imp.train.state import init_state, make_optimizer
+
 ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def test_stat_is_median_and_min_max_like_numpy():
+  samples = [3.0, 1.0, 4.0, 1.5, 9.0]
+  stat = Stat.of(samples)
+  assert (stat.median, stat.low, stat.high) == (np.median(samples), 1.0, 9.0)
+  assert stat.scaled(1e3).median == pytest.approx(3e3)
+  # Ratios pair the rounds measured side by side: (2/1, 6/2, 3/3) -> median 2.
+  assert ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0]).median == 2.0
+  with pytest.raises(ValueError, match="at least one sample"):
+    Stat.of([])
+
+
+@pytest.mark.parametrize("moe", [None, dict(num_experts=4, every=2)])
+def test_analytic_flops_match_xla_cost_analysis(moe):
+  # Unrolled layers: XLA's cost analysis counts a scanned loop body only once.
+  cfg = dict(width=64, depth=4, num_heads=4, mlp_dim=256, embed_dim=16, text_max_length=8,
+             scan_layers=False, moe=moe or {})
+  model = IMPModel(ModelConfig.from_config(cfg), heads=(("digits", 10),), modalities=("image",))
+  state = init_state(model, make_optimizer(dict(name="adam", learning_rate=1e-3), 10), seed=0)
+  batch = {"image": np.zeros((8, 16, 16, 1), np.float32), "label": np.zeros(8, np.int32)}
+  analytic = gpu_mfu.train_flops(model, state.params, 8, gpu_mfu.vision_tokens(
+      model.config, (16, 16)))
+  # Hand check of the attention term: 12 * L * N^2 * D * B = 12 * 4 * 64^2 * 64 * 8.
+  assert analytic.attention == 12 * 4 * 64 * 64 * 64 * 8
+  assert analytic.tokens == 8 * 64
+  xla = gpu_mfu.xla_flops(gpu_mfu.grad_program(model, state.params, batch, "digits"))
+  # XLA also counts elementwise ops (LayerNorm, GELU, softmax) the 6PT rule leaves out.
+  assert 0.95 < xla / analytic.total < 1.10, (xla, analytic)
+
+
+def test_gpu_mfu_on_cpu_exits_saying_so():
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_mfu"], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "no GPU on this machine" in proc.stdout
+
+
+def test_run_rejects_an_unknown_benchmark_by_name():
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "nope"], cwd=ROOT,
+                        env=ENV, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_mfu_measure_runs_in_bf16_on_a_tiny_model():
+  tiny = dict(width=32, depth=2, num_heads=2, mlp_dim=64, embed_dim=16, text_max_length=8,
+              vision_patch=(1, 4, 4), vision_base_grid=(1, 4, 4), remat_policy="full",
+              moe=dict(num_experts=4, every=2))
+  out = gpu_mfu.measure(tiny, 4, rounds=1, repeats=1, peak=1e12)
+  assert out["dtype"] == "bfloat16" and out["tokens"] == 4 * 16
+  # Full remat recomputes the forward pass: XLA counts more than the model's FLOPs.
+  assert out["xla_flops"] > out["model_flops"] > 0 and 0 < out["mfu"] < out["hfu"]
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_in_quick_mode(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick",
+                         f"--out-dir={tmp_path}"], cwd=ROOT, env=ENV, capture_output=True,
+                        text=True, timeout=1500)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = (tmp_path / "latest.md").read_text()
+  assert "python -m benchmarks.run --quick" in table
+  for name in BENCHMARKS:
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert record["rows"] and record["quick"], name
+    assert f"| {name} |" in table
+  compile_cost = json.loads((tmp_path / "compile_cost.json").read_text())["data"]
+  assert compile_cost["xla_compiles_after_warmup"] == 0
+  assert compile_cost["programs_compiled"] == compile_cost["signatures"]
+  remat = json.loads((tmp_path / "remat.json").read_text())["data"]["policies"]
+  assert remat["full"]["temp_bytes"] < remat["none"]["temp_bytes"]
+  batching = json.loads((tmp_path / "batching.json").read_text())["data"]["counts"]
+  for counts in batching.values():  # padding to the union of shapes computes extra tokens
+    assert counts["mixed_tokens_computed"] > counts["useful_tokens_per_round"]
 
 
 @pytest.mark.slow
 def test_moe_vs_dense_quick(tmp_path):
   out = tmp_path / "moe.json"
   proc = subprocess.run([sys.executable, "-m", "benchmarks.moe_vs_dense", "--quick",
-                         f"--out={out}"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                        capture_output=True, text=True, timeout=900)
+                         f"--out={out}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                        timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())["results"]
   for rows in results.values():

@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A non-finite loss or gradient skips that step's update ("skip", counted in the metrics) or
   # stops the run ("stop"); too many consecutive skips stop it too.
   config.nonfinite = dict(policy="skip", max_consecutive=20)
+  # JAX's persistent compilation cache: "" = <workdir>/compilation_cache, "off", or a directory.
+  config.compilation_cache_dir = ""
 
   config.datasets = ml_collections.ConfigDict({
       "digits": dict(source="sklearn_digits", test_fraction=0.2, split_seed=0,

@@ -10,6 +10,7 @@ Sections are marked with banners; each is short. Nothing here branches on a data
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -43,7 +45,8 @@ log = logging.getLogger("imp")
 
 CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
                "checkpoint_keep", "checkpoint_best_metric", "checkpoint_best_mode", "datasets",
-               "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh")
+               "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh",
+               "compilation_cache_dir")
 NONFINITE_POLICIES = ("skip", "stop")
 
 
@@ -315,6 +318,34 @@ def _check_nonfinite(train_log: _TrainLog, config: ml_collections.ConfigDict,
       f"{checkpointer.latest_step()} in {checkpointer.directory}.")
 
 
+@contextlib.contextmanager
+def compilation_cache(config: ml_collections.ConfigDict, workdir: str | Path):
+  """JAX's persistent compilation cache on disk, for the duration of a run.
+
+  A restarted or resumed run then loads its compiled steps instead of compiling them again
+  (JAX stores programs whose compile took at least jax_persistent_cache_min_compile_time_secs).
+  config.compilation_cache_dir: unset or "" for <workdir>/compilation_cache, "off" for no
+  cache, or a directory (shared between runs of one machine and JAX version). The previous
+  process-wide setting is restored on exit.
+  """
+  setting = config.get("compilation_cache_dir") or ""
+  if not isinstance(setting, str):
+    raise ConfigError(f"config.compilation_cache_dir={setting!r} must be a directory, '' "
+                      "(<workdir>/compilation_cache) or 'off'.")
+  path = None if setting == "off" else str(Path(setting or Path(workdir) / "compilation_cache"))
+  previous = jax.config.jax_compilation_cache_dir
+  if path == previous:
+    yield path
+    return
+  jax_compilation_cache.reset_cache()  # JAX opens the cache once; a new directory needs a reset
+  jax.config.update("jax_compilation_cache_dir", path)
+  try:
+    yield path
+  finally:
+    jax_compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", previous)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           stop_after: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) an experiment; returns the summary also written to summary.json.
@@ -325,6 +356,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     stop_after: stop (with a checkpoint) after this many steps of this run, as a preemption
       would; for notebooks and tests.
   """
+  with compilation_cache(config, workdir):
+    return _train(config, workdir, stop_after=stop_after)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+           stop_after: int | None) -> dict[str, Any]:
   wall_start = time.perf_counter()
   exp = build(config, workdir)
   registry, sampler, cache = exp.registry, exp.sampler, exp.cache
@@ -442,6 +479,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
   """Runs the eval suite on the latest checkpoint in `workdir`."""
+  with compilation_cache(config, workdir):
+    return _evaluate(config, workdir)
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
   exp = build(config, workdir)
   restored = exp.checkpointer.restore(exp.state)
   if restored is None:

@@ -95,16 +95,10 @@ def _keep_unread(new: Any, old: Any, read: Any) -> Any:
   return jax.tree.map(lambda n, o, r: n if r else o, new, old, read)
 
 
-def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
-                    state: TrainState, batch: Batch,
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Builds the pure train step of one spec.
+def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Array, Any]]:
+  """The loss of one spec: (params, batch, rng) -> (weighted loss + MoE aux, (loss, metrics)).
 
-  Args:
-    model, tx: the model and optimizer.
-    spec: the step's static description.
-    state, batch: examples (arrays or ShapeDtypeStructs) of the step's arguments, used to
-      find which parameters this task reads.
+  The AGD step differentiates it; the non-AGD baselines (imp/train/baselines.py) reuse it.
   """
   objective = get_objective(spec.objective)
   request = spec.request
@@ -121,6 +115,21 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
     metrics = dict(metrics, **moe_metrics)
     return loss * spec.loss_weight + aux, (loss, metrics)
 
+  return loss_fn
+
+
+def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
+                    state: TrainState, batch: Batch,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Builds the pure train step of one spec.
+
+  Args:
+    model, tx: the model and optimizer.
+    spec: the step's static description.
+    state, batch: examples (arrays or ShapeDtypeStructs) of the step's arguments, used to
+      find which parameters this task reads.
+  """
+  loss_fn = make_loss_fn(model, spec)
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   read_mask = params_read_by(lambda p, b, r: loss_fn(p, b, r)[0], abstract(state.params),

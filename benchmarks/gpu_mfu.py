@@ -1,0 +1,226 @@
+r"""Model FLOPs utilisation of IMP-B dense and IMP-MoE-B in bf16 on one GPU.
+
+MFU = model FLOPs per step / step time / the device's peak bf16 FLOP/s. Model FLOPs are
+counted from the model (the usual 6 x parameters x tokens, plus attention):
+
+  per step = 6 * P_token * T  +  12 * L * N^2 * D * B  +  6 * P_head * B
+
+with P_token the parameters one token's forward pass multiplies with (patch projection and
+encoder; for MoE, the dense parameters plus experts_per_token / E of the expert parameters,
+`imp.analysis.param_count`), T = B * N tokens per step, L layers, width D, and the heads
+applied once per example. Forward attention is 2 * N^2 * D per layer for QK^T and as much for
+AV; the backward pass doubles it (hence 12). The count is checked against XLA's own count
+(`cost_analysis()["flops"]`) of the same program with unrolled layers (XLA counts a scanned
+loop body once); with remat XLA also counts the recomputed forward pass, which MFU by
+convention leaves out (that ratio is the hardware FLOPs utilisation, HFU, reported beside it).
+
+Shapes are the paper's (IMP §4.1, experiments/imp_moe_b.py): 256x256 RGB images repeated to
+4 frames, 4x16x16 patches (256 tokens), width 768, 12 layers, full remat; IMP-MoE-B has a
+16-expert expert-choice MoE in every second layer; IMP-B is the same model with
+num_experts=0 (experiments/imp_b.py when present).
+
+  python -m benchmarks.gpu_mfu [--batch 256] [--out benchmarks/results/gpu_mfu.json]
+
+On a machine without a GPU it exits with status 0 and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.measure import Report, Stat, interleaved
+from imp.analysis.param_count import count_params
+from imp.model import IMPModel, ModelConfig
+from imp.train.state import init_state, make_optimizer
+from imp.train.step import StepSpec, make_loss_fn, make_train_step
+
+NAME = "gpu_mfu"
+GOAL = "MFU of the paper's shapes (no paper figure)"
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 1000
+# Peak dense bf16 FLOP/s by device kind (vendor data sheets, without sparsity).
+PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
+             "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
+             "NVIDIA A100-SXM4-40GB": 312e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopCount:
+  """Analytic training FLOPs of one step (forward + backward) and what they come from."""
+
+  params_per_token: int
+  tokens: int
+  attention: int
+  heads: int
+
+  @property
+  def total(self) -> int:
+    return 6 * self.params_per_token * self.tokens + self.attention + self.heads
+
+
+def _experts_per_token(config: ModelConfig) -> float:
+  args = dict(config.moe.router_args)
+  if config.moe.router == "expert_choice":
+    return float(args.get("capacity_factor_train", 1.0))
+  return float(args.get("k", 1))
+
+
+def vision_tokens(config: ModelConfig, image_shape: tuple[int, ...]) -> int:
+  """Tokens of one image [H, W, C]: one temporal patch (an image fills it), H/ph x W/pw."""
+  return (image_shape[0] // config.vision_patch[1]) * (image_shape[1] // config.vision_patch[2])
+
+
+def train_flops(model: IMPModel, params: Any, batch: int, tokens_per_example: int) -> FlopCount:
+  """Model FLOPs of one classification train step on `batch` images (see module docstring).
+
+  Args:
+    model: the IMP model (its config gives L, D and the MoE routing).
+    params: its parameters (arrays or ShapeDtypeStructs).
+    batch: images per step B.
+    tokens_per_example: N.
+  """
+  config = model.config
+  per_token = count_params(
+      {"encoder": params["encoder"], "patch_proj": params["embedders_vision"]["patch_proj"]},
+      num_experts=config.moe.num_experts,
+      experts_per_token=_experts_per_token(config))["per_token"]
+  head = sum(int(np.prod(x.shape)) for k, v in params.items() if k.startswith("classifiers_")
+             for x in jax.tree.leaves(v))
+  n, d = tokens_per_example, config.width
+  return FlopCount(params_per_token=per_token, tokens=batch * n,
+                   attention=12 * config.depth * n * n * d * batch, heads=6 * head * batch)
+
+
+def xla_flops(program: Any) -> float:
+  """XLA's FLOP count of a lowered or compiled program (a dict, or a list of them).
+
+  XLA counts the body of a while loop once, so a program with scanned layers is counted as
+  one layer: count an unrolled (scan_layers=False) program.
+  """
+  analysis = program.cost_analysis()
+  if isinstance(analysis, list | tuple):
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
+def grad_program(model: IMPModel, params: Any, batch: dict[str, Any], head: str) -> Any:
+  """The lowered gradient of the classification loss (what the analytic count describes)."""
+  loss_fn = make_loss_fn(model, StepSpec("softmax", head, ("image",)))
+  grad = jax.grad(lambda p, b, r: loss_fn(p, b, r)[0])
+  return jax.jit(grad).lower(params, batch, jax.random.PRNGKey(0))
+
+
+def unrolled_step_flops(config: ModelConfig, tx: Any, batch: dict[str, Any], dtype: Any) -> float:
+  """XLA's FLOPs of the train step with unrolled layers (lowered, abstract: nothing runs)."""
+  model = IMPModel(dataclasses.replace(config, scan_layers=False),
+                   heads=(("imagenet", CLASSES),), modalities=("image",))
+  state = jax.eval_shape(lambda: init_state(model, tx, seed=0))
+  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), state.params)
+  state = state.replace(params=params, opt_state=jax.eval_shape(tx.init, params))
+  step = make_train_step(model, tx, StepSpec("softmax", "imagenet", ("image",)), state, batch)
+  return xla_flops(jax.jit(step).lower(state, batch))
+
+
+def paper_model(moe: bool) -> dict[str, Any]:
+  """The `config.model` of IMP-MoE-B, or of IMP-B (num_experts=0) for the dense model."""
+  dense_file = ROOT / "experiments" / "imp_b.py"
+  name = "imp_moe_b" if moe or not dense_file.exists() else "imp_b"
+  spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  model = dict(module.get_config().model)
+  if not moe:
+    model["moe"] = dict(model.get("moe") or {}, num_experts=0)
+  return model
+
+
+def measure(model_cfg: dict[str, Any], batch_size: int, *, dtype: Any = jnp.bfloat16,
+            rounds: int = 5, repeats: int = 5, peak: float | None = None) -> dict[str, Any]:
+  """Step time, model FLOPs, XLA FLOPs and (with `peak`) MFU and HFU of one train step."""
+  config = ModelConfig.from_config(model_cfg)
+  model = IMPModel(config, heads=(("imagenet", CLASSES),), modalities=("image",))
+  tx = make_optimizer(dict(name="adam", learning_rate=1e-3, warmup_steps=0), 1000)
+  state = init_state(model, tx, seed=0)
+  # bf16 parameters make every matmul run in bf16 (the model computes in its inputs' dtype).
+  params = jax.tree.map(lambda x: x.astype(dtype), state.params)
+  state = state.replace(params=params, opt_state=tx.init(params))
+  side = config.vision_base_grid[1] * config.vision_patch[1]
+  rng = np.random.default_rng(0)
+  batch = jax.device_put({
+      "image": rng.normal(size=(batch_size, side, side, config.vision_channels)).astype(dtype),
+      "label": rng.integers(0, CLASSES, batch_size).astype(np.int32)})
+  step = make_train_step(model, tx, StepSpec("softmax", "imagenet", ("image",)), state, batch)
+  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+  holder = [state]
+
+  def run():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics
+
+  times = Stat.of(interleaved({"step": run}, rounds=rounds, repeats=repeats)["step"])
+  flops = train_flops(model, params, batch_size, vision_tokens(config, (side, side)))
+  out = {"step_seconds": times.to_json(), "model_flops": flops.total,
+         "params_per_token": flops.params_per_token, "tokens": flops.tokens,
+         "xla_flops": unrolled_step_flops(config, tx, batch, dtype), "batch": batch_size,
+         "dtype": jnp.dtype(dtype).name}
+  if peak:
+    out["mfu"] = flops.total / times.median / peak
+    out["hfu"] = out["xla_flops"] / times.median / peak
+  return out
+
+
+def benchmark(quick: bool) -> Report:
+  """Registry entry: on CPU it reports that there is nothing to measure."""
+  del quick
+  device = jax.devices()[0]
+  if device.platform != "gpu":
+    return Report([("IMP-B / IMP-MoE-B MFU", f"not measured: no GPU ({device.platform} only)",
+                    GOAL)], {"device": device.device_kind, "measured": False})
+  results = run_gpu(batch_size=256)
+  return Report([(f"{name} bf16 MFU ({device.device_kind})",
+                  f"{100 * r['mfu']:.1f}% (HFU {100 * r['hfu']:.1f}%)", GOAL)
+                 for name, r in results.items()], {"device": device.device_kind,
+                                                   "results": results})
+
+
+def run_gpu(batch_size: int) -> dict[str, Any]:
+  kind = jax.devices()[0].device_kind
+  if kind not in PEAK_BF16:
+    raise ValueError(f"no peak bf16 FLOP/s known for device {kind!r}; known: "
+                     f"{', '.join(PEAK_BF16)}. Add it to benchmarks/gpu_mfu.py PEAK_BF16.")
+  return {name: measure(paper_model(moe), batch_size, peak=PEAK_BF16[kind])
+          for name, moe in (("IMP-B", False), ("IMP-MoE-B", True))}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=256, help="images per step")
+  parser.add_argument("--out", default="benchmarks/results/gpu_mfu.json")
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  if device.platform != "gpu":
+    print(f"gpu_mfu: no GPU on this machine (JAX sees {device.platform}: "
+          f"{device.device_kind}); nothing measured.")
+    return
+  results = run_gpu(args.batch)
+  for name, r in results.items():
+    print(f"{name}: {1e3 * r['step_seconds']['median']:.1f} ms/step, "
+          f"MFU {100 * r['mfu']:.1f}%, HFU {100 * r['hfu']:.1f}% ({device.device_kind})")
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"device": device.device_kind, "results": results}, indent=2) + "\n")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

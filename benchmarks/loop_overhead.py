@@ -1,0 +1,106 @@
+"""AGD loop overhead: the full training loop against the same compiled steps in a bare loop.
+
+The full loop (`imp.train.loop.train`) samples the task of each step, pulls its batch from the
+task's grain pipeline, looks its program up in the StepCache, buffers metrics and writes them
+every `log_every` steps. The bare loop calls the same compiled programs in the same task order
+on batches already in memory. Goal (IMP §3.1: AGD costs no more than its steps): full / bare
+time per step <= 1.05.
+
+A run of the loop also compiles, builds its pipelines and saves a final checkpoint; those
+fixed costs cancel in the difference of a short and a long run with the same config, so the
+loop's time per step is (loop time of the long run - loop time of the short run) / (extra
+steps), each loop time minus its compile seconds. JAX's persistent compilation cache keeps the
+repeated runs from compiling again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from benchmarks.measure import Report, Stat, ratio
+from imp.configs.digits import get_config
+from imp.data import task_dataset
+from imp.train import loop
+from imp.train.step import StepSpec, make_train_step
+
+NAME = "loop_overhead"
+GOAL = "<= 1.05x"
+SIZES = {"quick": dict(rounds=2, short=20, long=60), "full": dict(rounds=3, short=100, long=600)}
+
+
+def experiment(total_steps: int, cache_dir: Path) -> ml_collections.ConfigDict:
+  """The default experiment, without evaluation (it is not part of the per-step loop)."""
+  config = get_config()
+  config.total_steps = total_steps
+  config.evals = ml_collections.ConfigDict({})
+  config.checkpoint_best_metric = None
+  config.compilation_cache_dir = str(cache_dir)
+  return config
+
+
+def loop_seconds_per_run(total_steps: int, cache_dir: Path, root: Path) -> float:
+  """Seconds the loop of a fresh run spends outside compiles."""
+  workdir = Path(tempfile.mkdtemp(dir=root))
+  summary = loop.train(experiment(total_steps, cache_dir), workdir)
+  return summary["steps_this_run"] / summary["steps_per_second"] - (
+      summary["step_cache"]["compile_seconds"])
+
+
+def bare_loop(steps: int, cache_dir: Path, root: Path):
+  """A call that runs `steps` compiled steps in the loop's task order on in-memory batches."""
+  config = experiment(steps, cache_dir)
+  workdir = Path(tempfile.mkdtemp(dir=root))
+  exp = loop.build(config, workdir)
+  programs, batches = [], []
+  with loop.compilation_cache(config, workdir):
+    for task in exp.registry:
+      batch = next(iter(task_dataset(exp.sources[task.dataset], task, seed=0, num_threads=0,
+                                     prefetch=0)))
+      batch = jax.device_put(batch)
+      step = make_train_step(exp.model, exp.tx, StepSpec.from_task(task), exp.state, batch)
+      programs.append(jax.jit(step, donate_argnums=0).lower(exp.state, batch).compile())
+      batches.append(batch)
+  schedule = exp.sampler.schedule(0, steps).tolist()
+  state = [exp.state]
+
+  def run():
+    s = state[0]
+    for index in schedule:
+      s, metrics = programs[index](s, batches[index])
+    state[0] = s
+    return metrics
+
+  return run
+
+
+def benchmark(quick: bool) -> Report:
+  size = SIZES["quick" if quick else "full"]
+  extra = size["long"] - size["short"]
+  with tempfile.TemporaryDirectory() as root:
+    root = Path(root)
+    cache_dir = root / "compilation_cache"
+    bare = bare_loop(extra, cache_dir, root)
+    jax.block_until_ready(bare())  # warm-up
+    loop_seconds_per_run(size["short"], cache_dir, root)  # warm-up: fills the compile cache
+    full_times, bare_times = [], []
+    for _ in range(size["rounds"]):
+      short = loop_seconds_per_run(size["short"], cache_dir, root)
+      long = loop_seconds_per_run(size["long"], cache_dir, root)
+      full_times.append((long - short) / extra)
+      start = time.perf_counter()
+      jax.block_until_ready(bare())
+      bare_times.append((time.perf_counter() - start) / extra)
+  overhead = ratio(full_times, bare_times)
+  full, bare_stat = Stat.of(full_times).scaled(1e3), Stat.of(bare_times).scaled(1e3)
+  return Report(
+      rows=[("full loop, ms/step", full.show(), ""),
+            ("bare compiled steps, ms/step", bare_stat.show(), ""),
+            ("full / bare time per step", overhead.show(unit="x"), GOAL)],
+      data={"steps_per_round": extra, "full_ms_per_step": full.to_json(),
+            "bare_ms_per_step": bare_stat.to_json(), "full_over_bare": overhead.to_json(),
+            "experiment": "imp.configs.digits (default) without evals"})
