@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ TEXT_DTYPE = "str"
 # Writer options: group_size:1 makes every record its own chunk, which random access (and
 # grain, which logs an error otherwise) wants.
 WRITER_OPTIONS = "group_size:1"
+_DECODE_LOCK = threading.Lock()
 
 
 def split_file(split: str) -> str:
@@ -48,7 +50,10 @@ def encode_record(example: Mapping[str, np.ndarray]) -> bytes:
 def decode_record(data: bytes, where: str) -> dict[str, np.ndarray]:
   """Inverse of `encode_record`; `where` ("file, record i") names the record in errors."""
   try:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+    # np.load parses array headers with ast.literal_eval, which CPython < 3.11.8 cannot run
+    # in several threads at once (cpython#106905: "AST constructor recursion depth
+    # mismatch"); grain reads with several threads, so decoding is serialised. It is cheap.
+    with _DECODE_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
   except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
     raise ValueError(f"{where}: not a record written by imp.data.prepare ({e}).") from e

@@ -4,7 +4,10 @@ Batch fields (fixed shape per variant, which is what makes one compiled step per
   image: float32 [batch, height, width, channels] in [-1, 1]
   audio: float32 [batch, time, mel, 1] log-mel spectrogram (from stored waveforms or
          spectrograms; cropped at random in training, from the start in evaluation)
-  text:  int32 [batch, text_length] byte tokens (label text when the dataset has no captions)
+  video: float32 [batch, frames, height, width, channels] in [-1, 1] (a clip sampled at the
+         dataset's clip_fps: random start in training, the middle in evaluation)
+  text:  int32 [batch, text_length] tokens of the dataset's tokenizer (byte-level by default;
+         label text when the dataset has no captions)
   label: int32 [batch]
   mask:  bool [batch] (evaluation only: False rows pad the last batch)
 """
@@ -12,6 +15,7 @@ Batch fields (fixed shape per variant, which is what makes one compiled step per
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,12 +24,27 @@ import numpy as np
 
 from imp.data import audio, transforms
 from imp.data.sources import DataSource
-from imp.data.tokenizer import ByteTokenizer
 from imp.tasks import Task
 
+log = logging.getLogger("imp")
 
-def _example_fn(source: DataSource, task: Task, tokenizer: ByteTokenizer, train: bool,
-                augment: Mapping[str, Any]):
+
+def _check_example(example: dict[str, np.ndarray], source: DataSource,
+                   modalities: tuple[str, ...]) -> None:
+  """Raises ValueError for a label outside the class list or a wrongly shaped input."""
+  if "label" in example and source.class_names:
+    label = int(np.asarray(example["label"]))
+    if not 0 <= label < source.num_classes:
+      raise ValueError(f"label {label} is outside the {source.num_classes} classes of "
+                       f"dataset {source.name!r} (valid: 0..{source.num_classes - 1}).")
+  for modality, rank, shape in (("image", 3, "[height, width, channels]"),
+                                ("video", 4, "[frames, height, width, channels]")):
+    if modality in modalities and np.ndim(example[modality]) != rank:
+      raise ValueError(f"{modality} of shape {list(np.shape(example[modality]))}; valid: "
+                       f"{shape}.")
+
+
+def _example_fn(source: DataSource, task: Task, train: bool, augment: Mapping[str, Any]):
   """Returns fn(example, rng) -> dict of per-example arrays for `task`."""
   variant = task.variant
   for modality in task.modalities:
@@ -36,18 +55,22 @@ def _example_fn(source: DataSource, task: Task, tokenizer: ByteTokenizer, train:
                        "audio.")
     if modality == "text" and variant.text_length is None:
       raise ValueError(f"task {task.name}: variant needs `text_length` for text.")
-  translate = int(augment.get("translate", 0)) if train else 0
+  augment = augment if train else {}
+  tokenizer = source.tokenizer
 
   def fn(example: dict[str, np.ndarray], rng: np.random.Generator | None) -> dict:
+    _check_example(example, source, task.modalities)
     out = {}
     if "label" in example:
       out["label"] = np.asarray(example["label"], np.int32)
     if "image" in task.modalities:
-      image = example["image"]
-      if translate and rng is not None:
-        image = transforms.random_translate(image, translate, rng)
-      image = transforms.normalize_image(image)
+      image = transforms.normalize_image(example["image"])
+      if augment and rng is not None:
+        image = transforms.augment_image(image, augment, rng, variant.resolution)
       out["image"] = transforms.resize_image(image, variant.resolution)
+    if "video" in task.modalities:
+      out["video"] = video_features(example, variant.frames, variant.resolution,
+                                    source.clip_fps, rng if train else None)
     if "audio" in task.modalities:
       out["audio"] = audio_features(example, variant.spectrogram, rng if train else None)
     if "text" in task.modalities:
@@ -60,6 +83,60 @@ def _example_fn(source: DataSource, task: Task, tokenizer: ByteTokenizer, train:
     return out
 
   return fn
+
+
+# Errors a bad example raises while it is read or transformed (the decoders and transforms
+# raise ValueError naming the file or record; the others come from malformed arrays).
+EXAMPLE_ERRORS = (ValueError, KeyError, IndexError, TypeError, OSError, EOFError)
+
+
+class _GuardedExamples:
+  """fn(index, rng) -> transformed example `index` of a split, under the source's on_error.
+
+  "fail": the error names the dataset, split, example index and reason (the record's own
+  error adds the file). "skip": the next example that works is used instead, and the skip
+  is counted in `source.skips` (deterministic: it depends only on the index).
+  """
+
+  def __init__(self, source: DataSource, split: str, fn):
+    self.source, self.split_name, self.fn = source, split, fn
+    self.data = source.split(split)
+
+  def _where(self, index: int) -> str:
+    return f"dataset {self.source.name!r}, split {self.split_name!r}, example {index}"
+
+  def __call__(self, index: int, rng: np.random.Generator) -> dict:
+    index, n = int(index), len(self.data)
+    for attempt in range(n):
+      current = (index + attempt) % n
+      try:
+        return self.fn(self.data[current], rng)
+      except EXAMPLE_ERRORS as e:
+        reason = f"{self._where(current)}: {type(e).__name__}: {e}"
+        if self.source.on_error != "skip":
+          raise ValueError(f"{reason} (set datasets.{self.source.name}.on_error='skip' to skip "
+                           "bad examples)") from e
+        self.source.skips.add(reason)
+        log.warning("skipped %s", reason)
+    raise ValueError(f"dataset {self.source.name!r}, split {self.split_name!r}: every one of "
+                     f"its {n} examples failed; the first: {self.source.skips.reasons[:1]}")
+
+
+def video_features(example: dict[str, np.ndarray], frames: int, resolution: tuple[int, int],
+                   clip_fps: float | None, rng: np.random.Generator | None) -> np.ndarray:
+  """A clip of `frames` frames as float32 [frames, H, W, C] in [-1, 1].
+
+  Frames are `stride` = round(stored fps / clip_fps) apart (1 without either); the clip
+  starts at random when `rng` is given (training), else in the middle (evaluation). Videos
+  shorter than the clip repeat their last frame.
+  """
+  video = np.asarray(example["video"])
+  stride = 1
+  if clip_fps and "fps" in example:
+    stride = max(1, int(round(float(example["fps"]) / clip_fps)))
+  index = transforms.clip_indices(len(video), frames, stride, rng)
+  clip = transforms.normalize_image(video[index])
+  return np.stack([transforms.resize_image(f, resolution) for f in clip])
 
 
 def audio_features(example: dict[str, np.ndarray], spectrogram: tuple[int, int],
@@ -107,12 +184,17 @@ def task_dataset(
     batch_size: rows this process produces per batch (default: the variant's global batch;
       a multi-host run passes batch_size // processes).
   """
-  tokenizer = ByteTokenizer()
-  fn = _example_fn(source, task, tokenizer, train=True, augment=source.augment)
+  fn = _GuardedExamples(source, split, _example_fn(source, task, train=True,
+                                                    augment=source.augment))
   index, count = shard
-  ds = grain.MapDataset.source(source.split(split))
+  # Indices, not examples, go through shuffling: the guard reads and transforms example i and
+  # can name it (or skip it) when it is bad.
+  ds = grain.MapDataset.range(len(fn.data))
   if count > 1:
     ds = ds[index::count]
+  if len(ds) == 0:
+    raise ValueError(f"task {task.name}: process {index} of {count} gets no examples of "
+                     f"dataset {source.name!r} split {split!r} ({len(fn.data)} examples).")
   ds = (ds.seed(seed).shuffle().repeat()
         .random_map(fn)
         .batch(batch_size or task.variant.batch_size, drop_remainder=True))
@@ -162,40 +244,50 @@ class EvalBatches:
 
 def eval_batches(source: DataSource, split: str, *, modality: str,
                  resolution: tuple[int, int] | None, batch_size: int,
-                 spectrogram: tuple[int, int] | None = None) -> EvalBatches:
-  """Deterministic fixed-shape batches of one split for feature extraction."""
+                 spectrogram: tuple[int, int] | None = None, frames: int = 1) -> EvalBatches:
+  """Deterministic fixed-shape batches of one split for feature extraction.
+
+  Video takes the middle clip of `frames` frames (at the source's clip_fps). `raw`, the input
+  of the raw-input baseline probe, is the stored pixels for images, and the mean and standard
+  deviation over time of every mel bin for audio ([2 * mel]: a bag-of-frames baseline; a probe
+  on the whole flattened spectrogram takes minutes on a CPU).
+  """
   data = source.split(split)
   if modality == "image":
-    images = np.stack([
+    inputs = np.stack([
         transforms.resize_image(transforms.normalize_image(x), resolution)
         for x in data.fields[modality]
     ])
+    raw = data.fields[modality]
+  elif modality == "video":
+    inputs = np.stack([video_features(data[i], frames, resolution, source.clip_fps, None)
+                       for i in range(len(data))])
+    raw = inputs
   elif modality == "audio":
     if spectrogram is None:
       raise ValueError("evaluating audio needs `spectrogram` (time, mel bins).")
-    images = np.stack([audio_features(data[i], spectrogram, None) for i in range(len(data))])
+    inputs = np.stack([audio_features(data[i], spectrogram, None) for i in range(len(data))])
+    raw = np.concatenate([inputs.mean(axis=1), inputs.std(axis=1)], axis=1)
   else:
     raise ValueError(f"evaluation of modality {modality!r} is not supported; valid: image, "
-                     "audio.")
+                     "video, audio.")
   labels = np.asarray(data.fields["label"], np.int32)
   batches = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+  for start in range(0, len(inputs), batch_size):
+    chunk = inputs[start:start + batch_size]
     real = len(chunk)
     pad = batch_size - real
     batches.append({
         modality: np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]),
         "mask": np.arange(batch_size) < real,
     })
-  # The baseline's raw input: pixels as stored, or the spectrogram for audio.
-  raw = data.fields[modality] if modality == "image" else images
   return EvalBatches(tuple(batches), labels, np.asarray(raw, np.float32).reshape(len(data), -1))
 
 
 def prompt_tokens(source: DataSource, text_length: int,
                   templates: Sequence[str] | None = None) -> np.ndarray:
   """int32 [classes, templates, text_length]: every class name in every template."""
-  tokenizer = ByteTokenizer()
+  tokenizer = source.tokenizer
   templates = tuple(templates or source.label_templates)
   return np.stack([
       np.stack([tokenizer.encode(t.format(name), text_length) for t in templates])

@@ -11,8 +11,12 @@ KIND:
                 `--label-pattern` (a regex on the file name; the group named "label", else
                 group 1). Stores audio float32 [samples] and sample_rate int32, or with
                 --log-mel the log-mel spectrogram float32 [time, mel, 1].
-  manifest      PATH is a .csv or .jsonl file with one example per row: an image or audio path
-                (relative to the manifest's folder), optional text, optional label (class name).
+  video_folder  PATH/<class>/<clip>/<frame>: one folder of numbered frame images (formats as
+                image_folder) per clip; stores video uint8 [frames, H, W, C], and with --fps
+                the frame rate fps float32 (the pipeline samples clips at a dataset's clip_fps).
+  manifest      PATH is a .csv or .jsonl file with one example per row: an image, audio or
+                video (clip folder) path (relative to the manifest's folder), optional text,
+                optional label (class name).
 
 The output DIR gets `<split>.array_record` (one `np.savez` record per example, no pickle) per
 split and `metadata.json` (class names, fields with dtypes/shapes, counts, skipped files, the
@@ -37,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from imp.data import audio
+from imp.data import audio, video
 from imp.data.arrayrecord_source import (
   FORMAT,
   FORMAT_VERSION,
@@ -49,7 +53,7 @@ from imp.data.arrayrecord_source import (
 )
 from imp.data.transforms import resize_image
 
-KINDS = ("image_folder", "audio_folder", "manifest")
+KINDS = ("image_folder", "audio_folder", "video_folder", "manifest")
 IMAGE_EXTENSIONS = (".npy", ".pgm", ".ppm", ".pnm")
 AUDIO_EXTENSIONS = (".wav",)
 
@@ -164,12 +168,25 @@ def read_image(path: str) -> np.ndarray:
                    f"{', '.join(IMAGE_EXTENSIONS)} (convert PNG/JPEG to .npy or netpbm first).")
 
 
-def _image_example(item: Item, resize: tuple[int, int] | None) -> dict[str, np.ndarray]:
-  image = read_image(item.path)
+def _image_example(item: Item, resize: tuple[int, int] | None,
+                   image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  image = read_image(item.path) if image is None else image
   if resize is not None:
     image = np.clip(np.round(resize_image(image.astype(np.float32), resize)), 0, 255)
     image = image.astype(np.uint8)
   return {"image": image}
+
+
+def _video_example(item: Item, resize: tuple[int, int] | None,
+                   fps: float | None) -> dict[str, np.ndarray]:
+  clip = video.read_frame_folder(item.path, read_image, IMAGE_EXTENSIONS)
+  if resize is not None:
+    clip = np.stack([_image_example(Item(f"{item.path}[{i}]"), resize, frame)["image"]
+                     for i, frame in enumerate(clip)])
+  example = {"video": clip}
+  if fps is not None:
+    example["fps"] = np.asarray(fps, np.float32)
+  return example
 
 
 def _audio_example(item: Item, options: AudioOptions) -> dict[str, np.ndarray]:
@@ -452,6 +469,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="audio: keep the first seconds, zero-padding shorter files (fixed shapes)")
   p.add_argument("--image-column", help="manifest: image path column (default 'image' if present)")
   p.add_argument("--audio-column", help="manifest: audio path column (default 'audio' if present)")
+  p.add_argument("--video-column", help="manifest: clip folder column (default 'video' if present)")
+  p.add_argument("--fps", type=float, help="video: the frame rate of the stored frames")
   p.add_argument("--text-column", help="manifest: text column (default 'text' if present)")
   p.add_argument("--label-column", help="manifest: label column (default 'label' if present)")
   return p
@@ -479,11 +498,13 @@ def _manifest_columns(args: argparse.Namespace,
     return flag if flag is not None else (default if default in keys else None)
 
   image, sound = pick(args.image_column, "image"), pick(args.audio_column, "audio")
-  if (image is None) == (sound is None):
+  clip = pick(args.video_column, "video")
+  if sum(c is not None for c in (image, sound, clip)) != 1:
     raise ValueError(
-        f"{args.input}: need exactly one of an image and an audio path column (columns: "
-        f"{', '.join(sorted(keys)) or 'none'}); name it with --image-column or --audio-column.")
-  return {"image": image, "audio": sound, "text": pick(args.text_column, "text"),
+        f"{args.input}: need exactly one of an image, an audio and a video path column "
+        f"(columns: {', '.join(sorted(keys)) or 'none'}); name it with --image-column, "
+        "--audio-column or --video-column.")
+  return {"image": image, "audio": sound, "video": clip, "text": pick(args.text_column, "text"),
           "label": pick(args.label_column, "label")}
 
 
@@ -505,6 +526,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     items = list_image_folder(source)
     decode = functools.partial(_image_example, resize=resize)
     options["resize"] = resize
+  elif args.kind == "video_folder":
+    items = [Item(clip, label=label) for clip, label in video.list_clips(source)]
+    decode = functools.partial(_video_example, resize=resize, fps=args.fps)
+    options.update(resize=resize, fps=args.fps)
   elif args.kind == "audio_folder":
     items, unlabelled = list_audio_folder(source, args.label_pattern)
     decode = functools.partial(_audio_example, options=audio_options)
@@ -517,12 +542,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   else:
     rows = read_manifest(source)
     columns = _manifest_columns(args, rows)
-    path_column = columns["image"] or columns["audio"]
+    path_column = columns["image"] or columns["audio"] or columns["video"]
     items = list_manifest(source, rows, path_column=path_column, text_column=columns["text"],
                           label_column=columns["label"], split_by=args.split_by)
     if columns["image"]:
       decode = functools.partial(_image_example, resize=resize)
       options["resize"] = resize
+    elif columns["video"]:
+      decode = functools.partial(_video_example, resize=resize, fps=args.fps)
+      options.update(resize=resize, fps=args.fps)
     else:
       decode = functools.partial(_audio_example, options=audio_options)
       options["audio"] = dataclasses.asdict(audio_options)

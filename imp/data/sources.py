@@ -14,16 +14,26 @@ from typing import Any
 
 import numpy as np
 
+from imp.data.tokenizer import ByteTokenizer, Tokenizer, make_tokenizer
+from imp.data.transforms import check_augment
+
 SOURCES: dict[str, Callable[..., DataSource]] = {}
+# source -> settings that may name another entry of config.datasets (built first, passed in).
+REFERENCES: dict[str, tuple[str, ...]] = {}
 
 
-def register_source(name: str):
-  """Registers a builder `fn(name, **settings) -> DataSource` under `name`."""
+def register_source(name: str, references: tuple[str, ...] = ()):
+  """Registers a builder `fn(name, **settings) -> DataSource` under `name`.
+
+  `references` lists settings whose value may be the name of another dataset entry;
+  `load_sources` builds that dataset first and passes the DataSource in its place.
+  """
 
   def wrap(fn):
     if name in SOURCES:
       raise ValueError(f"data source {name!r} registered twice.")
     SOURCES[name] = fn
+    REFERENCES[name] = tuple(references)
     return fn
 
   return wrap
@@ -102,6 +112,33 @@ class LazyFields(Mapping[str, np.ndarray]):
     return len(self._split.field_names)
 
 
+class SkipLog:
+  """Thread-safe count of skipped examples, with the first few reasons (for the logs)."""
+
+  keep_reasons = 20
+
+  def __init__(self):
+    self.count = 0
+    self.reasons: list[str] = []
+    self._lock = threading.Lock()
+
+  def add(self, reason: str) -> None:
+    with self._lock:
+      self.count += 1
+      if len(self.reasons) < self.keep_reasons:
+        self.reasons.append(reason)
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {"count": self.count, "reasons": self.reasons}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__init__()
+    self.count, self.reasons = state["count"], list(state["reasons"])
+
+
+ON_ERROR = ("fail", "skip")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSource:
   """A dataset ready for pipelines.
@@ -113,7 +150,15 @@ class DataSource:
     class_names: one name per label id.
     splits: split name -> ArraySplit.
     label_templates: prompt templates, each with one "{}" for the class name.
-    augment: training augmentation settings (`translate`: max pixel shift).
+    augment: training image augmentation (imp.data.transforms.check_augment: translate,
+      random_resized_crop, flip).
+    on_error: "fail" (an example that cannot be decoded or transformed stops the pipeline
+      with an error naming it) or "skip" (it is replaced by the next good one and counted in
+      `skips`).
+    skips: the examples the pipelines skipped (shared by all of this dataset's pipelines).
+    tokenizer: text tokenizer (imp.data.tokenizer; `datasets.<name>.tokenizer`).
+    clip_fps: video frames are sampled at this rate (stored "fps" / clip_fps frames apart);
+      None takes consecutive frames.
   """
 
   name: str
@@ -122,6 +167,10 @@ class DataSource:
   splits: Mapping[str, ArraySplit]
   label_templates: tuple[str, ...] = ("{}",)
   augment: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  on_error: str = "fail"
+  skips: SkipLog = dataclasses.field(default_factory=lambda: SkipLog())
+  tokenizer: Tokenizer = dataclasses.field(default_factory=ByteTokenizer)
+  clip_fps: float | None = None
 
   def split(self, split: str) -> ArraySplit:
     if split not in self.splits:
@@ -143,11 +192,45 @@ def modalities_of(fields: Iterable[str], class_names: Sequence[str]) -> tuple[st
   return tuple(found)
 
 
+def load_sources(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, DataSource]:
+  """Builds every entry of config.datasets, each once; referenced datasets are built first.
+
+  Raises:
+    ValueError: a reference to a dataset that is not in `configs`, or a cycle of references.
+  """
+  built: dict[str, DataSource] = {}
+
+  def build(name: str, chain: tuple[str, ...]) -> DataSource:
+    if name in built:
+      return built[name]
+    if name in chain:
+      raise ValueError(f"datasets: {' -> '.join(chain + (name,))} is a cycle of references.")
+    settings = dict(configs[name])
+    for key in REFERENCES.get(settings.get("source"), ()):
+      ref = settings.get(key)
+      if isinstance(ref, str):
+        if ref not in configs:
+          raise ValueError(f"datasets.{name}.{key}={ref!r} is not in config.datasets; valid: "
+                           f"{', '.join(n for n in configs if n != name)}.")
+        settings[key] = build(ref, chain + (name,))
+    built[name] = load_source(name, settings)
+    return built[name]
+
+  return {name: build(name, ()) for name in configs}
+
+
 def load_source(name: str, settings: Mapping[str, Any]) -> DataSource:
   """Builds dataset `name` from its config entry ({"source": ..., **source settings})."""
   settings = dict(settings)
   source = settings.pop("source", None)
-  augment = dict(settings.pop("augment", None) or {})
+  augment = check_augment(dict(settings.pop("augment", None) or {}), f"datasets.{name}.augment")
+  on_error = settings.pop("on_error", "fail")
+  if on_error not in ON_ERROR:
+    raise ValueError(f"datasets.{name}.on_error={on_error!r}; valid: {', '.join(ON_ERROR)}.")
+  tokenizer = make_tokenizer(settings.pop("tokenizer", None), f"datasets.{name}.tokenizer")
+  clip_fps = settings.pop("clip_fps", None)
+  if clip_fps is not None and not float(clip_fps) > 0:
+    raise ValueError(f"datasets.{name}.clip_fps={clip_fps!r} must be a positive number.")
   if source not in SOURCES:
     raise ValueError(
         f"datasets.{name}.source={source!r} is not a known source; valid sources: "
@@ -156,10 +239,12 @@ def load_source(name: str, settings: Mapping[str, Any]) -> DataSource:
     data = SOURCES[source](name, **settings)
   except TypeError as e:
     raise ValueError(f"datasets.{name}: bad settings for source {source!r}: {e}") from e
-  data = dataclasses.replace(data, augment=augment)
+  data = dataclasses.replace(data, augment=augment, on_error=on_error, tokenizer=tokenizer,
+                             clip_fps=None if clip_fps is None else float(clip_fps))
   for split_name, split in data.splits.items():
     if len(split) == 0:
-      raise ValueError(f"datasets.{name}: split {split_name!r} is empty.")
+      raise ValueError(f"datasets.{name}: split {split_name!r} is empty; a dataset needs "
+                       "examples in every split it lists.")
   return data
 
 

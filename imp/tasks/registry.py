@@ -1,8 +1,10 @@
 """Task registry: config entries -> validated `Task`s with sampling weights.
 
 A config task entry names a dataset, an objective, the modalities it reads and one or more
-variants (batch size, resolution, frames, DropToken rate). Every (entry, variant) pair becomes
-one `Task` with its own fixed input signature, so the step cache compiles one program for it.
+variants (batch size, resolution, frames, DropToken rate), written out or expanded from a base
+spec and a tokens-per-batch budget (`variants.auto`, see `imp.tasks.variants`). Every
+(entry, variant) pair becomes one `Task` with its own fixed input signature, so the step cache
+compiles one program for it.
 
 Weights follow IMP §4.1: a task entry's weight comes from its dataset's size (or the square root
 of it, as Uni-Perceiver does, or uniform, or an explicit number), and the entry's variants share
@@ -15,6 +17,8 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from imp.tasks.variants import expand_entry
 
 MODALITIES = ("image", "video", "audio", "text")
 WEIGHTINGS = ("size", "sqrt", "uniform", "explicit")
@@ -217,7 +221,7 @@ class TaskRegistry:
               f"not {modality!r}.")
       variants = [
           _parse_variant(f"{key}.variants.{name}", name, dict(v))
-          for name, v in spec["variants"].items()
+          for name, v in expand_entry(spec["variants"], modalities, f"{key}.variants").items()
       ]
       parsed.append((entry, spec, modalities, variants))
 

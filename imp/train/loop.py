@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
-from imp.data import DataSource, TaskIterators, load_source, task_dataset
+from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
 from imp.objectives import OBJECTIVES, get_objective
@@ -157,7 +157,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
   workdir.mkdir(parents=True, exist_ok=True)
 
   # ---- Data sources and tasks -----------------------------------------------------------
-  sources = {name: load_source(name, cfg) for name, cfg in config.datasets.items()}
+  sources = load_sources(config.datasets)
   registry = TaskRegistry.from_config(
       config.tasks.to_dict() if hasattr(config.tasks, "to_dict") else config.tasks,
       dataset_sizes={n: len(s.split("train")) for n, s in sources.items()},
@@ -187,6 +187,10 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
   heads = tuple((n, s.num_classes) for n, s in sources.items() if s.num_classes)
   model_config = ModelConfig.from_config(config.model)
   _check_shapes(registry, model_config)
+  for name, source in sources.items():
+    if source.tokenizer.vocab_size > model_config.text_vocab_size:
+      raise ValueError(f"datasets.{name}.tokenizer has {source.tokenizer.vocab_size} ids, more "
+                       f"than model.text_vocab_size={model_config.text_vocab_size}.")
   model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)))
   tx = make_optimizer(config.optimizer, config.total_steps)
   state = jax.device_put(init_state(model, tx, config.seed), replicated(mesh))
@@ -271,8 +275,8 @@ class _TrainLog:
       else:
         self.consecutive = 0
 
-  def write(self, step: int, cache_stats: dict[str, float]) -> str:
-    """Writes the buffered means; returns the console line."""
+  def write(self, step: int, cache_stats: dict[str, float], data_skipped: int = 0) -> str:
+    """Writes the buffered means (and the count of skipped bad examples); returns the line."""
     self._count_skips()
     means = _mean_by_task(self.pending)
     for task_name, metrics in means.items():
@@ -284,12 +288,13 @@ class _TrainLog:
     self.steps.clear()
     scalars = _flatten(means)
     self.writer.write(step, dict(scalars, **{f"step_cache/{k}": v
-                                             for k, v in cache_stats.items()}))
+                                             for k, v in cache_stats.items()},
+                                 **{"data/skipped_examples": data_skipped}))
     line = "  ".join(f"{k}={v:.3f}" for k, v in sorted(scalars.items())
                      if k.endswith(("/loss", "/accuracy")))
     return (f"step {step}: {line}  (step cache: {cache_stats['size']} programs, "
             f"{cache_stats['hits']} hits, {100 * cache_stats['compile_share']:.1f}% of wall "
-            "compiling)")
+            "compiling)" + (f"  ({data_skipped} bad examples skipped)" if data_skipped else ""))
 
   def close(self, workdir: Path) -> None:
     if self.usage:
@@ -434,7 +439,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       stopping = done == end or preempted
 
       if done % config.log_every == 0 or stopping:
-        bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start)))
+        bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
+                                  sum(s.skips.count for s in exp.sources.values())))
         _check_nonfinite(train_log, config, exp.checkpointer)
 
       # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
@@ -467,6 +473,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       "step_cache": dict(cache.stats(wall), xla_compiles_after_warmup=compiles_after_warmup),
       "task_steps": dict(sorted(counts.items())),
       "nonfinite_skipped_steps": train_log.skipped,
+      # Bad examples the pipelines skipped (datasets.<name>.on_error="skip"), this run.
+      "data_skipped_examples": {n: s.skips.count for n, s in exp.sources.items()
+                                if s.skips.count},
       "eval": evals,
   }
   train_log.writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
