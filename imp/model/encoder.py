@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from imp.model import logical
+from imp.model.attention_moe import ATTENTION_ROUTERS, MoeSelfAttention
+from imp.model.conditions import GateInput, get_condition
 from imp.model.moe import ROUTERS, MoeMlp
 
 Array = jax.Array
@@ -109,6 +111,12 @@ class MoeConfig:
       factor 1.0 costs the FLOPs of the dense FFN).
     group_size: "example", "batch" or a number of tokens per routing group.
     dispatch: "gather" (fast on one device) or "einsum" (lowers to all-to-all on a mesh).
+    condition: the router input R(x), a key of imp.model.conditions.CONDITIONS (token,
+      context, modality, task, attribute; Uni-Perceiver-MoE eq. 5-9).
+    condition_dim: width of the data-independent condition embeddings (default: model width).
+    ffn: MoE layers have expert FFNs (False: only their attention is MoE).
+    attention: "none", "shared" (one router for Q/K/V/output, Uni-Perceiver-MoE) or "qkv"
+      (separate Q, K and V routers, M3SAT): linear-projection experts in attention.
   """
 
   num_experts: int = 0
@@ -118,6 +126,10 @@ class MoeConfig:
   hidden_dim: int | None = None
   group_size: str | int = "example"
   dispatch: str = "gather"
+  condition: str = "token"
+  condition_dim: int | None = None
+  ffn: bool = True
+  attention: str = "none"
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | None) -> MoeConfig:
@@ -132,14 +144,46 @@ class MoeConfig:
     if moe.num_experts and moe.router not in ROUTERS:
       raise ValueError(f"model.moe.router={moe.router!r} is not known; valid: "
                        f"{', '.join(sorted(ROUTERS))}.")
+    condition = get_condition(moe.condition)
+    if moe.attention not in ("none", *ATTENTION_ROUTERS):
+      raise ValueError(f"model.moe.attention={moe.attention!r} is not known; valid: 'none', "
+                       f"{', '.join(repr(r) for r in ATTENTION_ROUTERS)}.")
+    if moe.num_experts and not moe.ffn and moe.attention == "none":
+      raise ValueError("model.moe.ffn=False with model.moe.attention='none' leaves no experts; "
+                       "set ffn=True or attention='shared'/'qkv'.")
+    if moe.num_experts and not condition.data_dependent and moe.router != "top_k":
+      raise ValueError(f"model.moe.condition={moe.condition!r} gives every token of a condition "
+                       f"the same router scores, so it needs router='top_k' (token choice), "
+                       f"not {moe.router!r}.")
     return moe
+
+  @property
+  def data_dependent(self) -> bool:
+    return get_condition(self.condition).data_dependent
+
+  @property
+  def layer_router_args(self) -> tuple[tuple[str, Any], ...]:
+    """Router arguments as a layer uses them.
+
+    Under a data-independent condition every token of a condition asks for the same k
+    experts, so the capacity must hold all S tokens of a group or most would be dropped;
+    the capacity factor becomes E / k (capacity_for then gives C = S), in training and eval.
+    """
+    if self.data_dependent:
+      return self.router_args
+    args = dict(self.router_args)
+    factor = self.num_experts / int(args.get("k", 1))
+    args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
+    return tuple(sorted(args.items()))
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN Transformer block: (x [B, N, D], mask [B, N]) -> (x, MoE metrics or None).
+  """Pre-LN Transformer block: (x [B, N, D], mask [B, N], condition [B, N, Dc] or None) ->
+  (x, MoE metrics or None).
 
-  With `moe` set, the FFN is a Mixture-of-Experts layer; tokens no expert picks pass through
-  the residual unchanged.
+  With `moe` set, the FFN (moe.ffn) and/or the attention projections (moe.attention) are
+  Mixture-of-Experts layers routed by R(x) of `moe.condition`; `condition` carries the
+  data-independent condition embeddings. Tokens no FFN expert picks pass through the residual.
   """
 
   width: int
@@ -149,20 +193,34 @@ class EncoderBlock(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> tuple[Array, dict | None]:
-    y = SelfAttention(self.width, self.num_heads, name="attn")(logical.layer_norm("ln_attn")(x),
-                                                               mask)
+  def __call__(self, x: Array, mask: Array,
+               condition: Array | None = None) -> tuple[Array, dict | None]:
+    moe = self.moe
+    metrics = None
+    h = logical.layer_norm("ln_attn")(x)
+    if moe is not None and moe.attention != "none":
+      gate = GateInput(moe.condition, name="attn_gate")(h, mask, condition)
+      y, metrics = MoeSelfAttention(
+          self.width, self.num_heads, moe.num_experts, routers=moe.attention,
+          router=moe.router, router_kwargs=moe.layer_router_args, group_size=moe.group_size,
+          dispatch=moe.dispatch, name="attn")(h, mask, gate, train=self.train)
+    else:
+      y = SelfAttention(self.width, self.num_heads, name="attn")(h, mask)
     x = x + checkpoint_name(y, "attn_out")
     h = logical.layer_norm("ln_mlp")(x)
-    metrics = None
-    if self.moe is None:
+    if moe is None or not moe.ffn:
       y = Mlp(self.width, self.mlp_dim, name="mlp")(h)
     else:
-      y, metrics = MoeMlp(
-          num_experts=self.moe.num_experts, hidden_dim=self.moe.hidden_dim or self.mlp_dim,
-          router=self.moe.router, router_kwargs=self.moe.router_args,
-          group_size=self.moe.group_size, dispatch=self.moe.dispatch, name="moe",
-      )(h, mask, train=self.train)
+      gate = GateInput(moe.condition, name="gate")(h, mask, condition)
+      y, ffn_metrics = MoeMlp(
+          num_experts=moe.num_experts, hidden_dim=moe.hidden_dim or self.mlp_dim,
+          router=moe.router, router_kwargs=moe.layer_router_args,
+          group_size=moe.group_size, dispatch=moe.dispatch, name="moe",
+      )(h, mask, gate_input=gate, train=self.train)
+      if metrics is not None:
+        ffn_metrics = dict(ffn_metrics, **{k: v for k, v in metrics.items() if k != "aux_loss"},
+                           aux_loss=ffn_metrics["aux_loss"] + metrics["aux_loss"])
+      metrics = ffn_metrics
     x = x + checkpoint_name(y, "mlp_out")
     return x, metrics
 
@@ -177,19 +235,21 @@ class BlockGroup(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> tuple[Array, dict]:
+  def __call__(self, x: Array, mask: Array,
+               condition: Array | None = None) -> tuple[Array, dict]:
     for i in range(self.moe.every - 1):
       x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, train=self.train,
                           name=f"dense_{i}")(x, mask)
     return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe,
-                        train=self.train, name="moe_block")(x, mask)
+                        train=self.train, name="moe_block")(x, mask, condition)
 
 
 class Encoder(nn.Module):
   """Stack of `depth` blocks plus a final LayerNorm.
 
-  (tokens [B, N, D], mask bool [B, N]) -> (tokens [B, N, D], MoE metrics), where each MoE
-  metric has a leading [moe_layers] axis (empty dict for a dense encoder).
+  (tokens [B, N, D], mask bool [B, N], condition [B, N, Dc] or None) -> (tokens [B, N, D],
+  MoE metrics), where each MoE metric has a leading [moe_layers] axis (empty dict for a dense
+  encoder). `condition` is the data-independent routing condition (imp.model.conditions).
 
   Attributes:
     scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis; with
@@ -207,7 +267,8 @@ class Encoder(nn.Module):
   moe: MoeConfig | None = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, *, train: bool = False) -> tuple[Array, dict]:
+  def __call__(self, x: Array, mask: Array, *, train: bool = False,
+               condition: Array | None = None) -> tuple[Array, dict]:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"{', '.join(REMAT_POLICIES)}.")
@@ -227,11 +288,11 @@ class Encoder(nn.Module):
       layers = nn.scan(
           unit, variable_axes={"params": 0}, split_rngs={"params": True, "router": True},
           in_axes=nn.broadcast, length=length, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, metrics = layers(*args, **kwargs, name="layers")(x, mask)
+      x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition)
     else:
       per_layer = []
       for i in range(length):
-        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask)
+        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask, condition)
         per_layer.append(m)
       metrics = None if moe is None else jax.tree.map(lambda *m: jnp.stack(m), *per_layer)
     return logical.layer_norm("ln_final")(x), metrics or {}

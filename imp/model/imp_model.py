@@ -2,6 +2,12 @@
 
 The model knows modalities and head names, never tasks: a step passes a `Request` saying which
 outputs it needs, and only those submodules run (so only their parameters get gradients).
+For conditional MoE routing (imp.model.conditions) the model is also given a task table:
+each training task's name and Request, from which it derives task ids and token attributes.
+
+Front ends (`model.front_end`): "patch" embeds each modality with its own patch/token embedder
+(IMP); "perceiver" standardises any modality and maps it to a fixed number of latents with one
+shared Perceiver block (M3SAT).
 
 Outputs (keys of the returned dict):
   "logits/<head>":      [B, C] classifier logits on the average-pooled encoding.
@@ -24,13 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
+from imp.model.conditions import StaticCondition, TokenCondition, roles_of, token_attributes
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
 from imp.model.encoder import Encoder, MoeConfig, drop_tokens
+from imp.model.perceiver import PerceiverFrontEnd
 
 Array = jax.Array
 
 # Which embedder family reads each modality: an image is a one-frame video.
 EMBEDDER_OF = {"image": "vision", "video": "vision", "audio": "audio", "text": "text"}
+FRONT_ENDS = ("patch", "perceiver")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +64,10 @@ class ModelConfig:
     logit_scale_init: initial inverse temperature of contrastive logits (CLIP: 1 / 0.07).
     logit_scale_max: the inverse temperature is clipped to this (CLIP: 100).
     moe: Mixture-of-Experts placement and routing (`model.moe`; dense by default).
+    front_end: "patch" (per-modality embedders, IMP) or "perceiver" (M3SAT's shared
+      Perceiver block over standardised inputs with Fourier positions and a modality code).
+    perceiver_latents: latents per modality of the perceiver front end (M3SAT: 12 or 20).
+    perceiver_bands: Fourier bands per position axis of the perceiver front end (M3SAT: 6).
   """
 
   width: int = 64
@@ -74,6 +87,9 @@ class ModelConfig:
   logit_scale_init: float = 1.0 / 0.07
   logit_scale_max: float = 100.0
   moe: MoeConfig = MoeConfig()
+  front_end: str = "patch"
+  perceiver_latents: int = 12
+  perceiver_bands: int = 6
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -83,7 +99,18 @@ class ModelConfig:
       raise ValueError(f"model.{unknown[0]} is not a model setting; valid: {', '.join(fields)}.")
     values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
     values["moe"] = MoeConfig.from_config(cfg.get("moe"))
+    if values.get("front_end", "patch") not in FRONT_ENDS:
+      raise ValueError(f"model.front_end={values['front_end']!r} is not known; valid: "
+                       f"{', '.join(FRONT_ENDS)}.")
     return cls(**values)
+
+  def raw_dim(self, modality: str) -> int:
+    """Features per input element as the perceiver front end reads them."""
+    if modality in ("image", "video"):
+      return int(np.prod(self.vision_patch)) * self.vision_channels
+    if modality == "audio":
+      return int(np.prod(self.audio_patch))
+    return self.width  # text: a learned token embedding
 
   def dummy_input(self, modality: str, batch: int = 1) -> np.ndarray:
     """A zero input of the base shape, for initialisation."""
@@ -110,11 +137,18 @@ class Request:
     classify: (modality, head name) pairs: logits of that head on that modality.
     embed: modalities to project into the common space.
     features: modalities whose pooled encoder features to return.
+    task: name of the training task this request serves (a key of the model's task table),
+      for task and attribute routing; None for evaluation (see `IMPModel.condition_of`).
+    fuse: modalities whose tokens are concatenated on the sequence axis into ONE encoder
+      pass whose pooled output feeds the `classify` heads (M3SAT); with fewer than two, each
+      modality is encoded alone (IMP).
   """
 
   classify: tuple[tuple[str, str], ...] = ()
   embed: tuple[str, ...] = ()
   features: tuple[str, ...] = ()
+  task: str | None = None
+  fuse: tuple[str, ...] = ()
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -135,16 +169,26 @@ class IMPModel(nn.Module):
     config: ModelConfig.
     heads: (head name, number of classes) of every classifier, e.g. one per dataset.
     modalities: modalities the model embeds (one projection head each).
+    tasks: (task name, its Request) of every training task, in config order; the index is
+      the task id of task routing, and the Request gives the task's inputs and targets for
+      attribute routing.
   """
 
   config: ModelConfig
   heads: Sequence[tuple[str, int]] = ()
   modalities: Sequence[str] = ("image", "text")
+  tasks: Sequence[tuple[str, Request]] = ()
 
   def setup(self):
     c = self.config
     families = {EMBEDDER_OF[m] for m in self.modalities}
     embedders = {}
+    if c.front_end == "perceiver":
+      self.front = PerceiverFrontEnd(
+          c.width, c.perceiver_latents, c.num_heads, c.mlp_dim, c.perceiver_bands,
+          tuple((m, c.raw_dim(m)) for m in sorted(self.modalities)), c.vision_patch,
+          c.audio_patch, c.text_vocab_size)
+      families = set()
     if "vision" in families:
       embedders["vision"] = VisionEmbedder(c.width, c.vision_patch, c.vision_base_grid)
     if "audio" in families:
@@ -154,6 +198,9 @@ class IMPModel(nn.Module):
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
                            c.remat_policy, c.moe)
+    if c.moe.num_experts and not c.moe.data_dependent:
+      self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
+                                       num_tasks=len(self.tasks))
     # Zero-initialised heads start at uniform predictions (as big_vision does).
     self.classifiers = {
         name: nn.Dense(classes, kernel_init=logical.zeros("embed", "classes"),
@@ -166,15 +213,50 @@ class IMPModel(nn.Module):
     self.log_logit_scale = self.param(
         "log_logit_scale", nn.initializers.constant(math.log(c.logit_scale_init)), ())
 
-  def encode(self, modality: str, x: Array, *, train: bool = False,
-             drop_token: float = 0.0) -> tuple[Array, Array]:
-    """One modality through its embedder and the shared encoder.
+  def condition_of(self, request: Request, modality: str) -> TokenCondition:
+    """Task id and attributes of `modality`'s tokens under `request`.
 
-    Returns (tokens [B, N, D], mask bool [B, N]); N shrinks under DropToken. MoE routing
-    metrics (each [moe_layers, ...]) are sown as intermediates "moe_<modality>".
+    A training request names its task. An evaluation request names none; it gets the task
+    that produced the same output in training: for an embedded modality, the first task (in
+    config order) that embeds it; otherwise the first that classifies it, else the first
+    that reads it. With no task table, attributes come from the request itself and the task
+    id is 0.
     """
+    names = [name for name, _ in self.tasks]
+    if request.task is not None:
+      if request.task not in names:
+        raise ValueError(f"request task {request.task!r} is not in the model's task table: "
+                         f"{names}.")
+      index = names.index(request.task)
+    else:
+      index = self._eval_task(request, modality)
+    source = self.tasks[index][1] if index >= 0 else request
+    inputs, targets = roles_of(source.classify, source.embed, source.features,
+                               source.fuse if source.classify else ())
+    return TokenCondition(modality, max(index, 0), token_attributes(inputs, targets, modality))
+
+  def _eval_task(self, request: Request, modality: str) -> int:
+    tables = [r for _, r in self.tasks]
+    classifies = lambda r: modality in [m for m, _ in r.classify] + list(  # noqa: E731
+        r.fuse if r.classify else ())
+    tests = ([lambda r: modality in r.embed] if modality in request.embed else []) + [
+        classifies, lambda r: modality in r.modalities]
+    for test in tests:
+      for i, r in enumerate(tables):
+        if test(r):
+          return i
+    return -1
+
+  def _tokens(self, modality: str, x: Array, train: bool,
+              drop_token: float) -> tuple[Array, Array]:
+    """One modality's tokens before the encoder: ([B, N, D], mask bool [B, N])."""
     if modality not in self.modalities:
       raise ValueError(f"model has no {modality!r} embedder; modalities: {self.modalities}.")
+    if self.config.front_end == "perceiver":
+      if train and drop_token > 0.0 and modality != "text":
+        raise ValueError("DropToken is not supported with model.front_end='perceiver': the "
+                         "front end already maps every input to a fixed number of latents.")
+      return self.front(modality, x)
     tokens = self.embedders[EMBEDDER_OF[modality]](x)
     if modality == "text":
       mask = x != 0  # id 0 is padding
@@ -183,25 +265,64 @@ class IMPModel(nn.Module):
       # DropToken applies to the long perceptual sequences, never to short discrete text.
       if train and drop_token > 0.0:
         tokens, mask = drop_tokens(tokens, mask, drop_token, self.make_rng("droptoken"))
-    chex.assert_rank(tokens, 3)
-    tokens, moe_metrics = self.encoder(tokens, mask, train=train)
-    if moe_metrics:
-      self.sow("intermediates", f"moe_{modality}", moe_metrics)
     return tokens, mask
+
+  def _encode(self, parts: Sequence[tuple[str, Array, Array]], request: Request,
+              train: bool) -> tuple[Array, Array]:
+    """Concatenates (modality, tokens [B, Ni, D], mask [B, Ni]) parts on the sequence axis
+    and runs the shared encoder -> (tokens [B, sum Ni, D], mask [B, sum Ni]).
+
+    MoE routing metrics (each [moe_layers, ...]) are sown as intermediates
+    "moe_<modality>" ("moe_<m1>+<m2>" for a fused sequence).
+    """
+    tokens = jnp.concatenate([t for _, t, _ in parts], axis=1)
+    mask = jnp.concatenate([m for _, _, m in parts], axis=1)
+    chex.assert_rank(tokens, 3)
+    chex.assert_shape(mask, tokens.shape[:2])
+    condition = None
+    if hasattr(self, "condition"):
+      per_token = [self.condition_of(request, m).arrays(t.shape[1]) for m, t, _ in parts]
+      ids, tasks, attrs = (np.concatenate(a) for a in zip(*per_token, strict=True))
+      condition = self.condition(jnp.asarray(ids), jnp.asarray(tasks), jnp.asarray(attrs))
+      condition = jnp.broadcast_to(condition[None], (tokens.shape[0], *condition.shape))
+    tokens, moe_metrics = self.encoder(tokens, mask, train=train, condition=condition)
+    if moe_metrics:
+      self.sow("intermediates", "moe_" + "+".join(m for m, _, _ in parts), moe_metrics)
+    return tokens, mask
+
+  def encode(self, modality: str, x: Array, *, train: bool = False, drop_token: float = 0.0,
+             request: Request | None = None) -> tuple[Array, Array]:
+    """One modality through its embedder (or the perceiver front end) and the shared encoder.
+
+    Returns (tokens [B, N, D], mask bool [B, N]); N shrinks under DropToken.
+    """
+    tokens, mask = self._tokens(modality, x, train, drop_token)
+    return self._encode([(modality, tokens, mask)], request or Request(features=(modality,)),
+                        train)
 
   def __call__(self, inputs: Mapping[str, Array], request: Request, *, train: bool = False,
                drop_token: float = 0.0) -> dict[str, Array]:
-    pooled = {}
-    for modality in request.modalities:
+    for modality in request.modalities + request.fuse:
       if modality not in inputs:
         raise ValueError(f"request needs input {modality!r}; batch has {sorted(inputs)}.")
-      tokens, mask = self.encode(modality, inputs[modality], train=train, drop_token=drop_token)
+    fusing = bool(request.classify) and len(request.fuse) > 1
+    alone = (tuple(dict.fromkeys(request.embed + request.features)) if fusing
+             else request.modalities)
+    pooled = {}
+    for modality in alone:
+      tokens, mask = self.encode(modality, inputs[modality], train=train,
+                                 drop_token=drop_token, request=request)
       pooled[modality] = masked_mean(tokens, mask)
+    fused = None
+    if fusing:
+      parts = [(m, *self._tokens(m, inputs[m], train, drop_token)) for m in request.fuse]
+      fused = masked_mean(*self._encode(parts, request, train))
     out = {}
     for modality, head in request.classify:
       if head not in self.classifiers:
         raise ValueError(f"no classifier head {head!r}; heads: {sorted(self.classifiers)}.")
-      out[f"logits/{head}"] = self.classifiers[head](pooled[modality])
+      out[f"logits/{head}"] = self.classifiers[head](pooled[modality] if fused is None
+                                                     else fused)
     for modality in request.embed:
       z = self.projections[modality](pooled[modality])
       out[f"embedding/{modality}"] = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)

@@ -38,7 +38,7 @@ from imp.tasks import TaskRegistry, TaskSampler
 from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
 from imp.train.state import TrainState, init_state, make_optimizer
-from imp.train.step import StepSpec, make_infer_step, make_train_step
+from imp.train.step import StepSpec, make_infer_step, make_train_step, task_table
 from imp.train.step_cache import StepCache, signature, xla_compiles
 
 log = logging.getLogger("imp")
@@ -191,7 +191,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
     if source.tokenizer.vocab_size > model_config.text_vocab_size:
       raise ValueError(f"datasets.{name}.tokenizer has {source.tokenizer.vocab_size} ids, more "
                        f"than model.text_vocab_size={model_config.text_vocab_size}.")
-  model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)))
+  model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)),
+                   tasks=task_table(registry))
   tx = make_optimizer(config.optimizer, config.total_steps)
   state = jax.device_put(init_state(model, tx, config.seed), replicated(mesh))
   best_metric = config.get("checkpoint_best_metric")

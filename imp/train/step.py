@@ -14,7 +14,7 @@ parameter are left exactly as they were.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -40,16 +40,27 @@ class StepSpec:
   drop_token: float = 0.0
   loss_weight: float = 1.0
   args: tuple[tuple[str, Any], ...] = ()
+  task: str | None = None  # the task entry: its id and attributes route conditional MoEs
 
   @classmethod
   def from_task(cls, task: Task) -> StepSpec:
     return cls(task.objective, task.dataset, task.modalities, task.variant.drop_token,
-               task.loss_weight, task.args)
+               task.loss_weight, task.args, task=task.entry)
 
   @property
   def request(self) -> Request:
     needs = get_objective(self.objective).needs(self.head, self.modalities, **dict(self.args))
-    return Request(classify=needs.classify, embed=needs.embed)
+    # A classification task over several modalities classifies them encoded together (M3SAT).
+    fuse = self.modalities if needs.classify and len(self.modalities) > 1 else ()
+    return Request(classify=needs.classify, embed=needs.embed, task=self.task, fuse=fuse)
+
+
+def task_table(tasks: Iterable[Task]) -> tuple[tuple[str, Request], ...]:
+  """(task entry, its Request) of every task entry, in order: the model's task table."""
+  table: dict[str, Request] = {}
+  for task in tasks:
+    table.setdefault(task.entry, StepSpec.from_task(task).request)
+  return tuple(table.items())
 
 
 def params_read_by(fn: Callable[..., Any], params: Any, *args: Any) -> Any:

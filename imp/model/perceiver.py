@@ -1,0 +1,143 @@
+"""The M3SAT front end (M3SAT §3.1, Appendix A.1-A.2): any modality -> a fixed number of latents.
+
+Per modality, the input is standardised into a sequence (Algorithm 1 of the appendix):
+raw features of each element (pixels of a patch, bins of a spectrogram patch, or a learned
+embedding of a text token), zero padding up to the widest modality, Fourier position features
+of the element's 1D/2D/3D position, and a one-hot modality code. ONE shared Perceiver block
+(cross-attention from learned latents to that sequence, then a latent self-attention layer)
+maps every modality to `num_latents` tokens of width D; the IMP model then concatenates the
+modalities of a task on the sequence axis and runs the (MoE) encoder.
+
+Shapes: B batch, T elements of a modality, P raw features per element, L latents, D width,
+F Fourier bands, A axes of the position grid (1 text, 2 audio, 3 vision).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imp.model import logical
+from imp.model.conditions import MODALITY_IDS, modality_id
+from imp.model.embedders import patchify
+from imp.model.encoder import EncoderBlock
+
+Array = jax.Array
+
+
+def fourier_features(grid: Sequence[int], num_bands: int,
+                     max_freq: float | None = None) -> np.ndarray:
+  """Fourier position features of every cell of `grid` (Perceiver / Perceiver IO).
+
+  Positions run over [-1, 1] on each axis (a length-1 axis sits at -1). Each axis gives its
+  position p and sin(pi f p), cos(pi f p) for F bands f = linspace(1, max_freq / 2, F), where
+  max_freq defaults to the axis length (its Nyquist frequency).
+
+  Returns: float32 [prod(grid), A * (2F + 1)], cells in row-major order, per axis
+  [p, sin..., cos...].
+  """
+  axes = [np.linspace(-1.0, 1.0, n) for n in grid]
+  pos = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(grid))
+  sines, cosines = [], []
+  for a, n in enumerate(grid):
+    freqs = np.linspace(1.0, (max_freq or n) / 2.0, num_bands)
+    angles = math.pi * pos[:, a:a + 1] * freqs[None]
+    sines.append(np.sin(angles))
+    cosines.append(np.cos(angles))
+  per_axis = [np.concatenate([pos[:, a:a + 1], sines[a], cosines[a]], axis=1)
+              for a in range(len(grid))]
+  return np.concatenate(per_axis, axis=1).astype(np.float32)
+
+
+def position_axes(modality: str) -> int:
+  """A: the number of position axes of a modality's element grid."""
+  return {"image": 3, "video": 3, "audio": 2, "text": 1}[MODALITY_IDS[modality_id(modality)]]
+
+
+class PerceiverFrontEnd(nn.Module):
+  """(modality, raw input) -> (latents [B, L, D], mask bool [B, L]).
+
+  Attributes:
+    width: D.
+    num_latents: L, the same for every modality (M3SAT: 12 or 20).
+    num_heads: heads of the latent self-attention (the cross-attention has one head, as M3SAT).
+    mlp_dim: hidden width of the block's feed-forward layers.
+    num_bands: F, Fourier bands per axis.
+    raw_dims: (modality, P) of every modality the model reads, to size the padding.
+    vision_patch, audio_patch: element sizes of vision and audio inputs.
+    text_vocab_size: token vocabulary of the text embedding.
+  """
+
+  width: int
+  num_latents: int
+  num_heads: int
+  mlp_dim: int
+  num_bands: int
+  raw_dims: tuple[tuple[str, int], ...]
+  vision_patch: tuple[int, int, int]
+  audio_patch: tuple[int, int]
+  text_vocab_size: int
+
+  @property
+  def input_dim(self) -> int:
+    """max over modalities of (P + position features), plus the one-hot modality code."""
+    widest = max(p + position_axes(m) * (2 * self.num_bands + 1) for m, p in self.raw_dims)
+    return widest + len(MODALITY_IDS)
+
+  def _elements(self, modality: str, x: Array) -> tuple[Array, tuple[int, ...]]:
+    """Raw features [B, T, P] and the element grid."""
+    if modality in ("image", "video"):
+      if x.ndim == 4:
+        x = x[:, None]
+      if x.shape[1] == 1 and self.vision_patch[0] > 1:
+        x = jnp.repeat(x, self.vision_patch[0], axis=1)
+      patches, grid = patchify(x, self.vision_patch)
+    elif modality == "audio":
+      patches, grid = patchify(x, self.audio_patch)
+    else:
+      embed = nn.Embed(self.text_vocab_size, self.width, name="text_embed",
+                       embedding_init=logical.normal(0.02, "vocab", "embed"))
+      return embed(x), (x.shape[1],)
+    return patches.reshape(x.shape[0], -1, patches.shape[-1]), grid
+
+  @nn.compact
+  def __call__(self, modality: str, x: Array) -> tuple[Array, Array]:
+    dims = dict(self.raw_dims)
+    if modality not in dims:
+      raise ValueError(f"perceiver front end has no {modality!r} input; modalities: "
+                       f"{sorted(dims)}.")
+    raw, grid = self._elements(modality, x)
+    b, t, p = raw.shape
+    if p != dims[modality]:
+      raise ValueError(f"{modality} elements have {p} features; the front end was sized for "
+                       f"{dims[modality]}.")
+    pos = fourier_features(grid, self.num_bands)
+    code = np.eye(len(MODALITY_IDS), dtype=np.float32)[modality_id(modality)]
+    pad = self.input_dim - len(MODALITY_IDS) - p - pos.shape[1]
+    extra = np.concatenate([np.zeros((t, pad), np.float32), pos, np.tile(code, (t, 1))], 1)
+    seq = jnp.concatenate([raw.astype(jnp.float32),
+                           jnp.broadcast_to(jnp.asarray(extra), (b, t, extra.shape[1]))], -1)
+    latents = self.param("latents", logical.normal(0.02, "latents", "embed"),
+                         (self.num_latents, self.width))
+    kv_in = logical.layer_norm("ln_inputs")(
+        nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
+                 bias_init=logical.zeros("embed"), name="input_proj")(seq))
+    q = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
+                 name="query")(logical.layer_norm("ln_latents")(latents))
+    k = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
+                 name="key")(kv_in)
+    v = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
+                 name="value")(kv_in)
+    weights = jax.nn.softmax(jnp.einsum("ld,btd->blt", q, k) / math.sqrt(self.width), axis=-1)
+    attended = jnp.einsum("blt,btd->bld", weights, v)
+    z = latents[None] + nn.Dense(self.width, kernel_init=logical.kernel("kv", "embed"),
+                                 bias_init=logical.zeros("embed"), name="cross_out")(attended)
+    # The latent self-attention layer of Figure 5, a dense pre-LN block.
+    mask = jnp.ones((b, self.num_latents), bool)
+    z, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, name="latent_block")(z, mask)
+    return z, mask
