@@ -95,16 +95,11 @@ def _keep_unread(new: Any, old: Any, read: Any) -> Any:
   return jax.tree.map(lambda n, o, r: n if r else o, new, old, read)
 
 
-def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
-                    state: TrainState, batch: Batch,
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Builds the pure train step of one spec.
+def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Array, tuple]]:
+  """The loss a train step of `spec` differentiates (also used by imp.analysis.interference).
 
-  Args:
-    model, tx: the model and optimizer.
-    spec: the step's static description.
-    state, batch: examples (arrays or ShapeDtypeStructs) of the step's arguments, used to
-      find which parameters this task reads.
+  Returns:
+    loss_fn(params, batch, rng) -> (weighted loss + MoE aux loss, (objective loss, metrics)).
   """
   objective = get_objective(spec.objective)
   request = spec.request
@@ -120,6 +115,22 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
     aux, moe_metrics = moe_summary(state.get("intermediates", {}))
     metrics = dict(metrics, **moe_metrics)
     return loss * spec.loss_weight + aux, (loss, metrics)
+
+  return loss_fn
+
+
+def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
+                    state: TrainState, batch: Batch,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Builds the pure train step of one spec.
+
+  Args:
+    model, tx: the model and optimizer.
+    spec: the step's static description.
+    state, batch: examples (arrays or ShapeDtypeStructs) of the step's arguments, used to
+      find which parameters this task reads.
+  """
+  loss_fn = make_loss_fn(model, spec)
 
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
