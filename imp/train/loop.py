@@ -487,6 +487,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   return summary
 
 
+def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
+                   ) -> tuple[Experiment, TrainState]:
+  """Builds the experiment and restores the latest checkpoint in `workdir` (for evaluation and
+  analysis; the caller closes `exp.checkpointer`)."""
+  exp = build(config, workdir)
+  restored = exp.checkpointer.restore(exp.state)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {exp.checkpointer.directory}; train first.")
+  return exp, restored[0]
+
+
+infer_fn = _infer_fn  # public: imp.evaluate and imp.analysis run programs the same way
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
   """Runs the eval suite on the latest checkpoint in `workdir`."""
   with compilation_cache(config, workdir):
@@ -494,11 +508,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-  exp = build(config, workdir)
-  restored = exp.checkpointer.restore(exp.state)
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {exp.checkpointer.directory}; train first.")
-  state, _ = restored
+  exp, state = restore_latest(config, workdir)
   results = exp.suite.run(_infer_fn(exp, state.params))
   exp.checkpointer.close()
   (exp.workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -106,10 +106,14 @@ def _keep_unread(new: Any, old: Any, read: Any) -> Any:
   return jax.tree.map(lambda n, o, r: n if r else o, new, old, read)
 
 
-def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Array, Any]]:
-  """The loss of one spec: (params, batch, rng) -> (weighted loss + MoE aux, (loss, metrics)).
+def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Array, tuple]]:
+  """The loss a train step of `spec` differentiates.
 
-  The AGD step differentiates it; the non-AGD baselines (imp/train/baselines.py) reuse it.
+  The AGD step differentiates it; the non-AGD baselines (imp/train/baselines.py) and
+  imp.analysis.interference reuse it.
+
+  Returns:
+    loss_fn(params, batch, rng) -> (weighted loss + MoE aux loss, (objective loss, metrics)).
   """
   objective = get_objective(spec.objective)
   request = spec.request

@@ -1,0 +1,127 @@
+r"""The papers' ablations at small scale: run every (variant, seed) of a study, tabulate mean ± std.
+
+A study is an `experiments/ablation_<study>.py` config whose `get_config("<variant>[,short]")`
+selects one arm. Every run is an ordinary `imp.train.loop.train` into its own workdir
+(`<root>/<study>/<variant>/seed<k>`); a finished run (its `summary.json` exists) is read, not
+rerun, so an interrupted sweep continues where it stopped.
+
+  python -m imp.analysis.ablations --study objectives --root /tmp/ablations
+  python -m imp.analysis.ablations --study all --short      # 12 steps per run, one seed
+
+The notebook `experiments/notebooks/ablations.ipynb` calls the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+# study -> (variants in table order, result columns: (eval result name, header)).
+STUDIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
+    "objectives": (("softmax", "nce", "sum", "agd"),
+                   (("digits/linear_probe_top1", "linear probe top-1"),
+                    ("digits/zero_shot_top1", "zero-shot top-1"))),
+    "resolution": (("single", "mixture"),
+                   (("digits/zero_shot_top1", "zero-shot @8x8"),
+                    ("digits_16/zero_shot_top1", "zero-shot @16x16"),
+                    ("digits/linear_probe_top1", "probe @8x8"),
+                    ("digits_16/linear_probe_top1", "probe @16x16"))),
+    "moe": (("dense", "moe4", "moe16"),
+            (("digits/linear_probe_top1", "linear probe top-1"),
+             ("digits/zero_shot_top1", "zero-shot top-1"))),
+}
+
+
+def config_from_file(path_and_arg: str):
+  """`get_config(arg)` of a config file given as "path" or "path:arg" (as `imp.main` takes)."""
+  path, _, arg = path_and_arg.partition(":")
+  if not Path(path).is_file():
+    raise FileNotFoundError(f"config file {path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def load_config(study: str, arg: str):
+  """`get_config(arg)` of experiments/ablation_<study>.py."""
+  if study not in STUDIES:
+    raise ValueError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}.")
+  return config_from_file(f"{REPO / 'experiments' / f'ablation_{study}.py'}:{arg}")
+
+
+def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
+              short: bool = False) -> dict[str, list[dict[str, Any]]]:
+  """Trains (or reads) every variant x seed; returns variant -> [summary per seed]."""
+  from imp.train import loop  # JAX starts only when runs do
+
+  variants, _ = STUDIES[study]
+  out: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+  for seed in seeds:  # seed-major: a sweep cut short still has every variant
+    for variant in variants:
+      workdir = Path(root) / study / variant / f"seed{seed}"
+      done = workdir / "summary.json"
+      if not done.exists():
+        config = load_config(study, variant + (",short" if short else ""))
+        config.seed = int(seed)
+        start = time.perf_counter()
+        summary = loop.train(config, workdir)
+        print(f"{study}/{variant}/seed{seed}: {time.perf_counter() - start:.0f}s "
+              f"{json.dumps(summary['eval'])}", flush=True)
+      out[variant].append(json.loads(done.read_text()))
+  return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+  x = np.asarray(values, np.float64)
+  return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def table(study: str, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+  """A Markdown table: one row per variant, `mean ± std` in percent over seeds per column."""
+  _, columns = STUDIES[study]
+  header = "| variant | seeds | steps | " + " | ".join(h for _, h in columns) + " |"
+  lines = [header, "|" + " --- |" * (3 + len(columns))]
+  for variant, runs in results.items():
+    cells = []
+    for metric, _ in columns:
+      mean, std = mean_std([100 * r["eval"][metric] for r in runs])
+      cells.append(f"{mean:.1f} ± {std:.1f}")
+    lines.append(f"| {variant} | {len(runs)} | {runs[0]['steps']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--study", default="all", choices=[*STUDIES, "all"])
+  parser.add_argument("--root", default="/tmp/ablations", help="parent of the run workdirs")
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+  parser.add_argument("--short", action="store_true", help="12 steps per run (smoke test)")
+  parser.add_argument("--compile-cache", default=None,
+                      help="persistent XLA cache (default <root>/xla_cache): seeds of one "
+                      "variant compile the same programs")
+  args = parser.parse_args(argv)
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir",
+                    args.compile_cache or str(Path(args.root) / "xla_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  for study in STUDIES if args.study == "all" else [args.study]:
+    results = run_study(study, args.root, seeds, short=args.short)
+    text = table(study, results)
+    (Path(args.root) / f"{study}.md").write_text(text + "\n")
+    print(f"\n## {study}\n\n{text}\n", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,142 @@
+"""Run plots (matplotlib PNG): per-task loss curves, task sampling counts, task matrices.
+
+  python -m imp.analysis.plots --config experiments/digits.py --workdir /tmp/digits
+
+writes `<workdir>/analysis/loss_curves.png` (from metrics.jsonl), `task_counts.png` (the
+seeded task schedule: the task of step t is a pure function of the seed and t, so the counts
+are recomputed exactly rather than logged) and, for MoE runs, the expert-usage heatmap
+(`imp.analysis.expert_usage`). The images also go to TensorBoard (`<workdir>/tensorboard`,
+tag `analysis/<name>`). Interference and affinity matrices come from
+`python -m imp.analysis.interference`, which calls `plot_task_matrix`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def read_metrics(path: str | Path, kind: str = "train") -> list[dict]:
+  """The records of one kind in a metrics.jsonl."""
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist; train into this workdir first.")
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if r.get("kind") == kind]
+
+
+def loss_curves(records: Sequence[Mapping]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """task -> (steps [n], loss [n]) from train records' "<task>/loss" entries."""
+  curves: dict[str, list[tuple[int, float]]] = {}
+  for r in records:
+    for key, value in r.items():
+      if key.endswith("/loss") and not key.startswith("moe/") and isinstance(value, float):
+        curves.setdefault(key[: -len("/loss")], []).append((int(r["step"]), value))
+  return {t: (np.array([s for s, _ in v]), np.array([x for _, x in v]))
+          for t, v in sorted(curves.items())}
+
+
+def cumulative_counts(schedule: npt.ArrayLike, num_tasks: int) -> np.ndarray:
+  """[steps, tasks]: how often each task was sampled up to and including each step."""
+  s = np.asarray(schedule)
+  return np.cumsum(np.eye(num_tasks, dtype=np.int64)[s], axis=0)
+
+
+def _save(fig, path: str | Path) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  _pyplot().close(fig)
+  return path
+
+
+def plot_loss_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) -> Path:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for task, (steps, loss) in curves.items():
+    ax.plot(steps, loss, label=task)
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss (mean over the log interval)")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
+  """Cumulative steps per task [steps, tasks] as lines."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for k, name in enumerate(names):
+    ax.plot(np.arange(1, len(counts) + 1), counts[:, k], label=f"{name} ({counts[-1, k]})")
+  ax.set_xlabel("step")
+  ax.set_ylabel("times sampled")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def plot_task_matrix(matrix: npt.ArrayLike, tasks: Sequence[str], path, title: str) -> Path:
+  """A [T, T] heatmap (rows: affected task i, columns: stepping task j), values printed."""
+  plt = _pyplot()
+  m = np.asarray(matrix, np.float64)
+  fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(tasks), 1.0 + 0.8 * len(tasks)))
+  bound = float(np.abs(m).max()) or 1.0
+  image = ax.imshow(m, cmap="RdYlGn", vmin=-bound, vmax=bound)
+  for (i, j), v in np.ndenumerate(m):
+    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+  ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
+  ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(image, ax=ax)
+  return _save(fig, path)
+
+
+def add_to_tensorboard(workdir: str | Path, images: Mapping[str, Path], step: int) -> None:
+  """PNG files as TensorBoard images under `analysis/<name>`."""
+  from tensorboardX import SummaryWriter
+
+  plt = _pyplot()
+  writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+  for name, path in images.items():
+    pixels = plt.imread(path)[..., :3]  # [H, W, 3] floats in [0, 1]
+    writer.add_image(f"analysis/{name}", pixels, step, dataformats="HWC")
+  writer.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  import argparse
+
+  from imp.analysis import ablations
+  from imp.train import loop
+
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="experiment config file[:arg]")
+  parser.add_argument("--workdir", required=True)
+  args = parser.parse_args(argv)
+  config, workdir = ablations.config_from_file(args.config), Path(args.workdir)
+  out = workdir / "analysis"
+  records = read_metrics(workdir / "metrics.jsonl")
+  images = {"loss_curves": plot_loss_curves(loss_curves(records), out / "loss_curves.png")}
+  summary = json.loads((workdir / "summary.json").read_text())
+  exp = loop.build(config, workdir)  # the registry and the seeded sampler of this run
+  schedule = [exp.sampler.task_index(t) for t in range(int(summary["steps"]))]
+  names = [t.name for t in exp.registry]
+  images["task_counts"] = plot_task_counts(cumulative_counts(schedule, len(names)), names,
+                                           out / "task_counts.png")
+  add_to_tensorboard(workdir, images, int(summary["steps"]))
+  print("wrote " + ", ".join(str(p) for p in images.values()))
+
+
+if __name__ == "__main__":
+  main()

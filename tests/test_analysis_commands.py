@@ -1,0 +1,114 @@
+"""The evaluation and analysis commands on a tiny trained run, the ablation configs, and the
+ablations notebook in its short mode (both end-to-end tests are slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imp.analysis import ablations
+from imp.evaluate.__main__ import markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = '''
+from imp.configs.digits import get_config as digits
+
+
+def get_config(arg=None):
+  c = digits("smoke")
+  c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 3, 0, 6
+  c.checkpoint_best_metric = None
+  c.model.depth = 1
+  for task in c.tasks.values():
+    task.variants = dict(base=task.variants.base.to_dict())
+  c.evals.digits.resolution = 8
+  c.evals.digits.retrieval = (("image", "text"),)
+  c.evals.digits.retrieval_positives = "label"
+  return c
+'''
+
+
+def test_markdown_table_and_ablation_table():
+  text = markdown_table({"digits/zero_shot_top1": 0.5, "digits/retrieval/image_to_text/R@1": 1.0},
+                        step=7)
+  assert "| digits | zero_shot_top1 | 50.00 |" in text
+  assert "| digits | retrieval/image_to_text/R@1 | 100.00 |" in text and "step 7" in text
+  # Sample std of (0.5, 0.7, 0.9) is 0.2 (deviations -0.2, 0, 0.2; 0.08 / 2 = 0.04).
+  mean, std = ablations.mean_std([0.5, 0.7, 0.9])
+  assert mean == pytest.approx(0.7) and std == pytest.approx(0.2)
+  runs = [{"steps": 10, "eval": {"digits/linear_probe_top1": p, "digits/zero_shot_top1": 0.1}}
+          for p in (0.5, 0.7, 0.9)]
+  table = ablations.table("moe", {"dense": runs})
+  assert "| dense | 3 | 10 | 70.0 ± 20.0 | 10.0 ± 0.0 |" in table
+
+
+@pytest.mark.parametrize("study", list(ablations.STUDIES))
+def test_ablation_configs_build(study):
+  variants, columns = ablations.STUDIES[study]
+  configs = [ablations.load_config(study, v) for v in variants]
+  assert len({c.total_steps for c in configs}) == 1  # same steps in every arm
+  assert ablations.load_config(study, variants[0] + ",short").total_steps == 12
+  with pytest.raises(ValueError, match="unknown variant"):
+    ablations.load_config(study, "nope")
+  for config in configs:  # every column's eval exists in every arm
+    entries = {m.split("/")[0] for m, _ in columns}
+    assert entries <= set(config.evals)
+  if study == "resolution":  # equal image tokens per batch: 64 x (8/2)^2 = 16 x (16/2)^2
+    mix = configs[1].tasks.digits_cls.variants
+    assert {v.batch_size * (v.resolution // 2) ** 2 for v in mix.values()} == {1024}
+
+
+@pytest.mark.slow
+def test_commands_on_a_tiny_run(tmp_path):
+  from imp.analysis import interference, plots
+  from imp.evaluate.__main__ import evaluate_and_write
+  from imp.train import loop
+
+  config_path = tmp_path / "tiny.py"
+  config_path.write_text(TINY)
+  workdir = tmp_path / "run"
+  loop.train(ablations.config_from_file(str(config_path)), workdir)
+
+  results = evaluate_and_write(ablations.config_from_file(str(config_path)), workdir)
+  saved = json.loads((workdir / "evaluation.json").read_text())
+  assert saved["step"] == 6 and saved["results"] == results
+  for k in (1, 5, 10):
+    assert 0.0 <= results[f"digits/retrieval/text_to_image/R@{k}"] <= 1.0
+  assert "| digits | zero_shot_top1 |" in (workdir / "evaluation.md").read_text()
+
+  interference.main(["--config", str(config_path), "--workdir", str(workdir), "--batches", "2"])
+  out = json.loads((workdir / "analysis" / "interference.json").read_text())
+  ffn = out["selections"]["ffn_l0"]
+  assert ffn["tasks"] == ["digits_cls/base", "digits_label_nce/base"]
+  matrix = np.array(ffn["interference"])
+  np.testing.assert_allclose(np.diag(matrix), 1.0)
+  assert np.isfinite(np.array(ffn["affinity"])).all()
+  assert sum(ffn["sign_purity_histogram"]) == pytest.approx(1.0)
+  assert (workdir / "analysis" / "interference_ffn_l0.png").exists()
+
+  plots.main(["--config", str(config_path), "--workdir", str(workdir)])
+  assert (workdir / "analysis" / "loss_curves.png").exists()
+  assert (workdir / "analysis" / "task_counts.png").exists()
+
+
+@pytest.mark.slow
+def test_ablations_notebook_short(tmp_path):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  nb = nbformat.read(REPO / "experiments" / "notebooks" / "ablations.ipynb", as_version=4)
+  os.environ["ABLATIONS_SHORT"], os.environ["ABLATIONS_ROOT"] = "1", str(tmp_path)
+  try:
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO)}}).execute()
+  finally:
+    del os.environ["ABLATIONS_SHORT"], os.environ["ABLATIONS_ROOT"]
+  assert (tmp_path / "ablations.png").exists()
+  for study, (variants, _) in ablations.STUDIES.items():
+    for v in variants:
+      summary = json.loads((tmp_path / study / v / "seed0" / "summary.json").read_text())
+      assert summary["steps"] == 12
