@@ -17,7 +17,7 @@ from imp.train import loop
 
 NAME = "input_pipeline"
 GOAL = "< 5% of step time"
-SIZES = {"quick": dict(rounds=1, steps=20), "full": dict(rounds=3, steps=300)}
+SIZES = {"quick": dict(rounds=1, steps=12), "full": dict(rounds=3, steps=200)}
 
 
 def benchmark(quick: bool) -> Report:
