@@ -44,16 +44,17 @@ def experiment(total_steps: int, cache_dir: Path) -> ml_collections.ConfigDict:
   return config
 
 
-def loop_seconds_per_run(steps: int, total_steps: int, cache_dir: Path, root: Path) -> float:
-  """Seconds the loop of a fresh run of `steps` steps spends outside compiles.
+def loop_run(steps: int, total_steps: int, cache_dir: Path, root: Path) -> dict[str, float]:
+  """A fresh run of `steps` steps: seconds of its loop outside compiles, and of data waits.
 
   Every run has the same total_steps (it sets the learning-rate schedule, a constant of the
   compiled programs), so all runs share the same programs and the persistent cache serves them.
   """
   workdir = Path(tempfile.mkdtemp(dir=root))
   summary = loop.train(experiment(total_steps, cache_dir), workdir, stop_after=steps)
-  return summary["steps_this_run"] / summary["steps_per_second"] - (
-      summary["step_cache"]["compile_seconds"])
+  loop_seconds = summary["steps_this_run"] / summary["steps_per_second"]
+  return {"stepping": loop_seconds - summary["step_cache"]["compile_seconds"],
+          "data_wait": summary["data_wait_share"] * loop_seconds}
 
 
 def bare_loop(steps: int, total_steps: int, cache_dir: Path, root: Path):
@@ -93,8 +94,8 @@ def benchmark(quick: bool) -> Report:
     jax.block_until_ready(bare())  # warm-up; its compiles fill the persistent cache
     full_times, bare_times = [], []
     for _ in range(size["rounds"]):
-      short = loop_seconds_per_run(size["short"], size["long"], cache_dir, root)
-      long = loop_seconds_per_run(size["long"], size["long"], cache_dir, root)
+      short = loop_run(size["short"], size["long"], cache_dir, root)["stepping"]
+      long = loop_run(size["long"], size["long"], cache_dir, root)["stepping"]
       full_times.append((long - short) / extra)
       start = time.perf_counter()
       jax.block_until_ready(bare())
