@@ -35,10 +35,11 @@ VARIANTS = {
 SHAPES = {"8x8 (16 tokens) x 64": (64, 8), "16x16 (64 tokens) x 16": (16, 16)}
 
 
-def run(rounds: int, steps: int) -> dict:
+def run(rounds: int, steps: int, shapes: tuple[str, ...] = tuple(SHAPES)) -> dict:
   """Per shape and variant: median ms per step, spread, and ratios to dense."""
   results = {}
-  for shape_name, (batch_size, size) in SHAPES.items():
+  for shape_name in shapes:
+    batch_size, size = SHAPES[shape_name]
     batch = synthetic_batch(batch_size, size)
     programs = {name: train_program(dict(BASE, moe=moe) if moe else BASE, batch)
                 for name, moe in VARIANTS.items()}
@@ -56,7 +57,7 @@ def run(rounds: int, steps: int) -> dict:
 def benchmark(quick: bool) -> Report:
   """The registry entry (python -m benchmarks.run --only moe_vs_dense)."""
   rounds, steps = (2, 3) if quick else (5, 20)
-  results = run(rounds, steps)
+  results = run(rounds, steps, tuple(SHAPES)[:1] if quick else tuple(SHAPES))
   rows = []
   for shape, r in results.items():
     for name in VARIANTS:

@@ -14,7 +14,7 @@ from benchmarks.programs import synthetic_batch, train_program
 NAME = "scan_layers"
 GOAL = "15-30x faster compile (paper)"
 MODEL = dict(width=64, num_heads=4, mlp_dim=256, embed_dim=64, text_max_length=24)
-SIZES = {"quick": dict(depths=(2, 4), compiles=1, rounds=2, repeats=2),
+SIZES = {"quick": dict(depths=(1, 2), compiles=1, rounds=2, repeats=2),
          "full": dict(depths=(12, 24), compiles=2, rounds=5, repeats=5)}
 BATCH = dict(batch_size=16, resolution=16)  # 64 tokens per example
 
