@@ -81,8 +81,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evals = ml_collections.ConfigDict({
       "spoken": dict(dataset="spoken", modality="audio", spectrogram=SPECTROGRAM,
                      batch_size=180, zero_shot=False, linear_probe=True),
-      "images": dict(dataset="images", modality="image", resolution=16, batch_size=180,
-                     zero_shot=False, linear_probe=True),
   })
   if arg == "smoke":
     config.total_steps = 30
