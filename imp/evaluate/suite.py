@@ -2,7 +2,12 @@
 
 Per entry: zero-shot classification (image embeddings against prompt-ensembled class-name
 embeddings) and a linear probe on frozen pooled encoder features, both on the held-out split,
-plus the same probe on raw pixels as the baseline the features must beat.
+plus the same probe on raw pixels as the baseline the features must beat; and cross-modal
+retrieval Recall@1/5/10 in both directions for the modality pairs in `retrieval`, e.g.
+`retrieval=(("image", "audio"),)` with `retrieval_positives="pair"` (row i of one modality
+matches row i of the other, so examples must carry both) or `"label"` (any item of the same
+class), named `<entry>/retrieval/<a>_to_<b>/R@<k>`. Text without a "text" field in the data is
+the class name in the dataset's first label template (label positives only).
 
 The suite never touches parameters: it calls `infer(request, batch)`, which the training loop
 backs with compiled programs.
@@ -16,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from imp.data import DataSource, eval_batches, prompt_tokens
+from imp.data import ByteTokenizer, DataSource, eval_batches, prompt_tokens
+from imp.evaluate import retrieval
 from imp.evaluate.linear_probe import linear_probe
 from imp.evaluate.zero_shot import class_embeddings, top1_accuracy, zero_shot_predictions
 from imp.model import Request
@@ -24,7 +30,8 @@ from imp.model import Request
 Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "spectrogram", "text_length", "train_split",
-              "test_split", "batch_size", "zero_shot", "linear_probe", "templates")
+              "test_split", "batch_size", "zero_shot", "linear_probe", "templates", "retrieval",
+              "retrieval_positives")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,33 @@ class _Entry:
   zero_shot: bool
   linear_probe: bool
   templates: tuple[str, ...] | None
+  retrieval: tuple[tuple[str, str], ...] = ()
+  retrieval_positives: str = "pair"
+
+
+def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
+                        ) -> tuple[tuple[tuple[str, str], ...], str]:
+  """Validated (modality pairs, positives) of entry `name`."""
+  positives = spec.get("retrieval_positives", "pair")
+  if positives not in retrieval.POSITIVES:
+    raise ValueError(f"evals.{name}.retrieval_positives={positives!r}; valid: "
+                     f"{', '.join(retrieval.POSITIVES)}.")
+  pairs = []
+  for pair in spec.get("retrieval") or ():
+    if isinstance(pair, str) or len(pair) != 2 or pair[0] == pair[1]:
+      raise ValueError(f"evals.{name}.retrieval={spec['retrieval']!r}: each item must be a pair "
+                       "of two different modalities, e.g. ((\"image\", \"audio\"),).")
+    for m in pair:
+      if m not in source.modalities:
+        raise ValueError(f"evals.{name}.retrieval: dataset {source.name!r} has no modality "
+                         f"{m!r}; valid: {', '.join(source.modalities)}.")
+    fields = set(getattr(source.splits.get(spec.get("test_split", "test")), "fields", ()) or ())
+    if positives == "pair" and "text" in pair and "text" not in fields:
+      raise ValueError(f"evals.{name}.retrieval pairs {pair} with retrieval_positives='pair', "
+                       f"but dataset {source.name!r} has no \"text\" field (its text is label "
+                       "text, shared by a whole class); use retrieval_positives='label'.")
+    pairs.append((str(pair[0]), str(pair[1])))
+  return tuple(pairs), positives
 
 
 def _raw_name(entry: _Entry) -> str:
@@ -62,6 +96,7 @@ class EvalSuite:
         raise ValueError(f"evals.{name}.dataset={spec['dataset']!r} is not in config.datasets; "
                          f"valid: {', '.join(sources)}.")
       res, spectrogram = spec.get("resolution"), spec.get("spectrogram")
+      pairs, positives = _retrieval_settings(name, spec, sources[spec["dataset"]])
       self.entries.append(_Entry(
           name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
           resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
@@ -70,8 +105,9 @@ class EvalSuite:
           train_split=spec.get("train_split", "train"), test_split=spec.get("test_split", "test"),
           batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
           linear_probe=bool(spec.get("linear_probe", True)),
-          templates=tuple(spec["templates"]) if spec.get("templates") else None))
-    self._batches: dict[tuple[str, str], Any] = {}
+          templates=tuple(spec["templates"]) if spec.get("templates") else None,
+          retrieval=pairs, retrieval_positives=positives))
+    self._batches: dict[tuple[str, str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
   @property
@@ -82,12 +118,15 @@ class EvalSuite:
       names += [f"{e.name}/zero_shot_top1"] if e.zero_shot else []
       names += ([f"{e.name}/linear_probe_top1", f"{e.name}/{_raw_name(e)}"]
                 if e.linear_probe else [])
+      names += [f"{e.name}/retrieval/{src}_to_{dst}/R@{k}" for a, b in e.retrieval
+                for src, dst in ((a, b), (b, a)) for k in retrieval.RECALL_KS]
     return tuple(names)
 
-  def _split(self, entry: _Entry, split: str):
-    key = (entry.name, split)
+  def _split(self, entry: _Entry, split: str, modality: str | None = None):
+    modality = modality or entry.modality
+    key = (entry.name, split, modality)
     if key not in self._batches:
-      self._batches[key] = eval_batches(entry.source, split, modality=entry.modality,
+      self._batches[key] = eval_batches(entry.source, split, modality=modality,
                                         resolution=entry.resolution,
                                         batch_size=entry.batch_size,
                                         spectrogram=entry.spectrogram)
@@ -100,6 +139,46 @@ class EvalSuite:
              for b in batches]
     return np.concatenate(parts)
 
+  @classmethod
+  def _text_embeddings(cls, infer: Infer, tokens: np.ndarray, batch_size: int) -> np.ndarray:
+    """[n, dim] text embeddings of int32 tokens [n, length], in padded fixed-shape batches."""
+    batches = []
+    for start in range(0, len(tokens), batch_size):
+      chunk = tokens[start:start + batch_size]
+      pad = np.zeros((batch_size - len(chunk), tokens.shape[1]), tokens.dtype)
+      batches.append({"text": np.concatenate([chunk, pad]),
+                      "mask": np.arange(batch_size) < len(chunk)})
+    return cls._outputs(infer, Request(embed=("text",)), batches, "embedding/text")
+
+  def _embeddings(self, infer: Infer, entry: _Entry, modality: str) -> np.ndarray:
+    """[examples, dim] embeddings of the test split's examples, in split order."""
+    if modality != "text":
+      batches = self._split(entry, entry.test_split, modality)
+      return self._outputs(infer, Request(embed=(modality,)), batches, f"embedding/{modality}")
+    data, tokenizer = entry.source.split(entry.test_split), ByteTokenizer()
+    if "text" in data.fields:
+      texts = [t.decode() if isinstance(t, bytes) else str(t) for t in data.fields["text"]]
+    else:  # label text: the class name in the first template
+      names, template = entry.source.class_names, entry.source.label_templates[0]
+      texts = [template.format(names[int(y)]) for y in data.fields["label"]]
+    tokens = np.stack([tokenizer.encode(t, entry.text_length) for t in texts])
+    return self._text_embeddings(infer, tokens, entry.batch_size)
+
+  def _retrieval(self, infer: Infer, entry: _Entry) -> dict[str, float]:
+    results = {}
+    labels = None
+    for a, b in entry.retrieval:
+      emb_a, emb_b = self._embeddings(infer, entry, a), self._embeddings(infer, entry, b)
+      if entry.retrieval_positives == "pair":
+        positives = retrieval.pair_positives(len(emb_a))
+      else:
+        if labels is None:
+          labels = np.asarray(entry.source.split(entry.test_split).fields["label"])
+        positives = retrieval.label_positives(labels, labels)
+      for name, value in retrieval.bidirectional_recall(emb_a, emb_b, positives, (a, b)).items():
+        results[f"{entry.name}/retrieval/{name}"] = value
+    return results
+
   def run(self, infer: Infer) -> dict[str, float]:
     results = {}
     for e in self.entries:
@@ -110,14 +189,7 @@ class EvalSuite:
         embeddings = self._outputs(infer, request, test, f"embedding/{m}")
         prompts = prompt_tokens(e.source, e.text_length, e.templates)  # [C, T, L]
         classes, templates, length = prompts.shape
-        flat = prompts.reshape(-1, length)
-        text_batches = []
-        for start in range(0, len(flat), e.batch_size):
-          chunk = flat[start:start + e.batch_size]
-          pad = np.zeros((e.batch_size - len(chunk), length), flat.dtype)
-          text_batches.append({"text": np.concatenate([chunk, pad]),
-                               "mask": np.arange(e.batch_size) < len(chunk)})
-        text = self._outputs(infer, Request(embed=("text",)), text_batches, "embedding/text")
+        text = self._text_embeddings(infer, prompts.reshape(-1, length), e.batch_size)
         class_emb = class_embeddings(text.reshape(classes, templates, -1))
         results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
             zero_shot_predictions(embeddings, class_emb), test.labels)
@@ -134,4 +206,5 @@ class EvalSuite:
           self._raw_probe[e.name] = linear_probe(train.raw, train.labels, test.raw,
                                                  test.labels).accuracy
         results[f"{e.name}/{_raw_name(e)}"] = self._raw_probe[e.name]
+      results.update(self._retrieval(infer, e))
     return results

@@ -167,7 +167,9 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
   sampler = TaskSampler(registry.weights, seed=config.seed)
 
   # ---- Model, optimizer, state ----------------------------------------------------------
+  suite = EvalSuite(config.evals, sources)  # validates evals before the model is built
   modalities = {m for t in registry for m in t.modalities}
+  modalities |= {m for e in suite.entries for pair in e.retrieval for m in pair}
   for entry in config.evals.values():
     modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
         entry.get("modality", "image")}
@@ -189,7 +191,6 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
   model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)))
   tx = make_optimizer(config.optimizer, config.total_steps)
   state = jax.device_put(init_state(model, tx, config.seed), replicated(mesh))
-  suite = EvalSuite(config.evals, sources)
   best_metric = config.get("checkpoint_best_metric")
   if best_metric and best_metric not in suite.metric_names:
     raise ValueError(f"config.checkpoint_best_metric={best_metric!r} is not an eval result; "
