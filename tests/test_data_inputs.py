@@ -344,3 +344,17 @@ def test_tokenizer_errors_name_the_key(tmp_path):
   with pytest.raises(ValueError, match=r"missing.model: SentencePiece model file not found"):
     make_tokenizer(dict(name="sentencepiece", model_file=str(tmp_path / "missing.model")), "k")
   assert make_tokenizer(None, "k").vocab_size == 258
+
+
+def test_skip_count_reaches_the_training_log(tmp_path):
+  import json
+
+  from imp.train import loop
+
+  log = loop._TrainLog(tmp_path)
+  log.add(0, "t/base", {"loss": np.float32(1.0), "nonfinite": np.float32(0.0)})
+  line = log.write(1, {"size": 1, "hits": 0, "compile_share": 0.5}, data_skipped=3)
+  log.writer.close()
+  assert "(3 bad examples skipped)" in line
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+  assert record["data/skipped_examples"] == 3 and record["t/base/loss"] == 1.0
