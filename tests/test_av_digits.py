@@ -58,6 +58,7 @@ def test_spoken_digits_folders_hold_out_voices_and_pair_by_label(tmp_path):
 def test_av_digits_trains_end_to_end(tmp_path):
   prepared = spoken_digits.main(["--output", str(tmp_path / "av")])
   config = _point_at(get_config(), prepared)
+  config.total_steps = 1000  # of 1,500: keeps the test near 2 minutes on an idle 2-core CPU
   summary = loop.train(config, tmp_path / "run")
   evals = summary["eval"]
   print(json.dumps({k: v for k, v in summary.items() if k != "step_cache"}, indent=1))
