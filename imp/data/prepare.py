@@ -577,9 +577,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   return meta
 
 
-if __name__ == "__main__":
+def run_command(command: Callable[[], Any]) -> None:
+  """Runs a data command line: a ValueError prints one `error: ...` line and exits 1."""
   try:
-    main()
+    command()
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
+
+
+if __name__ == "__main__":
+  run_command(main)

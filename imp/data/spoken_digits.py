@@ -25,7 +25,6 @@ import csv
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -133,8 +132,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  prepare.run_command(main)

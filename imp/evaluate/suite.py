@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from imp.data import ByteTokenizer, DataSource, eval_batches, prompt_tokens
+from imp.data import DataSource, eval_batches, prompt_tokens
 from imp.evaluate import retrieval
 from imp.evaluate.linear_probe import linear_probe
 from imp.evaluate.zero_shot import class_embeddings, top1_accuracy, zero_shot_predictions
@@ -155,7 +155,7 @@ class EvalSuite:
     if modality != "text":
       batches = self._split(entry, entry.test_split, modality)
       return self._outputs(infer, Request(embed=(modality,)), batches, f"embedding/{modality}")
-    data, tokenizer = entry.source.split(entry.test_split), ByteTokenizer()
+    data, tokenizer = entry.source.split(entry.test_split), entry.source.tokenizer
     if "text" in data.fields:
       texts = [t.decode() if isinstance(t, bytes) else str(t) for t in data.fields["text"]]
     else:  # label text: the class name in the first template

@@ -1,0 +1,70 @@
+"""The audio-visual digits experiment: its folders (espeak-ng) and an end-to-end run."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from experiments.av_digits import get_config
+from imp.data import load_sources, spoken_digits
+from imp.train import loop
+
+needs_espeak = pytest.mark.skipif(
+    spoken_digits.espeak_binary() is None,
+    reason="espeak-ng is not installed (Debian: apt-get install espeak-ng); it synthesises the "
+           "spoken digits")
+
+
+def _point_at(config, prepared):
+  config.datasets.images.directory = prepared["images"]
+  config.datasets.spoken.directory = prepared["spoken"]
+  return config
+
+
+@needs_espeak
+def test_spoken_digits_folders_hold_out_voices_and_pair_by_label(tmp_path):
+  prepared = spoken_digits.main([
+      "--output", str(tmp_path / "av"), "--train-voices", "en", "en-us",
+      "--test-voices", "en-029", "--speeds", "160", "--pitches", "50"])
+  with open(tmp_path / "av" / "wav" / "manifest.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 30  # 3 voices x 10 digits
+  assert {r["voice"] for r in rows if r["split"] == "test"} == {"en-029"}
+  assert {r["voice"] for r in rows if r["split"] == "train"} == {"en", "en-us"}
+  meta = json.loads((tmp_path / "av" / "prepared" / "spoken" / "metadata.json").read_text())
+  assert meta["splits"]["train"]["count"] == 20 and meta["splits"]["test"]["count"] == 10
+  assert meta["fields"]["audio"]["shape"] == [98, 32, 1]  # 1 s at a 10 ms hop, 32 mel bins
+  sources = load_sources(_point_at(get_config(), prepared).datasets)
+  av = sources["av"]
+  assert av.modalities == ("image", "audio", "text")
+  # 1,797 images, 20% held out per class; every image finds a spoken digit of its class.
+  assert len(av.split("train")) + len(av.split("test")) == 1797
+  example = av.split("test")[0]
+  assert example["image"].shape == (8, 8, 1) and example["audio"].shape == (98, 32, 1)
+  # Regenerating gives byte-identical audio (espeak-ng is deterministic).
+  again = spoken_digits.write_spoken_digits(str(tmp_path / "again"), train_voices=("en",),
+                                            test_voices=(), speeds=(160,), pitches=(50,))
+  first = tmp_path / "av" / "wav" / "en" / "seven_s160_p50.wav"
+  assert first.read_bytes() == (tmp_path / "again" / "en" / "seven_s160_p50.wav").read_bytes()
+  assert os.path.basename(again) == "manifest.csv"
+  with pytest.raises(ValueError, match=r"voices \['en'\] are in both"):
+    spoken_digits.main(["--output", str(tmp_path / "bad"), "--train-voices", "en",
+                        "--test-voices", "en"])
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_av_digits_trains_end_to_end(tmp_path):
+  prepared = spoken_digits.main(["--output", str(tmp_path / "av")])
+  config = _point_at(get_config(), prepared)
+  config.total_steps = 1000  # of 1,500: keeps the test near 2 minutes on an idle 2-core CPU
+  summary = loop.train(config, tmp_path / "run")
+  evals = summary["eval"]
+  print(json.dumps({k: v for k, v in summary.items() if k != "step_cache"}, indent=1))
+  # Chance is 10% for both; the numbers of a full run are in docs/data.md.
+  assert evals["spoken/linear_probe_top1"] > 0.5
+  assert evals["av/retrieval/audio_to_image/R@1"] > 0.3
+  assert evals["av/retrieval/image_to_audio/R@1"] > 0.3
+  assert summary["data_wait_share"] < 0.25
+  assert len(summary["task_steps"]) == 9  # 3 entries expanded into 4 + 3 + 2 variants
