@@ -24,7 +24,7 @@ from imp.model import Request
 Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "spectrogram", "text_length", "train_split",
-              "test_split", "batch_size", "zero_shot", "linear_probe", "templates")
+              "test_split", "batch_size", "zero_shot", "linear_probe", "templates", "classifier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,8 @@ class _Entry:
   zero_shot: bool
   linear_probe: bool
   templates: tuple[str, ...] | None
+  head: str = ""  # the dataset's classifier head, for `classifier`
+  classifier: bool = False
 
 
 def _raw_name(entry: _Entry) -> str:
@@ -70,7 +72,8 @@ class EvalSuite:
           train_split=spec.get("train_split", "train"), test_split=spec.get("test_split", "test"),
           batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
           linear_probe=bool(spec.get("linear_probe", True)),
-          templates=tuple(spec["templates"]) if spec.get("templates") else None))
+          templates=tuple(spec["templates"]) if spec.get("templates") else None,
+          head=spec["dataset"], classifier=bool(spec.get("classifier", False))))
     self._batches: dict[tuple[str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
@@ -80,6 +83,7 @@ class EvalSuite:
     names = []
     for e in self.entries:
       names += [f"{e.name}/zero_shot_top1"] if e.zero_shot else []
+      names += [f"{e.name}/classifier_top1"] if e.classifier else []
       names += ([f"{e.name}/linear_probe_top1", f"{e.name}/{_raw_name(e)}"]
                 if e.linear_probe else [])
     return tuple(names)
@@ -121,6 +125,9 @@ class EvalSuite:
         class_emb = class_embeddings(text.reshape(classes, templates, -1))
         results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
             zero_shot_predictions(embeddings, class_emb), test.labels)
+      if e.classifier:  # the trained head of the dataset on the held-out split
+        logits = self._outputs(infer, Request(classify=((m, e.head),)), test, f"logits/{e.head}")
+        results[f"{e.name}/classifier_top1"] = top1_accuracy(logits.argmax(-1), test.labels)
       if e.linear_probe:
         train = self._split(e, e.train_split)
         train_x = self._outputs(infer, request, train, f"features/{m}")
