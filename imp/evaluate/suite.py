@@ -31,7 +31,7 @@ Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "spectrogram", "text_length", "train_split",
               "test_split", "batch_size", "zero_shot", "linear_probe", "templates", "retrieval",
-              "retrieval_positives")
+              "retrieval_positives", "classifier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,8 @@ class _Entry:
   templates: tuple[str, ...] | None
   retrieval: tuple[tuple[str, str], ...] = ()
   retrieval_positives: str = "pair"
+  head: str = ""  # the dataset's classifier head, for `classifier`
+  classifier: bool = False
 
 
 def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
@@ -106,7 +108,8 @@ class EvalSuite:
           batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
           linear_probe=bool(spec.get("linear_probe", True)),
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
-          retrieval=pairs, retrieval_positives=positives))
+          retrieval=pairs, retrieval_positives=positives,
+          head=spec["dataset"], classifier=bool(spec.get("classifier", False))))
     self._batches: dict[tuple[str, str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
@@ -116,6 +119,7 @@ class EvalSuite:
     names = []
     for e in self.entries:
       names += [f"{e.name}/zero_shot_top1"] if e.zero_shot else []
+      names += [f"{e.name}/classifier_top1"] if e.classifier else []
       names += ([f"{e.name}/linear_probe_top1", f"{e.name}/{_raw_name(e)}"]
                 if e.linear_probe else [])
       names += [f"{e.name}/retrieval/{src}_to_{dst}/R@{k}" for a, b in e.retrieval
@@ -193,6 +197,9 @@ class EvalSuite:
         class_emb = class_embeddings(text.reshape(classes, templates, -1))
         results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
             zero_shot_predictions(embeddings, class_emb), test.labels)
+      if e.classifier:  # the trained head of the dataset on the held-out split
+        logits = self._outputs(infer, Request(classify=((m, e.head),)), test, f"logits/{e.head}")
+        results[f"{e.name}/classifier_top1"] = top1_accuracy(logits.argmax(-1), test.labels)
       if e.linear_probe:
         train = self._split(e, e.train_split)
         train_x = self._outputs(infer, request, train, f"features/{m}")

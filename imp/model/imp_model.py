@@ -219,7 +219,8 @@ class IMPModel(nn.Module):
     A training request names its task. An evaluation request names none; it gets the task
     that produced the same output in training: for an embedded modality, the first task (in
     config order) that embeds it; otherwise the first that classifies it, else the first
-    that reads it. With no task table, attributes come from the request itself and the task
+    that reads it; a classifier output first looks for the task that trains the same head.
+    With no task table, attributes come from the request itself and the task
     id is 0.
     """
     names = [name for name, _ in self.tasks]
@@ -239,8 +240,9 @@ class IMPModel(nn.Module):
     tables = [r for _, r in self.tasks]
     classifies = lambda r: modality in [m for m, _ in r.classify] + list(  # noqa: E731
         r.fuse if r.classify else ())
+    same_head = lambda r: bool(set(request.classify) & set(r.classify))  # noqa: E731
     tests = ([lambda r: modality in r.embed] if modality in request.embed else []) + [
-        classifies, lambda r: modality in r.modalities]
+        same_head, classifies, lambda r: modality in r.modalities]
     for test in tests:
       for i, r in enumerate(tables):
         if test(r):
