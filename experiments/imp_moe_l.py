@@ -113,8 +113,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   config.optimizer = dict(name="adam", learning_rate=1e-3, warmup_steps=10_000,
                           schedule="cosine", grad_clip_norm=1.0)  # no weight decay
-  # Experts over `expert`, width over `fsdp` (imp/parallel/rules.py).
-  config.mesh = dict(data=-1, fsdp=4, expert=16)
+  # Experts over `expert`, width over `fsdp` (imp/parallel/rules.py); data takes the rest.
+  # Fits 8 devices and up; on a pod, --config.mesh.expert=16 puts one expert per device.
+  config.mesh = dict(data=-1, fsdp=2, expert=4)
   config.mesh_rules = "fsdp"
   config.input = dict(num_threads=16, prefetch=4)
   config.evals = ml_collections.ConfigDict()

@@ -109,9 +109,10 @@ def main(argv: list[str]) -> None:
     if _MODE.value == "dry_run":
       from imp.train import dry_run
 
-      reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value,
-                                    memory_budget_gb=_MEMORY_BUDGET.value)
+      reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
       print("\n".join(dry_run.report_lines(reports, facts)))
+      if _MEMORY_BUDGET.value is not None:
+        dry_run.check_budget(reports, _MEMORY_BUDGET.value)
       return
     if _MODE.value == "eval":
       print(json.dumps(loop.evaluate(config, workdir), indent=2))

@@ -8,8 +8,8 @@ allocated), with the shardings of `config.mesh` and `config.mesh_rules`. Each ta
 train step is lowered and compiled by the StepCache (so compiles are counted as in training)
 on ShapeDtypeStruct batches built from the variant's declared shapes. Per task it reports the
 parameters the task reads (total and per token), FLOPs per step from the compiler's cost
-analysis and peak device memory from its memory analysis, and it fails if any signature needs
-more than the per-device memory budget.
+analysis and peak device memory from its memory analysis; `check_budget` then fails if any
+signature needs more than the per-device memory budget.
 
 Datasets are not opened: `config.dry_run.datasets.<name>` declares what the run would learn
 from them (train_examples for the sampling weights, num_classes for the heads, and the
@@ -169,18 +169,17 @@ def _peak_bytes(program: Any) -> int | None:
 
 
 def plan(config: ml_collections.ConfigDict, *, batch_divisor: int = 1,
-         memory_budget_gb: float | None = None) -> tuple[list[SignatureReport], dict[str, Any]]:
+         ) -> tuple[list[SignatureReport], dict[str, Any]]:
   """Compiles every task signature of `config` for its mesh without data or parameters.
 
   Returns:
     (one report per task, run facts: mesh, devices, model parameter counts, compiles).
 
   Raises:
-    DryRunError: a bad config or dry-run setting, or signatures over the memory budget (all
-      named).
+    DryRunError: a bad config or dry-run setting, naming the key.
   """
   try:
-    return _plan(config, batch_divisor, memory_budget_gb)
+    return _plan(config, batch_divisor)
   except DryRunError:
     raise
   except ValueError as e:
@@ -188,7 +187,7 @@ def plan(config: ml_collections.ConfigDict, *, batch_divisor: int = 1,
 
 
 def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
-          memory_budget_gb: float | None) -> tuple[list[SignatureReport], dict[str, Any]]:
+          ) -> tuple[list[SignatureReport], dict[str, Any]]:
   loop._check_config(config)
   datasets = _declared_datasets(config)
   registry = TaskRegistry.from_config(
@@ -240,17 +239,20 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
   facts = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
            "platform": jax.devices()[0].platform, "mesh_rules": config.get("mesh_rules") or
            "fsdp", "params": counts, "compiles": cache.stats()}
-  if memory_budget_gb is not None:
-    over = [r for r in reports if r.peak_bytes is not None
-            and r.peak_bytes > memory_budget_gb * GIB]
-    if over:
-      listed = "; ".join(f"{r.task}: {r.peak_bytes / GIB:.2f} GiB" for r in over)
-      raise DryRunError(
-          f"{len(over)} of {len(reports)} signatures exceed the per-device memory budget of "
-          f"{memory_budget_gb} GiB ({listed}). Shard more (config.mesh fsdp/expert, "
-          "config.mesh_rules='fsdp'), rematerialise (config.model.remat_policy='full') or "
-          "lower the variants' batch_size.")
   return reports, facts
+
+
+def check_budget(reports: list[SignatureReport], memory_budget_gb: float) -> None:
+  """Raises DryRunError naming every signature whose peak memory per device is over budget."""
+  over = [r for r in reports if r.peak_bytes is not None
+          and r.peak_bytes > memory_budget_gb * GIB]
+  if over:
+    listed = "; ".join(f"{r.task}: {r.peak_bytes / GIB:.2f} GiB" for r in over)
+    raise DryRunError(
+        f"{len(over)} of {len(reports)} signatures exceed the per-device memory budget of "
+        f"{memory_budget_gb} GiB ({listed}). Shard more (config.mesh fsdp/expert, "
+        "config.mesh_rules='fsdp'), rematerialise (config.model.remat_policy='full') or "
+        "lower the variants' batch_size.")
 
 
 def report_lines(reports: list[SignatureReport], facts: Mapping[str, Any]) -> list[str]:
