@@ -21,6 +21,7 @@ divide every variant's batch_size for a smaller slice.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder  # a str field, None until set by a flag
 
 TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the large {}.",
              "a photo of the small {}.", "itap of a {}.")
@@ -38,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.nonfinite = dict(policy="skip", max_consecutive=20)
 
   config.datasets = ml_collections.ConfigDict({
-      "imagenet": dict(source="tfds", tfds_name="imagenet2012", data_dir=None,
+      "imagenet": dict(source="tfds", tfds_name="imagenet2012", data_dir=placeholder(str),
                        splits=dict(train="train", test="validation"),
                        features=dict(image="image", label="label"),
                        label_templates=TEMPLATES),

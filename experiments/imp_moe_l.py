@@ -29,6 +29,7 @@ modalities.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder  # a str field, None until set by a flag
 
 LABEL_TEMPLATES = ("a photo of a {}.", "a video of {}.", "{}")
 CHIPS = 256  # the paper's TPU v4 slice
@@ -75,14 +76,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.nonfinite = dict(policy="skip", max_consecutive=20)
 
   config.datasets = ml_collections.ConfigDict({
-      "laion400m": dict(source="tfds", tfds_name="laion400m/images", data_dir=None,
+      "laion400m": dict(source="tfds", tfds_name="laion400m/images", data_dir=placeholder(str),
                         splits=dict(train="train", test="train[:10000]"),
                         features=dict(image="image", text="caption")),
-      "wit": dict(source="arrayrecord", directory=None),
-      "imagenet21k": dict(source="arrayrecord", directory=None,
+      "wit": dict(source="arrayrecord", directory=placeholder(str)),
+      "imagenet21k": dict(source="arrayrecord", directory=placeholder(str),
                           label_templates=LABEL_TEMPLATES),
-      "howto100m": dict(source="arrayrecord", directory=None),
-      "audioset": dict(source="arrayrecord", directory=None, label_templates=LABEL_TEMPLATES),
+      "howto100m": dict(source="arrayrecord", directory=placeholder(str)),
+      "audioset": dict(source="arrayrecord", directory=placeholder(str),
+                       label_templates=LABEL_TEMPLATES),
   })
   config.tasks = ml_collections.ConfigDict({
       "laion_nce": dict(dataset="laion400m", objective="nce", modalities=("image", "text"),
