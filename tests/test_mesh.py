@@ -125,9 +125,9 @@ def _losses(workdir):
   return losses
 
 
-def _sharded(placement, fragment):
-  """(spec, shape, shard shape) of the leaves whose path contains `fragment`."""
-  found = [v for k, v in placement.items() if fragment in k]
+def _sharded(placement, suffix):
+  """(spec, shape, shard shape) of the leaves whose path ends with `suffix`."""
+  found = [v for k, v in placement.items() if k.endswith(suffix)]
   assert found, fragment
   return found
 
