@@ -13,9 +13,15 @@ in TFDS; add those as further `datasets` entries where you have them.
 
   python -m imp.main --config experiments/imp_moe_b.py --workdir gs://bucket/imp_moe_b \
       --config.datasets.imagenet.data_dir=gs://bucket/tfds
+  python -m imp.main --config experiments/imp_moe_b.py --mode=dry_run --cpu_devices=8 \
+      --dry_run_batch_divisor=2048
+
+The batch, 65536, is the paper's global base batch (256 TPU v4 chips, 256 examples each);
+divide every variant's batch_size for a smaller slice.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder  # a str field, None until set by a flag
 
 TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the large {}.",
              "a photo of the small {}.", "itap of a {}.")
@@ -33,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.nonfinite = dict(policy="skip", max_consecutive=20)
 
   config.datasets = ml_collections.ConfigDict({
-      "imagenet": dict(source="tfds", tfds_name="imagenet2012", data_dir=None,
+      "imagenet": dict(source="tfds", tfds_name="imagenet2012", data_dir=placeholder(str),
                        splits=dict(train="train", test="validation"),
                        features=dict(image="image", label="label"),
                        label_templates=TEMPLATES),
@@ -64,11 +70,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   config.optimizer = dict(name="adam", learning_rate=1e-3, warmup_steps=10_000,
                           schedule="cosine", grad_clip_norm=1.0)
-  config.mesh = dict(data=-1)
+  config.mesh = dict(data=-1)  # e.g. --config.mesh.expert=16 to split the experts
+  config.mesh_rules = "fsdp"  # imp/parallel/rules.py
   config.input = dict(num_threads=16, prefetch=4)
   config.evals = ml_collections.ConfigDict({
       "imagenet": dict(dataset="imagenet", modality="image", resolution=512, text_length=16,
                        train_split="train", test_split="test", batch_size=1024,
                        zero_shot=True, linear_probe=False, templates=TEMPLATES),
   })
+  # What the dry run (--mode=dry_run) would otherwise read from the data.
+  config.dry_run = dict(datasets=dict(
+      imagenet=dict(train_examples=1_281_167, num_classes=1000, modalities=("image", "text"))))
   return config

@@ -4,12 +4,15 @@ r"""Command line: train or evaluate an experiment.
       --config.total_steps=500 --config.model.depth=2
   python -m imp.main                       # the default experiment into ./workdirs/digits
   python -m imp.main --mode=eval --config experiments/digits.py --workdir /tmp/digits
+  python -m imp.main --mode=dry_run --config experiments/imp_moe_l.py --cpu_devices=8 \
+      --dry_run_batch_divisor=2048      # compile every task for the mesh; no data, no params
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,7 +46,15 @@ def _define_config_flag():
 _CONFIG = _define_config_flag()
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and summary (default ./workdirs/<name>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run"], "What to run.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "Simulate this many CPU devices (XLA host platform), e.g. to dry-run "
+    "a pod config's mesh on a laptop.")
+_BATCH_DIVISOR = flags.DEFINE_integer(
+    "dry_run_batch_divisor", 1, "dry_run: divide every variant's batch_size by this.")
+_MEMORY_BUDGET = flags.DEFINE_float(
+    "memory_budget_gb", None, "dry_run: fail if a task's peak memory per device exceeds this "
+    "many GiB.")
 
 
 def _summary_lines(summary: dict) -> list[str]:
@@ -75,7 +86,14 @@ def main(argv: list[str]) -> None:
   for name in ("imp", "imp.train.step_cache", "imp.train.checkpoint"):
     logging.getLogger(name).setLevel(logging.INFO)
   logging.getLogger("imp").addHandler(handler)
+  if _CPU_DEVICES.value:  # must precede the first use of a device
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={_CPU_DEVICES.value}").strip()
+  from imp.parallel.distributed import initialize_from_env
   from imp.train import loop  # after flags: keeps `--help` fast
+
+  initialize_from_env()  # multi-host jobs: before anything touches a device
 
   config = _CONFIG.value
   try:
@@ -88,6 +106,14 @@ def main(argv: list[str]) -> None:
                          f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
   try:
+    if _MODE.value == "dry_run":
+      from imp.train import dry_run
+
+      reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
+      print("\n".join(dry_run.report_lines(reports, facts)))
+      if _MEMORY_BUDGET.value is not None:
+        dry_run.check_budget(reports, _MEMORY_BUDGET.value)
+      return
     if _MODE.value == "eval":
       print(json.dumps(loop.evaluate(config, workdir), indent=2))
       return

@@ -8,16 +8,18 @@ import jax
 import pytest
 
 from experiments.fashion_mnist import get_config as fashion_mnist
+from experiments.imp_b import get_config as imp_b
 from experiments.imp_moe_b import get_config as imp_moe_b
+from experiments.imp_moe_l import get_config as imp_moe_l
 from imp.analysis.param_count import count_params
 from imp.data.idx_source import FASHION_MNIST_DIR
 from imp.model import IMPModel, ModelConfig
 from imp.train import loop
 
 
-def _abstract_params(config, modalities=("image", "text")):
+def _abstract_params(config, modalities=("image", "text"), heads=(("imagenet", 1000),)):
   model_config = ModelConfig.from_config(config.model)
-  model = IMPModel(model_config, heads=(("imagenet", 1000),), modalities=modalities)
+  model = IMPModel(model_config, heads=heads, modalities=modalities)
   inputs = {m: model_config.dummy_input(m) for m in modalities}
   init = functools.partial(model.init, request=model.init_request())
   return nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0), inputs)["params"])
@@ -29,6 +31,50 @@ def test_imp_moe_b_has_the_papers_parameters_per_token():
   assert counts["per_token"] == pytest.approx(90e6, rel=0.05), counts
   # 6 MoE layers x 16 experts x (768*3072*2 + 3072 + 768) expert parameters.
   assert counts["experts"] == 6 * 16 * (2 * 768 * 3072 + 3072 + 768)
+
+
+def test_imp_b_is_the_dense_base_model():
+  counts = count_params(_abstract_params(imp_b()))
+  # IMP Table 1: IMP-B has 86M parameters (a dense ViT-B encoder plus the embedders).
+  assert counts["experts"] == 0 and counts["per_token"] == pytest.approx(86e6, rel=0.05), counts
+
+
+def test_imp_moe_l_has_the_papers_parameter_counts():
+  config = imp_moe_l()
+  declared = config.dry_run.datasets
+  heads = tuple((n, d["num_classes"]) for n, d in declared.items() if d["num_classes"])
+  modalities = tuple(sorted({m for t in config.tasks.values() for m in t.modalities}))
+  params = _abstract_params(config, modalities, heads)
+  # Table 1 reports zero-shot results, which run the embedders, the encoder and the
+  # contrastive projections; the per-dataset classifier heads (ImageNet-21k: 21,843 x 1,024)
+  # play no part in them and are left out of the count.
+  classifiers = tuple(k for k in params if k.startswith("classifiers_"))
+  assert classifiers
+  counts = count_params(params, num_experts=16, experts_per_token=1.0, exclude=classifiers)
+  assert counts["per_token"] == pytest.approx(350e6, rel=0.05), counts  # "350M" PPT
+  assert counts["total"] == pytest.approx(2e9, rel=0.15), counts  # "2B sparse parameters"
+  # 12 MoE layers x 16 experts x (1024*4096*2 + 4096 + 1024).
+  assert counts["experts"] == 12 * 16 * (2 * 1024 * 4096 + 4096 + 1024)
+
+
+def test_paper_configs_declare_the_papers_training_settings():
+  for config, image_task in ((imp_b(), "imagenet_cls"), (imp_moe_b(), "imagenet_cls"),
+                             (imp_moe_l(), "laion_nce")):
+    assert config.model.vision_patch == (4, 16, 16)
+    assert dict(config.optimizer) == dict(name="adam", learning_rate=1e-3, warmup_steps=10_000,
+                                          schedule="cosine", grad_clip_norm=1.0)
+    base = config.tasks[image_task].variants
+    assert base.base.batch_size == 65536 and base.base.resolution == 256
+    assert base.hires.batch_size == 65536 // 4 and base.hires.resolution == 512
+    assert base.droptoken.drop_token == 0.75
+  moe = imp_moe_l().model.moe
+  assert moe.router == "expert_choice" and moe.router_args.capacity_factor_train == 1.0
+  video = imp_moe_l().tasks.howto_nce.variants
+  # 16 frames of 256x256 at a quarter of the batch; half the resolution; DropToken 0.75.
+  assert (video.small_batch.frames, video.small_batch.resolution) == (16, 256)
+  assert video.lowres.resolution == 128 and video.droptoken.drop_token == 0.75
+  assert imp_moe_l("chips=8").tasks.laion_nce.variants.base.batch_size == 8 * 256
+  assert imp_moe_l().datasets.laion400m.tfds_name == "laion400m/images"
 
 
 def test_count_params_per_token_arithmetic():

@@ -485,6 +485,10 @@ class MoeMlp(nn.Module):
                               valid=_group(mask, self.group_size))
     gather = self.dispatch == "gather"
     buffers = routing.dispatch(xg) if gather else routing.dispatch_einsum(xg)  # [G, E, C, D]
+    # On a mesh, E moves onto the expert axis (the all-to-all of expert parallelism) and back.
+    buffers = logical.constrain(buffers, "expert_group", "expert", None, None)
     y = Experts(self.num_experts, self.hidden_dim, d, name="experts")(buffers)
+    y = logical.constrain(y, "expert_group", "expert", None, None)
     out = routing.combine(y) if gather else routing.combine_einsum(y)  # [G, S, D]
+    out = logical.constrain(out, "batch", None, None)
     return out.reshape(b, n, d), metrics

@@ -1,8 +1,9 @@
 """A device mesh from config, and where state and batches live on it.
 
-Axes are named (data, fsdp, expert, tensor). Today batches are split over (data, fsdp) and
-parameters and optimizer state are replicated: data parallelism on one host or many. The
-logical-axis rules that shard parameters over fsdp/expert/tensor build on this (issue 7).
+Axes are named (data, fsdp, expert, tensor). Batches are split over (data, fsdp, expert):
+every device of those axes holds different examples, and the expert axis additionally holds
+different experts (GShard), so MoE dispatch is an all-to-all over it. The tensor axis holds
+the same examples. Parameter and optimizer-state shardings come from imp/parallel/rules.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp", "expert")
 
 
 def mesh_shape(spec: Mapping[str, int] | None, num_devices: int) -> dict[str, int]:
@@ -64,7 +65,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows of a batch -> global arrays sharded over (data, fsdp)."""
+  """This process's rows of a batch -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}

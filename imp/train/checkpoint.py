@@ -95,9 +95,12 @@ class Checkpointer:
           f"({len(problems)} parameters differ):\n  {shown}{more}\nUse the config the run was "
           "started with, or a new workdir.")
 
-  def restore(self, template: TrainState, step: int | None = None,
+  def restore(self, template: TrainState, step: int | None = None, shardings: Any = None,
               ) -> tuple[TrainState, dict[str, Any]] | None:
     """Restores step (default: the latest complete one) into `template`, or None if none.
+
+    Arrays are read straight into `shardings` (a NamedSharding per leaf of `template`; by
+    default the template's own), so each process reads only its shards of a sharded state.
 
     Only finished checkpoints are candidates: orbax writes into a temporary directory and
     renames it when complete, so one interrupted by a crash is never loaded. Restoring reads
@@ -108,6 +111,9 @@ class Checkpointer:
       return None
     self.check_compatible(template, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    if shardings is not None:
+      abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                              abstract, shardings)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     log.info("restored checkpoint %s from %s", step, self.directory)

@@ -34,10 +34,12 @@ from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
 from imp.objectives import OBJECTIVES, get_objective
 from imp.parallel.mesh import data_parallel_size, make_mesh, put_batch, replicated
+from imp.parallel.rules import Rules, batch_shardings, get_rules, under_rules
 from imp.tasks import TaskRegistry, TaskSampler
 from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
-from imp.train.state import TrainState, init_state, make_optimizer
+from imp.train.placement import abstract_state, init_sharded_state, train_state_shardings
+from imp.train.state import TrainState, make_optimizer
 from imp.train.step import StepSpec, make_infer_step, make_train_step, task_table
 from imp.train.step_cache import StepCache, signature, xla_compiles
 
@@ -46,7 +48,7 @@ log = logging.getLogger("imp")
 CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
                "checkpoint_keep", "checkpoint_best_metric", "checkpoint_best_mode", "datasets",
                "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh",
-               "compilation_cache_dir")
+               "compilation_cache_dir", "mesh_rules", "dry_run")
 NONFINITE_POLICIES = ("skip", "stop")
 
 
@@ -96,6 +98,8 @@ class Experiment:
   cache: StepCache
   checkpointer: Checkpointer
   mesh: Mesh
+  rules: Rules  # logical axis -> mesh axes (config.mesh_rules)
+  shardings: TrainState  # a NamedSharding per state leaf
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -137,6 +141,16 @@ def _check_shapes(registry: TaskRegistry, model: ModelConfig) -> None:
                          f"model.audio_patch=({pt}, {pq}).")
 
 
+def model_modalities(registry: TaskRegistry, evals: Mapping[str, Any]) -> set[str]:
+  """Modalities the model must embed: every task's, and what the evals read."""
+  modalities = {m for t in registry for m in t.modalities}
+  for entry in evals.values():
+    modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
+        entry.get("modality", "image")}
+    modalities |= {m for pair in entry.get("retrieval") or () for m in pair}
+  return modalities
+
+
 def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
   """Validates the config and builds data, tasks, model, optimizer and state (no compiles).
 
@@ -171,11 +185,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
 
   # ---- Model, optimizer, state ----------------------------------------------------------
   suite = EvalSuite(config.evals, sources)  # validates evals before the model is built
-  modalities = {m for t in registry for m in t.modalities}
-  modalities |= {m for e in suite.entries for pair in e.retrieval for m in pair}
-  for entry in config.evals.values():
-    modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
-        entry.get("modality", "image")}
+  modalities = model_modalities(registry, config.evals)
   mesh = make_mesh(config.get("mesh"))
   shards = data_parallel_size(mesh)
   for task in registry:
@@ -194,14 +204,18 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
   model = IMPModel(model_config, heads=heads, modalities=tuple(sorted(modalities)),
                    tasks=task_table(registry))
   tx = make_optimizer(config.optimizer, config.total_steps)
-  state = jax.device_put(init_state(model, tx, config.seed), replicated(mesh))
+  rules = get_rules(config.get("mesh_rules"))
+  shardings = train_state_shardings(model, tx, mesh, rules,
+                                    abstract_state(model, tx, config.seed))
+  state = init_sharded_state(model, tx, config.seed, shardings)
   best_metric = config.get("checkpoint_best_metric")
   if best_metric and best_metric not in suite.metric_names:
     raise ValueError(f"config.checkpoint_best_metric={best_metric!r} is not an eval result; "
                      f"valid: {', '.join(suite.metric_names) or '(no evals configured)'}.")
   return Experiment(
       config=config, workdir=workdir, sources=sources, registry=registry, sampler=sampler,
-      model=model, tx=tx, state=state, suite=suite, cache=StepCache(), mesh=mesh,
+      model=model, tx=tx, state=state, suite=suite, cache=StepCache(), mesh=mesh, rules=rules,
+      shardings=shardings,
       checkpointer=Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                                 keep=config.checkpoint_keep, best_metric=best_metric,
                                 best_mode=config.get("checkpoint_best_mode", "max")))
@@ -211,8 +225,10 @@ def _infer_fn(exp: Experiment, params: Any):
   """`infer(request, batch)` for the eval suite, backed by the step cache."""
 
   def infer(request: Request, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    program = exp.cache.compiled(("infer", request), lambda: make_infer_step(exp.model, request),
-                                 (params, batch))
+    program = exp.cache.compiled(
+        ("infer", request),
+        lambda: under_rules(make_infer_step(exp.model, request), exp.mesh, exp.rules),
+        (params, batch))
     return jax.device_get(program(params, batch))
 
   return infer
@@ -298,7 +314,7 @@ class _TrainLog:
             "compiling)" + (f"  ({data_skipped} bad examples skipped)" if data_skipped else ""))
 
   def close(self, workdir: Path) -> None:
-    if self.usage:
+    if self.usage and jax.process_index() == 0:  # only process 0 writes files
       log.info("expert usage heatmap: %s",
                plot_expert_usage(self.usage.means(), workdir / "moe_expert_usage.png",
                                  label="mean router probability"))
@@ -386,12 +402,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # ---- Resume ------------------------------------------------------------------------------
   state = exp.state
   try:
-    restored = exp.checkpointer.restore(state)
+    restored = exp.checkpointer.restore(state, shardings=exp.shardings)
   except ValueError as e:  # a checkpoint that does not fit this config
     raise ConfigError(str(e)) from e
   if restored is not None:
     state, meta = restored
-    state = jax.device_put(state, replicated(exp.mesh))
     sampler.check_state(meta["sampler"])
     iterators.set_state(meta["data"])
     log.info("resumed from step %d", int(state.step))
@@ -401,9 +416,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   def run_step(task_name: str, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     spec = specs[task_name]
-    program = cache.compiled(("train", spec),
-                             lambda: make_train_step(exp.model, exp.tx, spec, state, batch),
-                             (state, batch), donate_argnums=(0,), sig=signature(batch))
+    program = cache.compiled(
+        ("train", spec),
+        lambda: under_rules(make_train_step(exp.model, exp.tx, spec, state, batch), exp.mesh,
+                            exp.rules),
+        (state, batch), donate_argnums=(0,), sig=signature(batch),
+        in_shardings=(exp.shardings, batch_shardings(batch, exp.mesh)),
+        out_shardings=(exp.shardings, replicated(exp.mesh)))
     return program(state, batch)
 
   # ---- The AGD loop ----------------------------------------------------------------------
@@ -483,7 +502,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                                  "data_wait_share": summary["data_wait_share"] or 0.0},
                          kind="summary")
   train_log.close(exp.workdir)
-  (exp.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  if jax.process_index() == 0:
+    (exp.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
 
@@ -492,7 +512,7 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
   """Builds the experiment and restores the latest checkpoint in `workdir` (for evaluation and
   analysis; the caller closes `exp.checkpointer`)."""
   exp = build(config, workdir)
-  restored = exp.checkpointer.restore(exp.state)
+  restored = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {exp.checkpointer.directory}; train first.")
   return exp, restored[0]
@@ -511,5 +531,6 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
   exp, state = restore_latest(config, workdir)
   results = exp.suite.run(_infer_fn(exp, state.params))
   exp.checkpointer.close()
-  (exp.workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+  if jax.process_index() == 0:
+    (exp.workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
   return results

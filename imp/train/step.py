@@ -170,6 +170,7 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+  step.read_mask = read_mask  # which parameters the step moves, for reports (dry run)
   return step
 
 

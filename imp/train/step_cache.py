@@ -81,7 +81,8 @@ class StepCache:
     return sum(r.seconds for r in self.compiles)
 
   def compiled(self, name: Hashable, build: Callable[[], Callable], args: Sequence[Any],
-               *, donate_argnums: tuple[int, ...] = (), sig: Signature | None = None) -> Any:
+               *, donate_argnums: tuple[int, ...] = (), sig: Signature | None = None,
+               in_shardings: Any = None, out_shardings: Any = None) -> Any:
     """The compiled program for (name, signature(args)); compiles it on first sight.
 
     Args:
@@ -90,6 +91,8 @@ class StepCache:
       args: example arguments (arrays or ShapeDtypeStructs) fixing the signature.
       donate_argnums: arguments whose buffers the program may reuse (the train state).
       sig: a precomputed signature of `args`, to skip recomputing it on the hot path.
+      in_shardings, out_shardings: as `jax.jit` (pytree prefixes of the arguments and
+        results); None lets the compiler choose from the arguments' own shardings.
     """
     key = (name, signature(args) if sig is None else sig)
     program = self._compiled.get(key)
@@ -98,7 +101,10 @@ class StepCache:
       return program
     self.misses += 1
     start = time.perf_counter()
-    program = jax.jit(build(), donate_argnums=donate_argnums).lower(*args).compile()
+    shardings = {k: v for k, v in (("in_shardings", in_shardings),
+                                    ("out_shardings", out_shardings)) if v is not None}
+    program = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(
+        *args).compile()
     seconds = time.perf_counter() - start
     temp = None
     with contextlib.suppress(Exception):  # some backends do not report memory
