@@ -39,7 +39,8 @@ def test_digits_split_is_stratified_and_held_out(digits):
 
 def test_unknown_source_and_bad_settings():
   with pytest.raises(ValueError, match=r"datasets.x.source='mnist' is not a known source; "
-                                       r"valid sources: arrayrecord, idx, paired, sklearn_digits, tfds"):
+                                       r"valid sources: arrayrecord, idx, paired, "
+                                       r"sklearn_digits, tfds"):
     load_source("x", dict(source="mnist"))
   with pytest.raises(ValueError, match=r"datasets.x: bad settings for source 'sklearn_digits'"):
     load_source("x", dict(source="sklearn_digits", colour=True))
@@ -140,4 +141,5 @@ def test_pipeline_batches_audio(digits):
   assert batch["audio"].shape == (4, 16, 8, 1) and np.isfinite(batch["audio"]).all()
   evals = eval_batches(source, "train", modality="audio", resolution=None, batch_size=4,
                        spectrogram=(16, 8))
-  assert evals.batches[0]["audio"].shape == (4, 16, 8, 1) and evals.raw.shape == (10, 16)  # mean and std of 8 mel bins
+  # The raw baseline's input: mean and std over time of each of the 8 mel bins.
+  assert evals.batches[0]["audio"].shape == (4, 16, 8, 1) and evals.raw.shape == (10, 16)
