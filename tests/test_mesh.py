@@ -128,7 +128,7 @@ def _losses(workdir):
 def _sharded(placement, suffix):
   """(spec, shape, shard shape) of the leaves whose path ends with `suffix`."""
   found = [v for k, v in placement.items() if k.endswith(suffix)]
-  assert found, fragment
+  assert found, suffix
   return found
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -140,11 +140,6 @@ def state_shardings(state: Any, params: Any, tx: optax.GradientTransformation,
   # tree_map_params leaves optax's empty states (e.g. EmptyState) as they are; the remaining
   # leaves are arrays whose sharding is now named.
   return state.replace(step=replicated, params=params, opt_state=opt, rng=replicated)
-
-
-def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-  """Every batch field split on its leading (example) axis over the batch axes."""
-  return {k: NamedSharding(mesh, PartitionSpec(BATCH_AXES)) for k in batch}
 
 
 @contextlib.contextmanager

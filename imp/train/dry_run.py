@@ -27,12 +27,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec
 
 from imp.analysis.param_count import count_params
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import OBJECTIVES
-from imp.parallel.mesh import BATCH_AXES, data_parallel_size, make_mesh, replicated
+from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
 from imp.parallel.rules import get_rules, under_rules
 from imp.tasks import Task, TaskRegistry
 from imp.train import loop
@@ -216,7 +215,6 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
   per_token_experts = experts_per_token(model_config)
   counts = count_params(state.params, model_config.moe.num_experts, per_token_experts)
   cache = StepCache()
-  batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
   reports = []
   for task in registry:
     spec = StepSpec.from_task(task)
@@ -225,7 +223,7 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
     start = time.perf_counter()
     program = cache.compiled(("train", spec), lambda step=step: under_rules(step, mesh, rules),
                              (state, batch), donate_argnums=(0,),
-                             in_shardings=(shardings, batch_sharding),
+                             in_shardings=(shardings, batch_sharding(mesh)),
                              out_shardings=(shardings, replicated(mesh)))
     seconds = time.perf_counter() - start
     read = jax.tree.map(lambda p, r: p if r else None, state.params, step.read_mask)
@@ -239,7 +237,8 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
         collectives=collective_counts(program.as_text())))
   facts = {"mesh": dict(mesh.shape), "devices": jax.device_count(),
            "platform": jax.devices()[0].platform, "mesh_rules": config.get("mesh_rules") or
-           "fsdp", "params": counts, "compiles": cache.stats()}
+           "fsdp", "params": counts, "compiles": cache.stats(),
+           "scan_layers": model_config.scan_layers}
   return reports, facts
 
 
@@ -274,4 +273,9 @@ def report_lines(reports: list[SignatureReport], facts: Mapping[str, Any]) -> li
                  f"{r.collectives.get('all-to-all', 0):10d}  {batch}")
   lines.append(f"compiles: {facts['compiles']['misses']} programs, "
                f"{facts['compiles']['compile_seconds']:.1f}s")
+  if facts.get("scan_layers"):
+    # XLA's cost analysis counts a while-loop body once, not once per iteration.
+    lines.append("GFLOPs: per device, with the scanned encoder body counted once (XLA does "
+                 "not multiply loops by their trip count); --config.model.scan_layers=False "
+                 "counts every layer.")
   return lines

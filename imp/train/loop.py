@@ -33,8 +33,8 @@ from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
 from imp.objectives import OBJECTIVES, get_objective
-from imp.parallel.mesh import data_parallel_size, make_mesh, put_batch, replicated
-from imp.parallel.rules import Rules, batch_shardings, get_rules, under_rules
+from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, put_batch, replicated
+from imp.parallel.rules import Rules, get_rules, under_rules
 from imp.tasks import TaskRegistry, TaskSampler
 from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
@@ -413,6 +413,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   # ---- Compiled steps ----------------------------------------------------------------------
   specs = {t.name: StepSpec.from_task(t) for t in registry}
+  # State stays in its shardings; every batch field is split on examples; metrics replicated.
+  in_shardings = (exp.shardings, batch_sharding(exp.mesh))
+  out_shardings = (exp.shardings, replicated(exp.mesh))
 
   def run_step(task_name: str, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     spec = specs[task_name]
@@ -421,8 +424,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         lambda: under_rules(make_train_step(exp.model, exp.tx, spec, state, batch), exp.mesh,
                             exp.rules),
         (state, batch), donate_argnums=(0,), sig=signature(batch),
-        in_shardings=(exp.shardings, batch_shardings(batch, exp.mesh)),
-        out_shardings=(exp.shardings, replicated(exp.mesh)))
+        in_shardings=in_shardings, out_shardings=out_shardings)
     return program(state, batch)
 
   # ---- The AGD loop ----------------------------------------------------------------------
