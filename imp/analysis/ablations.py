@@ -80,6 +80,17 @@ def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
   return out
 
 
+def finished_runs(study: str, root: str | Path) -> dict[str, list[dict[str, Any]]]:
+  """variant -> summaries of the runs of `study` under `root` that finished (trains nothing)."""
+  variants, _ = STUDIES[study]
+  out = {}
+  for variant in variants:
+    paths = sorted((Path(root) / study / variant).glob("seed*/summary.json"))
+    if paths:
+      out[variant] = [json.loads(p.read_text()) for p in paths]
+  return out
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
   x = np.asarray(values, np.float64)
@@ -87,7 +98,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def table(study: str, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
-  """A Markdown table: one row per variant, `mean ± std` in percent over seeds per column."""
+  """A Markdown table: one row per variant, `mean ± std` in percent over seeds per column
+  (sample std; a single seed shows its value alone)."""
   _, columns = STUDIES[study]
   header = "| variant | seeds | steps | " + " | ".join(h for _, h in columns) + " |"
   lines = [header, "|" + " --- |" * (3 + len(columns))]
@@ -95,7 +107,7 @@ def table(study: str, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str
     cells = []
     for metric, _ in columns:
       mean, std = mean_std([100 * r["eval"][metric] for r in runs])
-      cells.append(f"{mean:.1f} ± {std:.1f}")
+      cells.append(f"{mean:.1f} ± {std:.1f}" if len(runs) > 1 else f"{mean:.1f} (1 seed)")
     lines.append(f"| {variant} | {len(runs)} | {runs[0]['steps']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
