@@ -17,7 +17,8 @@ tokens-per-batch budget (`variants.auto`, imp/tasks/variants.py):
                `paired` source), every same-label pair in a batch is a positive
 
 The spoken test split holds voices never heard in training (imp/data/spoken_digits.py), so
-`spoken/linear_probe_top1` is held-out audio classification accuracy over unseen voices, and
+`spoken/classifier_top1` (the trained audio head) and `spoken/linear_probe_top1` (a probe on
+frozen features) are held-out audio classification accuracies over unseen voices, and
 `av/retrieval/audio_to_image/R@1` (and image_to_audio) is retrieval between the held-out
 spoken digits and held-out images: a hit is an image of the spoken digit's class.
 """
@@ -82,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input = dict(num_threads=2, prefetch=4)
   config.evals = ml_collections.ConfigDict({
       "spoken": dict(dataset="spoken", modality="audio", spectrogram=SPECTROGRAM,
-                     batch_size=180, zero_shot=False, linear_probe=True),
+                     batch_size=180, zero_shot=False, linear_probe=True, classifier=True),
       # Audio <-> image retrieval on the held-out pairs (unseen voices); any image of the
       # spoken digit's class is a hit.
       "av": dict(dataset="av", modality="image", resolution=8, spectrogram=SPECTROGRAM,

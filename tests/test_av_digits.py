@@ -64,6 +64,7 @@ def test_av_digits_trains_end_to_end(tmp_path):
   print(json.dumps({k: v for k, v in summary.items() if k != "step_cache"}, indent=1))
   # Chance is 10% for both; the numbers of a full run are in docs/data.md.
   assert evals["spoken/linear_probe_top1"] > 0.5
+  assert evals["spoken/classifier_top1"] > 0.5
   assert evals["av/retrieval/audio_to_image/R@1"] > 0.3
   assert evals["av/retrieval/image_to_audio/R@1"] > 0.3
   assert summary["data_wait_share"] < 0.25
