@@ -69,7 +69,7 @@ def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
     for variant in variants:
       workdir = Path(root) / study / variant / f"seed{seed}"
       done = workdir / "summary.json"
-      if not done.exists():
+      if not done.exists() or json.loads(done.read_text()).get("stopped_early"):
         config = load_config(study, variant + (",short" if short else ""))
         config.seed = int(seed)
         start = time.perf_counter()
@@ -86,8 +86,10 @@ def finished_runs(study: str, root: str | Path) -> dict[str, list[dict[str, Any]
   out = {}
   for variant in variants:
     paths = sorted((Path(root) / study / variant).glob("seed*/summary.json"))
-    if paths:
-      out[variant] = [json.loads(p.read_text()) for p in paths]
+    runs = [json.loads(p.read_text()) for p in paths]
+    runs = [r for r in runs if not r.get("stopped_early")]  # a preempted run has no evals
+    if runs:
+      out[variant] = runs
   return out
 
 
