@@ -358,3 +358,47 @@ def test_skip_count_reaches_the_training_log(tmp_path):
   assert "(3 bad examples skipped)" in line
   record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
   assert record["data/skipped_examples"] == 3 and record["t/base/loss"] == 1.0
+
+
+def test_video_tasks_train_and_evaluate_through_the_loop(tmp_path):
+  """A prepared video folder feeds video classification and video/label-text NCE through the
+  AGD loop, and the eval suite reads middle clips of `frames` frames."""
+  import ml_collections
+
+  from imp.configs.digits import get_config
+  from imp.train import loop
+
+  root = tmp_path / "videos"
+  for label, direction in (("brighten", 1), ("darken", -1)):
+    for clip in range(4):
+      folder = root / label / f"clip{clip}"
+      os.makedirs(folder)
+      for t in range(8):  # brightness ramps up or down over time: only motion tells them apart
+        value = 120 + direction * (10 * t + clip)
+        prepare.write_netpbm(str(folder / f"frame_{t}.pgm"), np.full((4, 4), value, np.uint8))
+  prepare.main(["video_folder", "--input", str(root), "--output", str(tmp_path / "prep"),
+                "--test-fraction", "0.5"])
+
+  config = get_config("smoke")
+  config.total_steps = 8
+  config.checkpoint_every = 8
+  config.checkpoint_best_metric = None
+  config.datasets = ml_collections.ConfigDict({"clips": dict(
+      source="arrayrecord", directory=str(tmp_path / "prep"), label_templates=("{}",))})
+  variant = dict(batch_size=4, resolution=4, frames=4, text_length=16)
+  config.tasks = ml_collections.ConfigDict({
+      "clips_cls": dict(dataset="clips", objective="softmax", modalities=("video",),
+                        variants=dict(base=variant)),
+      "clips_nce": dict(dataset="clips", objective="nce", modalities=("video", "text"),
+                        args=dict(positives="same_label"), variants=dict(base=variant)),
+  })
+  config.model.update(depth=1, vision_patch=(2, 2, 2), vision_base_grid=(2, 2, 2),
+                      text_max_length=16)
+  config.evals = ml_collections.ConfigDict({"clips": dict(
+      dataset="clips", modality="video", resolution=4, frames=4, text_length=16, batch_size=4,
+      zero_shot=True, linear_probe=False, classifier=True)})
+  summary = loop.train(config, tmp_path / "run")
+  assert set(summary["task_steps"]) == {"clips_cls/base", "clips_nce/base"}
+  assert summary["nonfinite_skipped_steps"] == 0
+  for key in ("clips/zero_shot_top1", "clips/classifier_top1"):
+    assert 0.0 <= summary["eval"][key] <= 1.0, key

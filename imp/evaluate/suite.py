@@ -29,9 +29,9 @@ from imp.model import Request
 
 Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
-_EVAL_KEYS = ("dataset", "modality", "resolution", "spectrogram", "text_length", "train_split",
-              "test_split", "batch_size", "zero_shot", "linear_probe", "templates", "retrieval",
-              "retrieval_positives", "classifier")
+_EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
+              "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
+              "retrieval", "retrieval_positives", "classifier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,7 @@ class _Entry:
   modality: str
   resolution: tuple[int, int] | None
   spectrogram: tuple[int, int] | None
+  frames: int  # video frames per clip (the middle clip of each test video)
   text_length: int
   train_split: str
   test_split: str
@@ -103,6 +104,7 @@ class EvalSuite:
           name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
           resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
           spectrogram=tuple(spectrogram) if spectrogram else None,
+          frames=int(spec.get("frames", 1)),
           text_length=int(spec.get("text_length", 16)),
           train_split=spec.get("train_split", "train"), test_split=spec.get("test_split", "test"),
           batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
@@ -133,7 +135,7 @@ class EvalSuite:
       self._batches[key] = eval_batches(entry.source, split, modality=modality,
                                         resolution=entry.resolution,
                                         batch_size=entry.batch_size,
-                                        spectrogram=entry.spectrogram)
+                                        spectrogram=entry.spectrogram, frames=entry.frames)
     return self._batches[key]
 
   @staticmethod
