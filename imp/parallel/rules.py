@@ -38,8 +38,10 @@ from imp.parallel.mesh import BATCH_AXES
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
 
-# Dimensions no preset shards: the scan axis, small per-dataset/per-grid tables, head dims.
-_UNSHARDED = ("layers", "kv", "classes", "common", "patch", "pos_0", "pos_1", "pos_2")
+# Dimensions no preset shards: the scan axis, small per-dataset/per-grid tables, head dims,
+# the 8-bit routing attributes (imp/model/conditions.py) and the Perceiver's few latents.
+_UNSHARDED = ("layers", "kv", "classes", "common", "patch", "pos_0", "pos_1", "pos_2",
+              "attribute", "latents")
 _GROUP_AXES = tuple(a for a in BATCH_AXES if a != "expert")
 
 
