@@ -50,9 +50,10 @@ def markdown(results: dict[str, tuple[Report, float]], command: str, when: str) 
   lines = [f"Measured on {machine()}, {when}, with `{command}`.", "",
            "| benchmark | case | result (median, min-max) | goal / paper |",
            "| --- | --- | --- | --- |"]
+  cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a "|" in a cell splits it)
   for name, (report, _) in results.items():
     for case, result, goal in report.rows:
-      lines.append(f"| {name} | {case} | {result} | {goal} |")
+      lines.append(f"| {name} | {cell(case)} | {cell(result)} | {cell(goal)} |")
   return "\n".join(lines) + "\n"
 
 
