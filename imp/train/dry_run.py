@@ -31,7 +31,7 @@ import ml_collections
 from imp.analysis.param_count import count_params
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import OBJECTIVES
-from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
+from imp.parallel.mesh import batch_sharding, make_mesh, replicated
 from imp.parallel.rules import get_rules, under_rules
 from imp.tasks import Task, TaskRegistry
 from imp.train import loop
@@ -197,11 +197,7 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
   model_config = ModelConfig.from_config(config.model)
   loop._check_shapes(registry, model_config)
   mesh = make_mesh(config.get("mesh"))
-  shards = data_parallel_size(mesh)
-  for task in registry:
-    if task.variant.batch_size % shards:
-      raise DryRunError(f"task {task.name}: batch {task.variant.batch_size} does not split "
-                        f"over the {shards} data-parallel devices of {dict(mesh.shape)}.")
+  loop._check_batch_split(registry, mesh)
   heads = tuple((n, int(d["num_classes"])) for n, d in datasets.items() if d["num_classes"])
   model = IMPModel(model_config, heads=heads,
                    modalities=tuple(sorted(loop.model_modalities(registry, config.evals))),

@@ -141,6 +141,17 @@ def _check_shapes(registry: TaskRegistry, model: ModelConfig) -> None:
                          f"model.audio_patch=({pt}, {pq}).")
 
 
+def _check_batch_split(registry: TaskRegistry, mesh: Mesh) -> None:
+  """Every variant's batch must split over the data-parallel devices and the processes."""
+  shards = data_parallel_size(mesh)
+  for task in registry:
+    if task.variant.batch_size % max(shards, jax.process_count()):
+      raise ValueError(
+          f"tasks.{task.entry}.variants.{task.variant.name}.batch_size="
+          f"{task.variant.batch_size} does not split over the {shards} data-parallel devices "
+          f"of config.mesh ({dict(mesh.shape)}) and {jax.process_count()} processes.")
+
+
 def model_modalities(registry: TaskRegistry, evals: Mapping[str, Any]) -> set[str]:
   """Modalities the model must embed: every task's, and what the evals read."""
   modalities = {m for t in registry for m in t.modalities}
@@ -187,13 +198,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
   suite = EvalSuite(config.evals, sources)  # validates evals before the model is built
   modalities = model_modalities(registry, config.evals)
   mesh = make_mesh(config.get("mesh"))
-  shards = data_parallel_size(mesh)
-  for task in registry:
-    if task.variant.batch_size % max(shards, jax.process_count()):
-      raise ValueError(
-          f"tasks.{task.entry}.variants.{task.variant.name}.batch_size="
-          f"{task.variant.batch_size} does not split over the {shards} data-parallel devices "
-          f"of config.mesh ({dict(mesh.shape)}) and {jax.process_count()} processes.")
+  _check_batch_split(registry, mesh)
   heads = tuple((n, s.num_classes) for n, s in sources.items() if s.num_classes)
   model_config = ModelConfig.from_config(config.model)
   _check_shapes(registry, model_config)
