@@ -15,7 +15,7 @@ in training, 2.0 in evaluation), each expert as wide as the dense FFN, so FLOPs 
 
 import ml_collections
 
-from experiments.ablation_objectives import STEPS, small
+from experiments.ablation_objectives import small, variant_and_steps
 from imp.configs.digits import get_config as digits_config
 
 BASE = dict(batch_size=64, resolution=8, text_length=24)
@@ -25,12 +25,10 @@ VARIANTS = {"dense": None, "moe4": dict(MOE, num_experts=4), "moe16": dict(MOE, 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a variant name, optionally with ",short" (12 steps, for the notebook's CI run)."""
-  variant, _, mode = (arg or "moe4").partition(",")
-  if variant not in VARIANTS or mode not in ("", "short"):
-    raise ValueError(f"experiments/ablation_moe.py: unknown variant {arg!r}; valid: "
-                     f"{', '.join(VARIANTS)}, each optionally with ',short'.")
-  config = small(digits_config(), 12 if mode == "short" else STEPS)
+  """`arg`: a variant name, optionally with ",short" or ",long" (ablation_objectives.BUDGETS)."""
+  variant, steps = variant_and_steps(arg or "moe4", VARIANTS,
+                                     "experiments/ablation_moe.py")
+  config = small(digits_config(), steps)
   for task in config.tasks.values():
     task.variants = ml_collections.ConfigDict(dict(base=BASE))
   if VARIANTS[variant]:

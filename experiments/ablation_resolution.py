@@ -15,7 +15,7 @@ evaluated at 8x8 and at 16x16.
 
 import ml_collections
 
-from experiments.ablation_objectives import STEPS, small
+from experiments.ablation_objectives import small, variant_and_steps
 from imp.configs.digits import get_config as digits_config
 
 BASE = dict(batch_size=64, resolution=8, text_length=24)  # 16 tokens x 64
@@ -24,12 +24,10 @@ VARIANTS = {"single": dict(base=BASE), "mixture": dict(base=BASE, hires=HIRES)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a variant name, optionally with ",short" (12 steps, for the notebook's CI run)."""
-  variant, _, mode = (arg or "mixture").partition(",")
-  if variant not in VARIANTS or mode not in ("", "short"):
-    raise ValueError(f"experiments/ablation_resolution.py: unknown variant {arg!r}; valid: "
-                     f"{', '.join(VARIANTS)}, each optionally with ',short'.")
-  config = small(digits_config(), 12 if mode == "short" else STEPS)
+  """`arg`: a variant name, optionally with ",short" or ",long" (ablation_objectives.BUDGETS)."""
+  variant, steps = variant_and_steps(arg or "mixture", VARIANTS,
+                                     "experiments/ablation_resolution.py")
+  config = small(digits_config(), steps)
   for task in config.tasks.values():
     task.variants = ml_collections.ConfigDict(VARIANTS[variant])
   config.evals.digits_16 = ml_collections.ConfigDict(dict(config.evals.digits, resolution=16))

@@ -7,6 +7,7 @@ rerun, so an interrupted sweep continues where it stopped.
 
   python -m imp.analysis.ablations --study objectives --root /tmp/ablations
   python -m imp.analysis.ablations --study all --short      # 12 steps per run, one seed
+  python -m imp.analysis.ablations --study objectives --budget long --root /tmp/abl_long
 
 The notebook `experiments/notebooks/ablations.ipynb` calls the same functions.
 """
@@ -59,8 +60,13 @@ def load_config(study: str, arg: str):
 
 
 def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
-              short: bool = False) -> dict[str, list[dict[str, Any]]]:
-  """Trains (or reads) every variant x seed; returns variant -> [summary per seed]."""
+              short: bool = False, budget: str = "") -> dict[str, list[dict[str, Any]]]:
+  """Trains (or reads) every variant x seed; returns variant -> [summary per seed].
+
+  budget: "" (the study's steps), "short" or "long" (experiments/ablation_objectives.BUDGETS);
+  `short=True` is budget="short". Runs of different budgets need different roots.
+  """
+  budget = "short" if short else budget
   from imp.train import loop  # JAX starts only when runs do
 
   variants, _ = STUDIES[study]
@@ -70,7 +76,7 @@ def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
       workdir = Path(root) / study / variant / f"seed{seed}"
       done = workdir / "summary.json"
       if not done.exists() or json.loads(done.read_text()).get("stopped_early"):
-        config = load_config(study, variant + (",short" if short else ""))
+        config = load_config(study, variant + (f",{budget}" if budget else ""))
         config.seed = int(seed)
         start = time.perf_counter()
         summary = loop.train(config, workdir)
@@ -120,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--root", default="/tmp/ablations", help="parent of the run workdirs")
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
   parser.add_argument("--short", action="store_true", help="12 steps per run (smoke test)")
+  parser.add_argument("--budget", default="", choices=["", "short", "long"],
+                      help="steps per run: the study's (200), short (12) or long (1,000)")
   parser.add_argument("--compile-cache", default=None,
                       help="persistent XLA cache (default <root>/xla_cache): seeds of one "
                       "variant compile the same programs")
@@ -131,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   seeds = [int(s) for s in args.seeds.split(",")]
   for study in STUDIES if args.study == "all" else [args.study]:
-    results = run_study(study, args.root, seeds, short=args.short)
+    results = run_study(study, args.root, seeds, short=args.short, budget=args.budget)
     text = table(study, results)
     (Path(args.root) / f"{study}.md").write_text(text + "\n")
     print(f"\n## {study}\n\n{text}\n", flush=True)
