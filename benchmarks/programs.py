@@ -29,7 +29,8 @@ class Program:
   compiled: Any
   state: TrainState
   batch: dict[str, Any]
-  compile_seconds: float
+  compile_seconds: float  # trace + lower + XLA compile
+  lower_seconds: float = 0.0  # of which trace + lower to StableHLO (JAX's side)
 
   def __call__(self) -> Any:
     """Runs one step in place (the state is donated); returns the metrics to block on."""
@@ -40,6 +41,13 @@ class Program:
   def temp_bytes(self) -> int:
     """Compiler-estimated temporary memory of one step (activations, workspace)."""
     return int(self.compiled.memory_analysis().temp_size_in_bytes)
+
+  @property
+  def cost(self) -> dict[str, float]:
+    """XLA's cost analysis of one step: {"flops", "bytes accessed"} (0 where not reported)."""
+    analysis = self.compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis  # older JAX: a list
+    return {key: float(analysis.get(key, 0.0)) for key in ("flops", "bytes accessed")}
 
 
 def synthetic_batch(batch_size: int, resolution: int, text_length: int | None = None,
@@ -74,8 +82,10 @@ def setup(model: Mapping[str, Any]) -> tuple[IMPModel, Any, TrainState]:
 def compile_program(step: Any, state: TrainState, batch: Any) -> Program:
   """Compiles a pure (state, batch) -> (state, metrics) step, timing trace + compile."""
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-  return Program(compiled, state, batch, time.perf_counter() - start)
+  lowered = jax.jit(step, donate_argnums=0).lower(state, batch)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  return Program(compiled, state, batch, time.perf_counter() - start, lowered_at - start)
 
 
 def train_program(model: Mapping[str, Any], batch: dict[str, np.ndarray],

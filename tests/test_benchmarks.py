@@ -79,7 +79,16 @@ def _check_compile_cost(data):
 
 
 def _check_remat(data):
-  assert data["policies"]["full"]["temp_bytes"] < data["policies"]["none"]["temp_bytes"]
+  full = data["policies"]["full"]
+  assert full["temp_bytes"] < data["policies"]["none"]["temp_bytes"]
+  assert full["flops_vs_none"] > 1.0  # remat recomputes the forward pass
+
+
+def _check_scan_layers(data):
+  for depth in data.values():
+    if isinstance(depth, dict) and "trace_lower_seconds" in depth:
+      for kind, lower in depth["trace_lower_seconds"].items():
+        assert 0 < lower["median"] < depth["compile_seconds"][kind]["median"]
 
 
 def _check_batching(data):
@@ -94,6 +103,7 @@ def _check_moe_vs_dense(data):
 
 
 CHECKS = {"compile_cost": _check_compile_cost, "remat": _check_remat,
+          "scan_layers": _check_scan_layers,
           "batching": _check_batching, "moe_vs_dense": _check_moe_vs_dense}
 
 
