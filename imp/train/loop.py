@@ -226,6 +226,18 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
                                 best_mode=config.get("checkpoint_best_mode", "max")))
 
 
+def task_iterators(exp: Experiment) -> TaskIterators:
+  """One seeded grain pipeline per task variant; this process reads its shard of each."""
+  config = exp.config
+  seeds = np.random.SeedSequence(config.seed).spawn(len(exp.registry))
+  return TaskIterators({
+      t.name: task_dataset(exp.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
+                           num_threads=config.input.num_threads, prefetch=config.input.prefetch,
+                           shard=(jax.process_index(), jax.process_count()),
+                           batch_size=t.variant.batch_size // jax.process_count())
+      for t, s in zip(exp.registry, seeds, strict=True)})
+
+
 def _infer_fn(exp: Experiment, params: Any):
   """`infer(request, batch)` for the eval suite, backed by the step cache."""
 
@@ -396,13 +408,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
            ", ".join(f"{t.name}={t.weight:.3f}" for t in registry))
 
   # ---- Input pipelines: one grain iterator per task variant ------------------------------
-  seeds = np.random.SeedSequence(config.seed).spawn(len(registry))
-  iterators = TaskIterators({
-      t.name: task_dataset(exp.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
-                           num_threads=config.input.num_threads, prefetch=config.input.prefetch,
-                           shard=(jax.process_index(), jax.process_count()),
-                           batch_size=t.variant.batch_size // jax.process_count())
-      for t, s in zip(registry, seeds, strict=True)})
+  iterators = task_iterators(exp)
 
   # ---- Resume ------------------------------------------------------------------------------
   state = exp.state
