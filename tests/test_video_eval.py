@@ -96,7 +96,8 @@ def test_multi_clip_average_hand_computed(tmp_path):
   assert test_3.clips == 3 and sum(int(b["mask"].sum()) for b in test_3) == 6
   features = multi._outputs(fake_infer, Request(features=("video",)), test_3, "features/video")
   np.testing.assert_allclose(features, [[80.0, (30**2 + 80**2 + 130**2) / 3]] * 2, rtol=1e-5)
-  np.testing.assert_allclose(test_3.raw, test_1.raw, atol=1e-6)  # the mean over clips is the middle here
+  # The mean over clips is the middle clip here (the frame values are linear in time).
+  np.testing.assert_allclose(test_3.raw, test_1.raw, atol=1e-6)
   # Logit of class "low" (id 1; classes sort as high, low) per clip: (m - 80)^2 / 500 - 2, so
   # -2 for the middle clip alone but (3 - 2 + 3) / 3 = 4/3 > 0 averaged over three clips.
   logits = multi._outputs(fake_infer, Request(classify=(("video", "clips"),)), test_3,
