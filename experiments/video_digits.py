@@ -89,10 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  retrieval_positives="label", **CLIP),
   })
   if arg == "smoke":
-    config.total_steps = 150
-    config.log_every = 50
-    config.checkpoint_every = 150
-    config.optimizer.warmup_steps = 15
+    config.total_steps = 800
+    config.log_every = 200
+    config.checkpoint_every = 800
   elif arg:
     raise ValueError(f"experiments/video_digits.py: unknown variant {arg!r}; valid: 'smoke'.")
   return config

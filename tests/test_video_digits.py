@@ -65,11 +65,13 @@ def test_moving_digits_command_writes_one_clip_per_image(tmp_path):
 @pytest.mark.skipif(spoken_digits.espeak_binary() is None,
                     reason="espeak-ng is not installed; it synthesises the spoken digits")
 def test_video_digits_smoke_run_end_to_end(tmp_path):
-  """The smoke variant (150 AGD steps) trains all three video tasks and reports every
+  """The smoke variant (800 AGD steps) trains all three video tasks and reports every
   evaluation: single- and multi-clip zero-shot, classifier and probe, and retrieval R@1/5/10
-  video<->text and video<->audio on the held-out split. 150 steps are too few for accuracy
-  bars (the full run's figures are in docs/evaluation.md); the checks are that every result
-  exists, is finite and is a valid fraction, and that recall grows with k."""
+  video<->text and video<->audio on the held-out split. Every result must exist, be finite
+  and a valid fraction, recall must grow with k, and held-out video accuracy must pass 25%
+  (chance 10%): an untrained model fails that bar, because its zero-initialised classifier
+  predicts one class and its zero-shot is chance. Here it gave 40%/51% (classifier, middle
+  clip / 3 clips) and 40%/46% (zero-shot); the full run's figures are in docs/evaluation.md."""
   from imp.train import loop
 
   config = get_config("smoke")
@@ -78,6 +80,7 @@ def test_video_digits_smoke_run_end_to_end(tmp_path):
       ["--output", str(tmp_path / "av"), "--train-voices", "en", "en-us", "--test-voices",
        "en-029", "--speeds", "165", "--pitches", "50"])["spoken"]
   summary = loop.train(config, tmp_path / "run")
+  print(json.dumps(summary["eval"], indent=1))
   assert set(summary["task_steps"]) == {"video_cls/base", "video_text_nce/base",
                                         "video_audio_nce/base"}
   assert summary["nonfinite_skipped_steps"] == 0
@@ -94,5 +97,8 @@ def test_video_digits_smoke_run_end_to_end(tmp_path):
       expected += [f"{entry}/retrieval/{src}_to_{dst}/R@{k}" for k in (1, 5, 10)]
   for key in expected:
     assert math.isfinite(evals[key]) and 0.0 <= evals[key] <= 1.0, (key, evals.get(key))
+  for key in ("videos/classifier_top1", "videos/zero_shot_top1", "videos_clips/classifier_top1",
+              "videos_clips/zero_shot_top1"):
+    assert evals[key] > 0.25, (key, evals[key])
   saved = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert saved["eval"]["videos_clips/zero_shot_top1"] == evals["videos_clips/zero_shot_top1"]
