@@ -131,12 +131,31 @@ def video_features(example: dict[str, np.ndarray], frames: int, resolution: tupl
   shorter than the clip repeat their last frame.
   """
   video = np.asarray(example["video"])
-  stride = 1
+  index = transforms.clip_indices(len(video), frames, _frame_stride(example, clip_fps), rng)
+  return _frames_at(video, index, resolution)
+
+
+def _frame_stride(example: dict[str, np.ndarray], clip_fps: float | None) -> int:
+  """Stored frames between a clip's frames: round(stored fps / clip_fps), 1 without either."""
   if clip_fps and "fps" in example:
-    stride = max(1, int(round(float(example["fps"]) / clip_fps)))
-  index = transforms.clip_indices(len(video), frames, stride, rng)
+    return max(1, int(round(float(example["fps"]) / clip_fps)))
+  return 1
+
+
+def _frames_at(video: np.ndarray, index: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
+  """uint8 video [T, H, W, C] at frame indices [frames] -> float32 [frames, *resolution, C]."""
   clip = transforms.normalize_image(video[index])
   return np.stack([transforms.resize_image(f, resolution) for f in clip])
+
+
+def video_clips(example: dict[str, np.ndarray], frames: int, resolution: tuple[int, int],
+                clip_fps: float | None, clips: int) -> np.ndarray:
+  """`clips` evenly spaced clips (`transforms.spaced_clip_indices`) as float32
+  [clips, frames, H, W, C] in [-1, 1]; clips=1 is `video_features`' evaluation clip."""
+  video = np.asarray(example["video"])
+  index = transforms.spaced_clip_indices(len(video), frames, _frame_stride(example, clip_fps),
+                                         clips)
+  return np.stack([_frames_at(video, i, resolution) for i in index])
 
 
 def audio_features(example: dict[str, np.ndarray], spectrogram: tuple[int, int],
@@ -234,9 +253,10 @@ class TaskIterators:
 class EvalBatches:
   """A split as fixed-shape batches; `mask` marks the real rows of the padded last batch."""
 
-  batches: tuple[dict[str, np.ndarray], ...]
+  batches: tuple[dict[str, np.ndarray], ...]  # rows: examples, or clips (example-major)
   labels: np.ndarray  # int32 [examples]
   raw: np.ndarray  # the flattened raw inputs [examples, ...], for raw-pixel baselines
+  clips: int = 1  # rows per example: video clips, averaged by the eval suite
 
   def __iter__(self):
     return iter(self.batches)
@@ -244,10 +264,14 @@ class EvalBatches:
 
 def eval_batches(source: DataSource, split: str, *, modality: str,
                  resolution: tuple[int, int] | None, batch_size: int,
-                 spectrogram: tuple[int, int] | None = None, frames: int = 1) -> EvalBatches:
+                 spectrogram: tuple[int, int] | None = None, frames: int = 1,
+                 clips: int = 1, where: str = "clips") -> EvalBatches:
   """Deterministic fixed-shape batches of one split for feature extraction.
 
-  Video takes the middle clip of `frames` frames (at the source's clip_fps). `raw`, the input
+  Video takes `clips` evenly spaced clips of `frames` frames (at the source's clip_fps; one
+  clip: the middle one) per example, as consecutive rows; `raw` is their mean over clips. A
+  video too short for `clips` distinct clips is an error naming `where` and the example.
+  `raw`, the input
   of the raw-input baseline probe, is the stored pixels for images, and the mean and standard
   deviation over time of every mel bin for audio ([2 * mel]: a bag-of-frames baseline; a probe
   on the whole flattened spectrogram takes minutes on a CPU).
@@ -260,9 +284,16 @@ def eval_batches(source: DataSource, split: str, *, modality: str,
     ])
     raw = data.fields[modality]
   elif modality == "video":
-    inputs = np.stack([video_features(data[i], frames, resolution, source.clip_fps, None)
-                       for i in range(len(data))])
-    raw = inputs
+    per_video = []
+    for i in range(len(data)):
+      try:
+        per_video.append(video_clips(data[i], frames, resolution, source.clip_fps, clips))
+      except ValueError as e:
+        raise ValueError(f"{where}={clips}: dataset {source.name!r}, split {split!r}, "
+                         f"example {i}: {e}") from e
+    inputs = np.stack(per_video)  # [examples, clips, frames, H, W, C]
+    raw = inputs.mean(axis=1)
+    inputs = inputs.reshape((-1,) + inputs.shape[2:])
   elif modality == "audio":
     if spectrogram is None:
       raise ValueError("evaluating audio needs `spectrogram` (time, mel bins).")
@@ -281,7 +312,8 @@ def eval_batches(source: DataSource, split: str, *, modality: str,
         modality: np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]),
         "mask": np.arange(batch_size) < real,
     })
-  return EvalBatches(tuple(batches), labels, np.asarray(raw, np.float32).reshape(len(data), -1))
+  return EvalBatches(tuple(batches), labels, np.asarray(raw, np.float32).reshape(len(data), -1),
+                     clips=clips if modality == "video" else 1)
 
 
 def prompt_tokens(source: DataSource, text_length: int,

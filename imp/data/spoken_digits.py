@@ -86,13 +86,19 @@ def write_spoken_digits(directory: str, *, train_voices: Sequence[str],
   return manifest
 
 
-def write_digit_images(directory: str) -> int:
-  """scikit-learn's digits as <directory>/<digit name>/<index>.pgm; returns the count."""
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 1,797 handwritten digits: uint8 images [n, 8, 8] (0..16 scaled by 16, so
+  0..255) and int labels [n]."""
   from sklearn.datasets import load_digits
 
   digits = load_digits()
-  images = np.clip(digits.images * 16.0, 0, 255).astype(np.uint8)
-  for index, (image, label) in enumerate(zip(images, digits.target, strict=True)):
+  return np.clip(digits.images * 16.0, 0, 255).astype(np.uint8), digits.target
+
+
+def write_digit_images(directory: str) -> int:
+  """scikit-learn's digits as <directory>/<digit name>/<index>.pgm; returns the count."""
+  images, labels = digit_images()
+  for index, (image, label) in enumerate(zip(images, labels, strict=True)):
     folder = os.path.join(directory, DIGIT_NAMES[label])
     os.makedirs(folder, exist_ok=True)
     prepare.write_netpbm(os.path.join(folder, f"{index:04d}.pgm"), image)

@@ -145,3 +145,28 @@ def clip_indices(num_frames: int, frames: int, stride: int,
   slack = max(0, num_frames - span)
   start = int(rng.integers(0, slack + 1)) if rng is not None else slack // 2
   return np.minimum(start + stride * np.arange(frames), num_frames - 1)
+
+
+def spaced_clip_indices(num_frames: int, frames: int, stride: int, clips: int) -> np.ndarray:
+  """int [clips, frames] frame indices of `clips` evenly spaced clips of a video (evaluation).
+
+  With slack = how many frames a clip can shift, clip k of K > 1 starts at
+  floor(slack * k / (K - 1)): the first at the video's start, the last at its end. One clip is
+  the centred clip of `clip_indices(..., rng=None)`. Every clip starts at a different frame,
+  so K may be at most slack + 1 (else ValueError). Indices past the end repeat the last frame.
+  """
+  if num_frames < 1:
+    raise ValueError("video has no frames.")
+  if clips < 1:
+    raise ValueError(f"clips={clips}: need at least 1 clip.")
+  span = (frames - 1) * stride + 1
+  slack = max(0, num_frames - span)
+  if clips > slack + 1:
+    raise ValueError(f"a video of {num_frames} frames has {slack + 1} distinct start(s) for a "
+                     f"clip of {frames} frames {stride} apart (span {span}), so {clips} clips "
+                     f"would repeat one; valid: 1..{slack + 1}.")
+  if clips == 1:
+    starts = np.array([slack // 2])
+  else:
+    starts = (slack * np.arange(clips)) // (clips - 1)
+  return np.minimum(starts[:, None] + stride * np.arange(frames)[None, :], num_frames - 1)

@@ -9,6 +9,11 @@ matches row i of the other, so examples must carry both) or `"label"` (any item 
 class), named `<entry>/retrieval/<a>_to_<b>/R@<k>`. Text without a "text" field in the data is
 the class name in the dataset's first label template (label positives only).
 
+Video entries take `clips` evenly spaced clips of `frames` frames per test video (default 1:
+the middle clip); the model runs on every clip and the per-video output is the mean over clips
+(`clip_mean`): of the L2-normalised embeddings, re-normalised (zero-shot, retrieval), of the
+logits (classifier), of the pooled features (linear probe).
+
 The suite never touches parameters: it calls `infer(request, batch)`, which the training loop
 backs with compiled programs.
 """
@@ -31,7 +36,7 @@ Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
               "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
-              "retrieval", "retrieval_positives", "classifier")
+              "retrieval", "retrieval_positives", "classifier", "clips")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +46,7 @@ class _Entry:
   modality: str
   resolution: tuple[int, int] | None
   spectrogram: tuple[int, int] | None
-  frames: int  # video frames per clip (the middle clip of each test video)
+  frames: int  # video frames per clip
   text_length: int
   train_split: str
   test_split: str
@@ -53,6 +58,35 @@ class _Entry:
   retrieval_positives: str = "pair"
   head: str = ""  # the dataset's classifier head, for `classifier`
   classifier: bool = False
+  clips: int = 1  # evenly spaced clips per video, outputs averaged over them
+
+
+def clip_mean(outputs: np.ndarray, clips: int, normalize: bool) -> np.ndarray:
+  """[videos * clips, ...] rows (video-major) -> [videos, ...], the mean over each video's clips.
+
+  With `normalize` (embeddings), each clip's row is L2-normalised before the mean and the mean
+  is normalised again, so every clip counts equally and the result is a unit vector.
+  """
+  if len(outputs) % clips:
+    raise ValueError(f"{len(outputs)} rows are not a whole number of videos of {clips} clips.")
+  x = np.asarray(outputs, np.float32).reshape((-1, clips) + outputs.shape[1:])
+  if not normalize:
+    return x.mean(axis=1)
+  x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  mean = x.mean(axis=1)
+  return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+def _clips_setting(name: str, spec: Mapping[str, Any], modalities: set[str]) -> int:
+  """Validated `evals.<name>.clips`: an int >= 1, and > 1 only where video is evaluated."""
+  clips = spec.get("clips", 1)
+  if isinstance(clips, bool) or not isinstance(clips, (int, np.integer)) or clips < 1:
+    raise ValueError(f"evals.{name}.clips={clips!r}: must be an integer >= 1 (clips per test "
+                     "video, averaged; 1 = the middle clip).")
+  if clips > 1 and "video" not in modalities:
+    raise ValueError(f"evals.{name}.clips={clips}: clips average over video clips, but entry "
+                     f"{name!r} evaluates no video (modalities: {', '.join(sorted(modalities))}).")
+  return int(clips)
 
 
 def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
@@ -100,6 +134,8 @@ class EvalSuite:
                          f"valid: {', '.join(sources)}.")
       res, spectrogram = spec.get("resolution"), spec.get("spectrogram")
       pairs, positives = _retrieval_settings(name, spec, sources[spec["dataset"]])
+      modality = spec.get("modality", "image")
+      clips = _clips_setting(name, spec, {modality, *(m for pair in pairs for m in pair)})
       self.entries.append(_Entry(
           name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
           resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
@@ -111,7 +147,7 @@ class EvalSuite:
           linear_probe=bool(spec.get("linear_probe", True)),
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
           retrieval=pairs, retrieval_positives=positives,
-          head=spec["dataset"], classifier=bool(spec.get("classifier", False))))
+          head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips))
     self._batches: dict[tuple[str, str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
@@ -135,15 +171,22 @@ class EvalSuite:
       self._batches[key] = eval_batches(entry.source, split, modality=modality,
                                         resolution=entry.resolution,
                                         batch_size=entry.batch_size,
-                                        spectrogram=entry.spectrogram, frames=entry.frames)
+                                        spectrogram=entry.spectrogram, frames=entry.frames,
+                                        clips=entry.clips if modality == "video" else 1,
+                                        where=f"evals.{entry.name}.clips")
     return self._batches[key]
 
   @staticmethod
   def _outputs(infer: Infer, request: Request, batches, key: str) -> np.ndarray:
-    """Concatenates output `key` over batches, dropping padded rows."""
+    """Output `key` per example [examples, ...]: concatenated over batches without padded rows,
+    then averaged over each video's clips (`clip_mean`; embeddings normalised)."""
     parts = [np.asarray(infer(request, {k: v for k, v in b.items() if k != "mask"})[key])[b["mask"]]
              for b in batches]
-    return np.concatenate(parts)
+    outputs = np.concatenate(parts)
+    clips = getattr(batches, "clips", 1)
+    if clips == 1:
+      return outputs
+    return clip_mean(outputs, clips, normalize=key.startswith("embedding/"))
 
   @classmethod
   def _text_embeddings(cls, infer: Infer, tokens: np.ndarray, batch_size: int) -> np.ndarray:
