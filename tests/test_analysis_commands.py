@@ -54,6 +54,7 @@ def test_ablation_configs_build(study):
   configs = [ablations.load_config(study, v) for v in variants]
   assert len({c.total_steps for c in configs}) == 1  # same steps in every arm
   assert ablations.load_config(study, variants[0] + ",short").total_steps == 12
+  assert ablations.load_config(study, variants[0] + ",long").total_steps == 1000
   with pytest.raises(ValueError, match="unknown variant"):
     ablations.load_config(study, "nope")
   for config in configs:  # every column's eval exists in every arm
