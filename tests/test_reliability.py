@@ -141,6 +141,24 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, how):
                         _final_params(config, tmp_path / "cut"))
 
 
+def test_run_killed_before_its_final_evaluation_evaluates_on_rerun(tmp_path, monkeypatch):
+  straight = loop.train(_small(total_steps=4), tmp_path / "straight")
+  real_run = loop.EvalSuite.run
+
+  def killed(self, infer):  # the process dies after the final save, inside the evaluation
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(loop.EvalSuite, "run", killed)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train(_small(total_steps=4), tmp_path / "killed")
+  monkeypatch.setattr(loop.EvalSuite, "run", real_run)
+  rerun = loop.train(_small(total_steps=4), tmp_path / "killed")
+  assert rerun["steps_this_run"] == 0 and not rerun["stopped_early"]
+  assert straight["eval"] and rerun["eval"] == straight["eval"]
+  # Rerunning the command of a finished run keeps its results too.
+  assert loop.train(_small(total_steps=4), tmp_path / "straight")["eval"] == straight["eval"]
+
+
 def test_best_checkpoint_is_kept_beside_the_newest(tmp_path):
   config = _small(total_steps=8, eval_every=4, checkpoint_keep=1)
   summary = loop.train(config, tmp_path)

@@ -64,7 +64,7 @@ class Checkpointer:
   def save_best(self, step: int, state: TrainState, meta: dict[str, Any],
                 metrics: dict[str, float]) -> None:
     """Offers a checkpoint scored by `metrics[best_metric]`; the best one is kept."""
-    if self._best is None:
+    if self._best is None or step in self._best.all_steps():  # re-evaluated, already offered
       return
     self._best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),

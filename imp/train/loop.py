@@ -451,6 +451,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   loop_start = time.perf_counter()
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
              dynamic_ncols=True)
+  def evaluate_and_log(done: int, state: TrainState) -> dict[str, float]:
+    evals = exp.suite.run(_infer_fn(exp, state.params))
+    train_log.writer.write(done, evals, kind="eval")
+    exp.checkpointer.save_best(done, state, _meta(exp, iterators), evals)
+    bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+    return evals
+
   with _Preemption() as preemption:
     for step in range(start, end):
       task = registry[sampler.task_index(step)]
@@ -481,16 +488,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         exp.checkpointer.save(done, state, _meta(exp, iterators))
 
       if done == total or (config.eval_every and done % config.eval_every == 0):
-        evals = exp.suite.run(_infer_fn(exp, state.params))
-        train_log.writer.write(done, evals, kind="eval")
-        exp.checkpointer.save_best(done, state, _meta(exp, iterators), evals)
-        bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+        evals = evaluate_and_log(done, state)
 
       if preempted:
         bar.write(f"step {done}: signal {preemption.signal} received; saved a checkpoint at "
                   f"step {done} in {exp.checkpointer.directory}; rerun the same command to "
                   "resume.")
         break
+    # A run stopped after its final save but before its final evaluation finished (or the
+    # command of a finished run is rerun): evaluate the final checkpoint now.
+    if start == total:
+      evals = evaluate_and_log(total, state)
   bar.close()
   exp.checkpointer.close()
 
