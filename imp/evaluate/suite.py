@@ -31,7 +31,7 @@ Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
               "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
-              "retrieval", "retrieval_positives", "classifier")
+              "retrieval", "retrieval_positives", "classifier", "fuse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class _Entry:
   retrieval_positives: str = "pair"
   head: str = ""  # the dataset's classifier head, for `classifier`
   classifier: bool = False
+  fuse: tuple[str, ...] = ()  # modalities the `classifier` head reads encoded together (M3SAT)
 
 
 def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
@@ -111,7 +112,11 @@ class EvalSuite:
           linear_probe=bool(spec.get("linear_probe", True)),
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
           retrieval=pairs, retrieval_positives=positives,
-          head=spec["dataset"], classifier=bool(spec.get("classifier", False))))
+          head=spec["dataset"], classifier=bool(spec.get("classifier", False)),
+          fuse=tuple(spec.get("fuse") or ())))
+      if set(self.entries[-1].fuse) - set(self.entries[-1].source.modalities):
+        raise ValueError(f"evals.{name}.fuse={spec['fuse']}: dataset {spec['dataset']!r} has "
+                         f"modalities {self.entries[-1].source.modalities}.")
     self._batches: dict[tuple[str, str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
@@ -200,7 +205,11 @@ class EvalSuite:
         results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
             zero_shot_predictions(embeddings, class_emb), test.labels)
       if e.classifier:  # the trained head of the dataset on the held-out split
-        logits = self._outputs(infer, Request(classify=((m, e.head),)), test, f"logits/{e.head}")
+        # A fused head reads every modality of `fuse` from the same examples' batches.
+        batches = ([{k: v for part in parts for k, v in part.items()} for parts in zip(
+            *[self._split(e, e.test_split, f) for f in e.fuse], strict=True)] if e.fuse else test)
+        request = Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
+        logits = self._outputs(infer, request, batches, f"logits/{e.head}")
         results[f"{e.name}/classifier_top1"] = top1_accuracy(logits.argmax(-1), test.labels)
       if e.linear_probe:
         train = self._split(e, e.train_split)
