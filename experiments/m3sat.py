@@ -38,7 +38,7 @@ from imp.data.idx_source import FASHION_MNIST_DIR
 
 OPTIONS = ("agd", "smoke", "fashion")
 #               steps log  eval
-SCALES = {"default": (600, 100, 0), "smoke": (6, 3, 0)}
+SCALES = {"default": (2000, 200, 1000), "smoke": (6, 3, 0)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -104,6 +104,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 noise_std=1.0 / 16),
                ffn=True, attention="qkv", group_size="example"),
   )
+  # What the dry run (--mode=dry_run) would otherwise read from the prepared folders.
+  config.dry_run = dict(datasets=dict(
+      images=dict(train_examples=1438, num_classes=10, modalities=("image",)),
+      spoken=dict(train_examples=720, num_classes=10, modalities=("audio",)),
+      av=dict(train_examples=1438, num_classes=10, modalities=("image", "audio", "text"))))
+  if "fashion" in options:
+    config.dry_run.datasets.fashion = dict(train_examples=60000, num_classes=10,
+                                           modalities=("image",))
   config.optimizer = dict(name="adamw", learning_rate=8e-4, weight_decay=1e-3, warmup_steps=0,
                           schedule="constant", grad_clip_norm=1.0)
   config.input = dict(num_threads=1, prefetch=2)

@@ -43,8 +43,13 @@ from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
 from imp.train.placement import abstract_state, init_sharded_state, train_state_shardings
 from imp.train.state import TrainState, make_optimizer
-from imp.train.step import (StepSpec, make_infer_step, make_train_step, make_weighted_sum_step,
-                             task_table)
+from imp.train.step import (
+  StepSpec,
+  make_infer_step,
+  make_train_step,
+  make_weighted_sum_step,
+  task_table,
+)
 from imp.train.step_cache import StepCache, signature, xla_compiles
 
 log = logging.getLogger("imp")

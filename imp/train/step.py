@@ -166,6 +166,12 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
+def _read_mask(loss_fn: Callable[..., Any], state: TrainState, batch: Batch) -> Any:
+  """Which parameters `loss_fn(params, batch, rng)` reads (bool pytree; traced, not run)."""
+  return params_read_by(lambda p, b, r: loss_fn(p, b, r)[0], _abstract(state.params),
+                        _abstract(batch), _abstract(state.rng))
+
+
 def _guarded_update(tx: optax.GradientTransformation, state: TrainState, grads: Any,
                     loss: jax.Array, read_mask: Any) -> tuple[TrainState, jax.Array, jax.Array]:
   """One optimizer update of the parameters in `read_mask`, skipped when non-finite.
@@ -205,8 +211,7 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
       find which parameters this task reads.
   """
   loss_fn = make_loss_fn(model, spec)
-  read_mask = params_read_by(lambda p, b, r: loss_fn(p, b, r)[0], _abstract(state.params),
-                             _abstract(batch), _abstract(state.rng))
+  read_mask = _read_mask(loss_fn, state, batch)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -240,8 +245,7 @@ def make_weighted_sum_step(model: IMPModel, tx: optax.GradientTransformation,
   """
   specs = tuple(specs)
   grads_fn = accumulated_grads(model, specs)
-  reads = [params_read_by(lambda p, b, r, f=make_loss_fn(model, spec): f(p, b, r)[0],
-                          _abstract(state.params), _abstract(batch), _abstract(state.rng))
+  reads = [_read_mask(make_loss_fn(model, spec), state, batch)
            for spec, batch in zip(specs, batches, strict=True)]
   read_mask = jax.tree.map(lambda *r: any(r), *reads)
   weights = jnp.asarray([spec.loss_weight for spec in specs], jnp.float32)
