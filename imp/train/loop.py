@@ -133,6 +133,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def schedule_of(config: ml_collections.ConfigDict) -> str:
+  """config.sampling.schedule, "agd" when unset (checked by _check_config)."""
   return (config.get("sampling") or {}).get("schedule", "agd")
 
 
