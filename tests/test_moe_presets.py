@@ -11,30 +11,68 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _main(workdir: Path, config: str) -> dict:
+def _main(workdir: Path, config: str, *flags: str) -> dict:
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  cmd = [sys.executable, "-m", "imp.main", "--config", config, f"--workdir={workdir}"]
+  cmd = [sys.executable, "-m", "imp.main", "--config", config, f"--workdir={workdir}", *flags]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return json.loads((workdir / "summary.json").read_text())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("config, metrics", [
-    ("experiments/uniperceiver_moe_ti.py:smoke",
-     ("digits/classifier_top1", "fashion/classifier_top1", "fashion/zero_shot_top1")),
-    ("experiments/m3sat.py:smoke", ("digits/classifier_top1", "fashion/classifier_top1")),
-])
-def test_preset_trains_and_reports_held_out_accuracy(tmp_path, config, metrics):
-  summary = _main(tmp_path, config)
-  assert summary["steps"] == 6 and summary["nonfinite_skipped_steps"] == 0
-  assert summary["step_cache"]["xla_compiles_after_warmup"] == 0
-  for name in metrics:
-    assert 0.0 <= summary["eval"][name] <= 1.0
-  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def _check_moe_metrics(workdir: Path) -> None:
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   moe = {k for r in records if r["kind"] == "train" for k in r if "/moe/" in k}
   # Attention experts report their own routing statistics next to the FFN's.
   assert any("attn_" in k for k in moe) and any("/expert_fraction/" in k for k in moe), moe
+
+
+@pytest.mark.slow
+def test_uniperceiver_preset_trains_and_reports_held_out_accuracy(tmp_path):
+  summary = _main(tmp_path, "experiments/uniperceiver_moe_ti.py:smoke")
+  assert summary["steps"] == 6 and summary["nonfinite_skipped_steps"] == 0
+  assert summary["step_cache"]["xla_compiles_after_warmup"] == 0
+  for name in ("digits/classifier_top1", "fashion/classifier_top1", "fashion/zero_shot_top1"):
+    assert 0.0 <= summary["eval"][name] <= 1.0
+  _check_moe_metrics(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, schedule", [("smoke", "weighted_sum"), ("smoke,agd", "agd")])
+def test_m3sat_preset_trains_a_fused_task_and_reports_held_out_accuracy(
+    tmp_path, av_digits_folders, variant, schedule):
+  summary = _main(tmp_path, f"experiments/m3sat.py:{variant}",
+                  f"--config.datasets.images.directory={av_digits_folders['images']}",
+                  f"--config.datasets.spoken.directory={av_digits_folders['spoken']}")
+  assert summary["steps"] == 6 and summary["nonfinite_skipped_steps"] == 0
+  assert summary["step_cache"]["xla_compiles_after_warmup"] == 0
+  task_steps = summary["task_steps"]
+  if schedule == "weighted_sum":  # every task trains at every step
+    assert task_steps == {"av_cls/base": 6, "images_cls/base": 6}
+  else:
+    assert sum(task_steps.values()) == 6 and set(task_steps) <= {"av_cls/base",
+                                                                 "images_cls/base"}
+  # The fused head on the held-out pairs (unseen voices) and the image head.
+  for name in ("av/classifier_top1", "images/classifier_top1"):
+    assert 0.0 <= summary["eval"][name] <= 1.0
+  _check_moe_metrics(tmp_path)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  # The fused sequence routes as one: its MoE metrics are keyed by both modalities.
+  assert any("/moe/image+audio/" in k for r in records for k in r), records[-1].keys()
+
+
+def test_m3sat_variants():
+  sys.path.insert(0, str(ROOT))
+  from experiments import m3sat
+
+  default = m3sat.get_config()
+  assert default.sampling.schedule == "weighted_sum"
+  assert m3sat.get_config("agd").sampling.schedule == "agd"
+  assert dict(default.tasks.av_cls)["loss_weight"] == 0.9  # AV-MNIST's, Table 15
+  assert tuple(default.tasks.av_cls.modalities) == ("image", "audio")
+  assert tuple(default.evals.av.fuse) == ("image", "audio")
+  assert m3sat.get_config("smoke,agd").total_steps == 6
+  with pytest.raises(ValueError, match="unknown option 'weighted'; valid: agd, smoke, fashion"):
+    m3sat.get_config("weighted")
 
 
 def test_condition_grid_is_a_config_option():

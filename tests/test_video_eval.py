@@ -142,3 +142,34 @@ def test_too_many_clips_and_clips_without_video(tmp_path):
                                                zero_shot=False, linear_probe=False)})
   with pytest.raises(ValueError, match=r"evals\.x\.clips=2: .*evaluates no video"):
     EvalSuite(evals, {"clips": source})
+
+
+def test_classifier_and_probe_in_one_entry_each_get_their_outputs(tmp_path, monkeypatch):
+  """The classifier's request must not replace the probe's (the probe needs features)."""
+  from imp.evaluate import suite as suite_module
+  from imp.evaluate.linear_probe import ProbeResult
+
+  probed = []  # the probe itself is tested elsewhere; 2 videos per class are too few to fit it
+
+  def record_probe(train_x, train_y, test_x, test_y):
+    probed.append(np.asarray(train_x).shape)
+    return ProbeResult(accuracy=0.25, l2=1.0, cv_accuracy=0.25)
+
+  monkeypatch.setattr(suite_module, "linear_probe", record_probe)
+
+  def strict_infer(request: Request, batch: dict) -> dict:  # only what was requested
+    out = fake_infer(request, batch)
+    wanted = {f"features/{m}" for m in request.features}
+    wanted |= {f"embedding/{m}" for m in request.embed}
+    wanted |= {f"logits/{head}" for _, head in request.classify}
+    return {k: v for k, v in out.items() if k in wanted}
+
+  source = load_source("clips", dict(source="arrayrecord", directory=_videos(tmp_path),
+                                     clip_fps=8, label_templates=("{}",)))
+  evals = {"clips": dict(dataset="clips", modality="video", resolution=4, frames=4,
+                         batch_size=3, zero_shot=False, linear_probe=True, classifier=True,
+                         train_split="test")}
+  results = EvalSuite(evals, {"clips": source}).run(strict_infer)
+  assert results["clips/classifier_top1"] == 0.5
+  assert results["clips/linear_probe_top1"] == 0.25
+  assert probed[0] == (2, 2)  # the features of the 2 videos, then the raw-pixel baseline

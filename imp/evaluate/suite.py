@@ -36,7 +36,7 @@ Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
               "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
-              "retrieval", "retrieval_positives", "classifier", "clips")
+              "retrieval", "retrieval_positives", "classifier", "clips", "fuse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ class _Entry:
   head: str = ""  # the dataset's classifier head, for `classifier`
   classifier: bool = False
   clips: int = 1  # evenly spaced clips per video, outputs averaged over them
+  fuse: tuple[str, ...] = ()  # modalities the `classifier` head reads encoded together (M3SAT)
 
 
 def clip_mean(outputs: np.ndarray, clips: int, normalize: bool) -> np.ndarray:
@@ -147,7 +148,14 @@ class EvalSuite:
           linear_probe=bool(spec.get("linear_probe", True)),
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
           retrieval=pairs, retrieval_positives=positives,
-          head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips))
+          head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips,
+          fuse=tuple(spec.get("fuse") or ())))
+      if set(self.entries[-1].fuse) - set(self.entries[-1].source.modalities):
+        raise ValueError(f"evals.{name}.fuse={spec['fuse']}: dataset {spec['dataset']!r} has "
+                         f"modalities {self.entries[-1].source.modalities}.")
+      if self.entries[-1].fuse and clips > 1:
+        raise ValueError(f"evals.{name}: fuse={spec['fuse']} and clips={clips} cannot be "
+                         "combined; a fused head is evaluated on one clip per video (clips=1).")
     self._batches: dict[tuple[str, str, str], Any] = {}
     self._raw_probe: dict[str, float] = {}
 
@@ -243,7 +251,11 @@ class EvalSuite:
         results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
             zero_shot_predictions(embeddings, class_emb), test.labels)
       if e.classifier:  # the trained head of the dataset on the held-out split
-        logits = self._outputs(infer, Request(classify=((m, e.head),)), test, f"logits/{e.head}")
+        # A fused head reads every modality of `fuse` from the same examples' batches.
+        batches = ([{k: v for part in parts for k, v in part.items()} for parts in zip(
+            *[self._split(e, e.test_split, f) for f in e.fuse], strict=True)] if e.fuse else test)
+        head_request = Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
+        logits = self._outputs(infer, head_request, batches, f"logits/{e.head}")
         results[f"{e.name}/classifier_top1"] = top1_accuracy(logits.argmax(-1), test.labels)
       if e.linear_probe:
         train = self._split(e, e.train_split)

@@ -10,7 +10,8 @@ step) in `benchmarks/batching.py`. They reuse the model, the objectives and the 
   task's examples, then each task's objective reads its own rows; the weighted losses are
   summed into one gradient and one update.
 - **Gradient accumulation** runs each task's mini-batch at its own shape through the loss of
-  its AGD step (`make_loss_fn`), sums the gradients and applies one update.
+  its AGD step, sums the gradients (`imp.train.step.accumulated_grads`, which the
+  weighted-sum schedule also uses) and applies one update.
 
 Shapes: R rows of a modality in the mixed batch (the tasks' batches concatenated), N tokens
 of the union shape, D width.
@@ -33,7 +34,7 @@ from imp.model import IMPModel
 from imp.model.imp_model import EMBEDDER_OF, masked_mean
 from imp.objectives import get_objective
 from imp.train.state import TrainState
-from imp.train.step import StepSpec, make_loss_fn, moe_summary
+from imp.train.step import StepSpec, accumulated_grads, moe_summary
 
 Batch = dict[str, Any]
 MIXABLE = ("image", "text")
@@ -41,35 +42,13 @@ MIXABLE = ("image", "text")
 
 # ---- Gradient accumulation --------------------------------------------------------------------
 
-def accumulated_grads(model: IMPModel, specs: Sequence[StepSpec]) -> Callable[..., Any]:
-  """(params, batches, rng) -> (summed gradient, per-task losses [tasks]).
-
-  Each task's gradient is that of its AGD step's loss (weighted, plus MoE aux) on its own
-  batch; task i draws its randomness from fold_in(rng, i).
-  """
-  loss_fns = [make_loss_fn(model, spec) for spec in specs]
-
-  def grads_fn(params, batches: Sequence[Batch], rng):
-    if len(batches) != len(loss_fns):
-      raise ValueError(f"accumulation step got {len(batches)} batches for {len(loss_fns)} tasks.")
-    total, losses = None, []
-    for i, (loss_fn, batch) in enumerate(zip(loss_fns, batches, strict=True)):
-      (_, (loss, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, batch, jax.random.fold_in(rng, i))
-      total = grads if total is None else jax.tree.map(jnp.add, total, grads)
-      losses.append(loss)
-    return total, jnp.stack(losses)
-
-  return grads_fn
-
-
 def make_accumulation_step(model: IMPModel, tx: optax.GradientTransformation,
                            specs: Sequence[StepSpec]) -> Callable[..., Any]:
   """Pure step (state, batches: tuple of task batches) -> (state, metrics): one update."""
   grads_fn = accumulated_grads(model, specs)
 
   def step(state: TrainState, batches: Sequence[Batch]):
-    grads, losses = grads_fn(state.params, batches, jax.random.fold_in(state.rng, state.step))
+    grads, losses, _ = grads_fn(state.params, batches, jax.random.fold_in(state.rng, state.step))
     return _apply(tx, state, grads, losses)
 
   return step

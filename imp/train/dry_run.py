@@ -1,5 +1,7 @@
 """Dry run: will this config fit? Compile every task's train step for the mesh; touch no data.
 
+Under `config.sampling.schedule="weighted_sum"` the one program over every task is compiled.
+
   python -m imp.main --config experiments/imp_moe_l.py --mode=dry_run \
       --cpu_devices=8 --dry_run_batch_divisor=4096 --memory_budget_gb=16
 
@@ -37,7 +39,7 @@ from imp.tasks import Task, TaskRegistry
 from imp.train import loop
 from imp.train.placement import abstract_state, train_state_shardings
 from imp.train.state import make_optimizer
-from imp.train.step import StepSpec, make_train_step, task_table
+from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step, task_table
 from imp.train.step_cache import StepCache
 
 _DATASET_KEYS = ("train_examples", "num_classes", "modalities")
@@ -212,12 +214,23 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
   counts = count_params(state.params, model_config.moe.num_experts, per_token_experts)
   cache = StepCache()
   reports = []
-  for task in registry:
-    spec = StepSpec.from_task(task)
-    batch = abstract_batch(task, model_config, labelled=datasets[task.dataset]["num_classes"] > 0)
-    step = make_train_step(model, tx, spec, state, batch)
+  batches = {task.name: abstract_batch(task, model_config,
+                                       labelled=datasets[task.dataset]["num_classes"] > 0)
+             for task in registry}
+  # The programs training runs: one per task under AGD, one over every task under the
+  # weighted-sum schedule (its report lists every task's batch, "<task>/<field>").
+  if loop.schedule_of(config) == "agd":
+    programs = [(task.name, ("train", StepSpec.from_task(task)), batches[task.name])
+                for task in registry]
+  else:
+    specs = tuple(StepSpec.from_task(task) for task in registry)
+    programs = [(f"weighted_sum of {len(specs)} tasks", ("train_weighted_sum", specs),
+                 tuple(batches[task.name] for task in registry))]
+  for name, key, batch in programs:
+    step = (make_train_step(model, tx, key[1], state, batch) if key[0] == "train" else
+            make_weighted_sum_step(model, tx, key[1], state, batch))
     start = time.perf_counter()
-    program = cache.compiled(("train", spec), lambda step=step: under_rules(step, mesh, rules),
+    program = cache.compiled(key, lambda step=step: under_rules(step, mesh, rules),
                              (state, batch), donate_argnums=(0,),
                              in_shardings=(shardings, batch_sharding(mesh)),
                              out_shardings=(shardings, replicated(mesh)))
@@ -225,8 +238,11 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int,
     read = jax.tree.map(lambda p, r: p if r else None, state.params, step.read_mask)
     task_counts = count_params(read, model_config.moe.num_experts, per_token_experts)
     cost = _first(program.cost_analysis()) or {}
+    fields = (batch.items() if isinstance(batch, dict) else
+              [(f"{t.name}/{k}", v) for t, b in zip(registry, batch, strict=True)
+               for k, v in b.items()])
     reports.append(SignatureReport(
-        task=task.name, batch={k: tuple(v.shape) for k, v in batch.items()},
+        task=name, batch={k: tuple(v.shape) for k, v in fields},
         params_total=task_counts["total"], params_per_token=task_counts["per_token"],
         flops=float(cost["flops"]) if "flops" in cost else None,
         peak_bytes=_peak_bytes(program), compile_seconds=round(seconds, 2),

@@ -4,6 +4,9 @@
   -> loop: task of step t -> its batch -> its compiled step (StepCache) -> metrics
   -> periodic evaluation and checkpoints -> summary
 
+config.sampling.schedule picks the tasks of step t: "agd" (default) the one sampled task,
+"weighted_sum" every task (M3SAT: one update on the weighted sum of all task losses).
+
 Sections are marked with banners; each is short. Nothing here branches on a dataset's name.
 """
 
@@ -40,7 +43,13 @@ from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
 from imp.train.placement import abstract_state, init_sharded_state, train_state_shardings
 from imp.train.state import TrainState, make_optimizer
-from imp.train.step import StepSpec, make_infer_step, make_train_step, task_table
+from imp.train.step import (
+  StepSpec,
+  make_infer_step,
+  make_train_step,
+  make_weighted_sum_step,
+  task_table,
+)
 from imp.train.step_cache import StepCache, signature, xla_compiles
 
 log = logging.getLogger("imp")
@@ -50,6 +59,7 @@ CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_eve
                "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh",
                "compilation_cache_dir", "mesh_rules", "dry_run")
 NONFINITE_POLICIES = ("skip", "stop")
+SCHEDULES = ("agd", "weighted_sum")  # config.sampling.schedule: the tasks of one step
 
 
 class ConfigError(ValueError):
@@ -117,6 +127,14 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if nonfinite.get("policy", "skip") not in NONFINITE_POLICIES:
     raise ValueError(f"config.nonfinite.policy={nonfinite['policy']!r}; valid: "
                      f"{', '.join(NONFINITE_POLICIES)}.")
+  schedule = schedule_of(config)
+  if schedule not in SCHEDULES:
+    raise ValueError(f"config.sampling.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}.")
+
+
+def schedule_of(config: ml_collections.ConfigDict) -> str:
+  """config.sampling.schedule, "agd" when unset (checked by _check_config)."""
+  return (config.get("sampling") or {}).get("schedule", "agd")
 
 
 def _check_shapes(registry: TaskRegistry, model: ModelConfig) -> None:
@@ -300,7 +318,11 @@ class _TrainLog:
 
   def _count_skips(self) -> None:
     flags = jax.device_get([m["nonfinite"] for _, m in self.pending])
+    previous = None
     for step, (task_name, _), flag in zip(self.steps, self.pending, flags, strict=True):
+      if step == previous:  # a weighted-sum step logs every task: count the step once
+        continue
+      previous = step
       if flag:
         self.skipped += 1
         self.consecutive += 1
@@ -424,33 +446,48 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   # ---- Compiled steps ----------------------------------------------------------------------
   specs = {t.name: StepSpec.from_task(t) for t in registry}
+  schedule = schedule_of(config)
   # State stays in its shardings; every batch field is split on examples; metrics replicated.
   in_shardings = (exp.shardings, batch_sharding(exp.mesh))
   out_shardings = (exp.shardings, replicated(exp.mesh))
 
-  def run_step(task_name: str, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    spec = specs[task_name]
+  def run_step(names: tuple[str, ...], state: TrainState, batches: tuple[dict, ...],
+               ) -> tuple[TrainState, tuple[dict, ...]]:
+    """The compiled step of these tasks: the AGD step of one, or the weighted sum of all."""
+    if schedule == "agd":
+      (spec,), (batch,) = [specs[n] for n in names], batches
+      program = cache.compiled(
+          ("train", spec),
+          lambda: under_rules(make_train_step(exp.model, exp.tx, spec, state, batch), exp.mesh,
+                              exp.rules),
+          (state, batch), donate_argnums=(0,), sig=signature(batch),
+          in_shardings=in_shardings, out_shardings=out_shardings)
+      state, metrics = program(state, batch)
+      return state, (metrics,)
+    step_specs = tuple(specs[n] for n in names)
     program = cache.compiled(
-        ("train", spec),
-        lambda: under_rules(make_train_step(exp.model, exp.tx, spec, state, batch), exp.mesh,
-                            exp.rules),
-        (state, batch), donate_argnums=(0,), sig=signature(batch),
+        ("train_weighted_sum", step_specs),
+        lambda: under_rules(make_weighted_sum_step(exp.model, exp.tx, step_specs, state,
+                                                   batches), exp.mesh, exp.rules),
+        (state, batches), donate_argnums=(0,), sig=signature(batches),
         in_shardings=in_shardings, out_shardings=out_shardings)
-    return program(state, batch)
+    return program(state, batches)
 
   # ---- The AGD loop ----------------------------------------------------------------------
   train_log = _TrainLog(exp.workdir)
   total = int(config.total_steps)
   start = int(state.step)
   end = total if stop_after is None else min(total, start + int(stop_after))
-  counts = collections.Counter()
+  counts = collections.Counter()  # steps that trained each task
+  steps_run = 0
   evals: dict[str, float] = {}
   data_wait = 0.0
-  warm: set[str] = set()  # tasks whose step has run once: their compiles are done
+  warm: set[tuple[str, ...]] = set()  # task tuples whose step has run once: compiles done
   compiles_after_warmup = 0
   loop_start = time.perf_counter()
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
              dynamic_ncols=True)
+
   def evaluate_and_log(done: int, state: TrainState) -> dict[str, float]:
     evals = exp.suite.run(_infer_fn(exp, state.params))
     train_log.writer.write(done, evals, kind="eval")
@@ -460,18 +497,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
   with _Preemption() as preemption:
     for step in range(start, end):
-      task = registry[sampler.task_index(step)]
+      names = ((registry[sampler.task_index(step)].name,) if schedule == "agd"
+               else tuple(t.name for t in registry))
       t0 = time.perf_counter()
-      batch = iterators.next(task.name)
+      batches = tuple(iterators.next(name) for name in names)
       data_wait += time.perf_counter() - t0
-      batch = put_batch(batch, exp.mesh)  # split over the data-parallel devices
+      # Split over the data-parallel devices.
+      batches = tuple(put_batch(batch, exp.mesh) for batch in batches)
       compiles_before = xla_compiles()
-      state, metrics = run_step(task.name, state, batch)
-      if task.name in warm:
+      state, metrics = run_step(names, state, batches)
+      if names in warm:
         compiles_after_warmup += xla_compiles() - compiles_before
-      warm.add(task.name)
-      counts[task.name] += 1
-      train_log.add(step, task.name, metrics)
+      warm.add(names)
+      steps_run += 1
+      for name, task_metrics in zip(names, metrics, strict=True):
+        counts[name] += 1
+        train_log.add(step, name, task_metrics)
       bar.update(1)
       done = step + 1
       # Read the flag once per step: the save and the stop below must agree on it.
@@ -505,7 +546,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   # ---- Summary -----------------------------------------------------------------------------
   wall = time.perf_counter() - wall_start
   loop_seconds = time.perf_counter() - loop_start
-  steps_run = sum(counts.values())
   summary = {
       "steps": start + steps_run, "total_steps": total, "steps_this_run": steps_run,
       "stopped_early": start + steps_run < total, "wall_seconds": round(wall, 2),

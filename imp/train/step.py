@@ -5,6 +5,11 @@
 weight, objective arguments) is in the spec, so the step cache compiles one program per
 (spec, batch signature).
 
+`make_weighted_sum_step` is the schedule `config.sampling.schedule="weighted_sum"` (M3SAT §3):
+one batch of EVERY task per step, one update on sum_i loss_weight_i * L_i (+ MoE aux). Its
+gradient is the sum of the tasks' gradients (`accumulated_grads`); the NaN/Inf guard and the
+masking of unread parameters are the AGD step's (`_guarded_update`).
+
 Only parameters the task reads move (DESIGN: AGD updates). Adam would otherwise move another
 dataset's head on every step through its momentum; the set of parameters a task reads is
 found once, from the jaxpr of its loss, and the update and optimizer state of every other
@@ -14,7 +19,7 @@ parameter are left exactly as they were.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -133,6 +138,67 @@ def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Arr
   return loss_fn
 
 
+def accumulated_grads(model: IMPModel, specs: Sequence[StepSpec]) -> Callable[..., Any]:
+  """(params, batches, rng) -> (summed gradient, per-task losses [tasks], per-task metrics).
+
+  Each task's gradient is that of its AGD step's loss (weighted, plus MoE aux) on its own
+  batch, so the sum is the gradient of sum_i loss_weight_i * L_i + aux; task i draws its
+  randomness from fold_in(rng, i). Per-task metrics are each objective's and MoE metrics.
+  """
+  loss_fns = [make_loss_fn(model, spec) for spec in specs]
+
+  def grads_fn(params, batches: Sequence[Batch], rng):
+    if len(batches) != len(loss_fns):
+      raise ValueError(f"a summed step got {len(batches)} batches for {len(loss_fns)} tasks.")
+    total, losses, metrics = None, [], []
+    for i, (loss_fn, batch) in enumerate(zip(loss_fns, batches, strict=True)):
+      (_, (loss, task_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, batch, jax.random.fold_in(rng, i))
+      total = grads if total is None else jax.tree.map(jnp.add, total, grads)
+      losses.append(loss)
+      metrics.append(task_metrics)
+    return total, jnp.stack(losses), tuple(metrics)
+
+  return grads_fn
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _read_mask(loss_fn: Callable[..., Any], state: TrainState, batch: Batch) -> Any:
+  """Which parameters `loss_fn(params, batch, rng)` reads (bool pytree; traced, not run)."""
+  return params_read_by(lambda p, b, r: loss_fn(p, b, r)[0], _abstract(state.params),
+                        _abstract(batch), _abstract(state.rng))
+
+
+def _guarded_update(tx: optax.GradientTransformation, state: TrainState, grads: Any,
+                    loss: jax.Array, read_mask: Any) -> tuple[TrainState, jax.Array, jax.Array]:
+  """One optimizer update of the parameters in `read_mask`, skipped when non-finite.
+
+  Returns:
+    (new state, gradient norm, 1.0 if the NaN/Inf guard skipped the update else 0.0).
+  """
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = _keep_unread(optax.apply_updates(state.params, updates), state.params, read_mask)
+  # Optimizer-state leaves that mirror a parameter follow its mask; counters always advance.
+  state_mask = optax.tree_map_params(tx, lambda _, r: r, opt_state, read_mask,
+                                     transform_non_params=lambda _: True)
+  opt_state = _keep_unread(opt_state, state.opt_state, state_mask)
+  # NaN/Inf guard inside the step: a non-finite loss or gradient leaves params and optimizer
+  # state as they were. The host reads the flag with the other metrics, never per step.
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, grad_norm, 1.0 - finite
+
+
+def _float32(metrics: Metrics) -> Metrics:
+  return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
 def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
                     state: TrainState, batch: Batch,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
@@ -145,32 +211,55 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
       find which parameters this task reads.
   """
   loss_fn = make_loss_fn(model, spec)
-  abstract = lambda tree: jax.tree.map(  # noqa: E731
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  read_mask = params_read_by(lambda p, b, r: loss_fn(p, b, r)[0], abstract(state.params),
-                             abstract(batch), abstract(state.rng))
+  read_mask = _read_mask(loss_fn, state, batch)
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (loss, metrics)), grads = grad_fn(state.params, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = _keep_unread(optax.apply_updates(state.params, updates), state.params, read_mask)
-    # Optimizer-state leaves that mirror a parameter follow its mask; counters always advance.
-    state_mask = optax.tree_map_params(tx, lambda _, r: r, opt_state, read_mask,
-                                       transform_non_params=lambda _: True)
-    opt_state = _keep_unread(opt_state, state.opt_state, state_mask)
-    # NaN/Inf guard inside the step: a non-finite loss or gradient leaves params and optimizer
-    # state as they were. The host reads the flag with the other metrics, never per step.
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=1.0 - finite)
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state, grad_norm, nonfinite = _guarded_update(tx, state, grads, loss, read_mask)
+    return state, _float32(dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=nonfinite))
 
   step.read_mask = read_mask  # which parameters the step moves, for reports (dry run)
+  return step
+
+
+def make_weighted_sum_step(model: IMPModel, tx: optax.GradientTransformation,
+                           specs: Sequence[StepSpec], state: TrainState,
+                           batches: Sequence[Batch],
+                           ) -> Callable[..., tuple[TrainState, tuple[Metrics, ...]]]:
+  """Builds the pure step (state, batches: one per spec) -> (state, per-task metrics).
+
+  One update on sum_i loss_weight_i * L_i (+ every task's MoE aux loss). Parameters that no
+  task reads stay exactly as they were, as under AGD.
+
+  Args:
+    model, tx: the model and optimizer.
+    specs: the tasks, in the order of `batches`.
+    state, batches: examples (arrays or ShapeDtypeStructs) of the step's arguments.
+
+  Returns:
+    The step. Its metrics are one dict per task: the task's unweighted `loss` and objective
+    and MoE metrics, plus the step's `grad_norm`, `nonfinite` and `weighted_sum_loss`
+    (the summed objective the update minimised, without aux).
+  """
+  specs = tuple(specs)
+  grads_fn = accumulated_grads(model, specs)
+  reads = [_read_mask(make_loss_fn(model, spec), state, batch)
+           for spec, batch in zip(specs, batches, strict=True)]
+  read_mask = jax.tree.map(lambda *r: any(r), *reads)
+  weights = jnp.asarray([spec.loss_weight for spec in specs], jnp.float32)
+
+  def step(state: TrainState, batches: Sequence[Batch]) -> tuple[TrainState, tuple[Metrics, ...]]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    grads, losses, task_metrics = grads_fn(state.params, tuple(batches), rng)
+    total = jnp.sum(weights * losses)
+    state, grad_norm, nonfinite = _guarded_update(tx, state, grads, total, read_mask)
+    shared = dict(grad_norm=grad_norm, nonfinite=nonfinite, weighted_sum_loss=total)
+    return state, tuple(_float32(dict(m, loss=loss, **shared))
+                        for m, loss in zip(task_metrics, losses, strict=True))
+
+  step.read_mask = read_mask
   return step
 
 
