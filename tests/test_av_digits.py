@@ -55,9 +55,8 @@ def test_spoken_digits_folders_hold_out_voices_and_pair_by_label(tmp_path):
 
 @needs_espeak
 @pytest.mark.slow
-def test_av_digits_trains_end_to_end(tmp_path):
-  prepared = spoken_digits.main(["--output", str(tmp_path / "av")])
-  config = _point_at(get_config(), prepared)
+def test_av_digits_trains_end_to_end(tmp_path, av_digits_folders):
+  config = _point_at(get_config(), av_digits_folders)
   config.total_steps = 1000  # of 1,500: keeps the test near 2 minutes on an idle 2-core CPU
   summary = loop.train(config, tmp_path / "run")
   evals = summary["eval"]
