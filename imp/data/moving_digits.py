@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 
 from imp.data import prepare
 from imp.data.sources import DIGIT_NAMES
-from imp.data.spoken_digits import digit_images
+from imp.data.spoken_digits import digit_images, empty_output_dir
 
 SPEED = (0.5, 1.5)  # pixels per frame, uniform
 
@@ -89,11 +88,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--fps", type=float, default=16.0, help="the frame rate stored with the clips")
   p.add_argument("--seed", type=int, default=0, help="trajectory and split seed")
   args = p.parse_args(argv)
-  output = os.path.abspath(os.path.expanduser(args.output))
-  if os.path.exists(output) and os.listdir(output):
-    if not args.overwrite:
-      raise ValueError(f"--output {output}: not empty; pass --overwrite to rebuild it.")
-    shutil.rmtree(output)
+  output = empty_output_dir(args.output, args.overwrite)
   frames_dir = os.path.join(output, "frames")
   write_moving_digits(frames_dir, frames=args.frames, canvas=args.canvas, seed=args.seed)
   prepared = os.path.join(output, "prepared")

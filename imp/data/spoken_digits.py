@@ -105,6 +105,17 @@ def write_digit_images(directory: str) -> int:
   return len(images)
 
 
+def empty_output_dir(path: str, overwrite: bool) -> str:
+  """--output of a data-building command, as an absolute path: new or empty, or emptied
+  with --overwrite; ValueError naming it otherwise."""
+  output = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(output) and os.listdir(output):
+    if not overwrite:
+      raise ValueError(f"--output {output}: not empty; pass --overwrite to rebuild it.")
+    shutil.rmtree(output)
+  return output
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
   """Runs the command line; returns {"spoken": dir, "images": dir} of the prepared datasets."""
   p = argparse.ArgumentParser(prog="python -m imp.data.spoken_digits", description=__doc__,
@@ -118,11 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
   p.add_argument("--num-mel-bins", type=int, default=32)
   p.add_argument("--clip-seconds", type=float, default=1.0)
   args = p.parse_args(argv)
-  output = os.path.abspath(os.path.expanduser(args.output))
-  if os.path.exists(output) and os.listdir(output):
-    if not args.overwrite:
-      raise ValueError(f"--output {output}: not empty; pass --overwrite to rebuild it.")
-    shutil.rmtree(output)
+  output = empty_output_dir(args.output, args.overwrite)
   manifest = write_spoken_digits(os.path.join(output, "wav"), train_voices=args.train_voices,
                                  test_voices=args.test_voices, speeds=args.speeds,
                                  pitches=args.pitches)
