@@ -7,6 +7,28 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def tiny_digits_config(total_steps=12, **overrides):
+  """The digits smoke config at 1 layer of width 32; overrides by dotted key, e.g.
+  **{"sampling.schedule": "weighted_sum"}."""
+  from imp.configs.digits import get_config  # after JAX_PLATFORMS is set above
+
+  config = get_config("smoke")
+  config.total_steps = total_steps
+  config.log_every = 2
+  config.eval_every = 0
+  config.checkpoint_every = 4
+  config.model.depth = 1
+  config.model.width = 32
+  config.model.mlp_dim = 64
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
 @pytest.fixture(scope="session")
 def av_digits_folders(tmp_path_factory) -> dict[str, str]:
   """The audio-visual digits folders (imp/data/spoken_digits.py), built once per session:

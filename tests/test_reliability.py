@@ -11,30 +11,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_digits_config as _small
 
-from imp.configs.digits import get_config
 from imp.data import transforms
 from imp.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _small(total_steps=12, **overrides):
-  config = get_config("smoke")
-  config.total_steps = total_steps
-  config.log_every = 2
-  config.eval_every = 0
-  config.checkpoint_every = 4
-  config.model.depth = 1
-  config.model.width = 32
-  config.model.mlp_dim = 64
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
 
 
 def _final_params(config, workdir):

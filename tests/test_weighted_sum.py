@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_digits_config
 
-from imp.configs.digits import get_config
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import get_objective
 from imp.train import loop
@@ -96,16 +96,7 @@ def test_weighted_sum_step_skips_a_nonfinite_update():
 
 
 def _small(total_steps=6, schedule="weighted_sum"):
-  config = get_config("smoke")
-  config.total_steps = total_steps
-  config.log_every = 2
-  config.eval_every = 0
-  config.checkpoint_every = 3
-  config.model.depth = 1
-  config.model.width = 32
-  config.model.mlp_dim = 64
-  config.sampling.schedule = schedule
-  return config
+  return tiny_digits_config(total_steps, checkpoint_every=3, **{"sampling.schedule": schedule})
 
 
 @pytest.mark.slow  # about 2 minutes on the shared 2-core machine
