@@ -15,8 +15,11 @@ in training, 2.0 in evaluation), each expert as wide as the dense FFN, so FLOPs 
 
 import ml_collections
 
-from experiments.ablation_objectives import small, variant_and_steps
+from imp.configs import sibling
 from imp.configs.digits import get_config as digits_config
+
+_objectives = sibling("ablation_objectives", __file__)
+small, variant_and_steps = _objectives.small, _objectives.variant_and_steps
 
 BASE = dict(batch_size=64, resolution=8, text_length=24)
 MOE = dict(every=2, router="expert_choice", group_size="example", dispatch="gather",

@@ -15,8 +15,11 @@ evaluated at 8x8 and at 16x16.
 
 import ml_collections
 
-from experiments.ablation_objectives import small, variant_and_steps
+from imp.configs import sibling
 from imp.configs.digits import get_config as digits_config
+
+_objectives = sibling("ablation_objectives", __file__)
+small, variant_and_steps = _objectives.small, _objectives.variant_and_steps
 
 BASE = dict(batch_size=64, resolution=8, text_length=24)  # 16 tokens x 64
 HIRES = dict(batch_size=16, resolution=16, text_length=24)  # 64 tokens x 16

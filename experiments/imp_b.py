@@ -10,7 +10,9 @@ three image variants, Adam at 1e-3 with a cosine schedule and no weight decay.
       --dry_run_batch_divisor=2048
 """
 
-from experiments.imp_moe_b import get_config as imp_moe_b_config
+from imp.configs import sibling
+
+imp_moe_b_config = sibling("imp_moe_b", __file__).get_config
 
 
 def get_config(arg: str | None = None):

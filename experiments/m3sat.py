@@ -33,8 +33,12 @@ import os
 
 import ml_collections
 
-from experiments.av_digits import AUDIO_PATCH, DATA_DIR, SPECTROGRAM
+from imp.configs import sibling
 from imp.data.idx_source import FASHION_MNIST_DIR
+
+_av_digits = sibling("av_digits", __file__)
+AUDIO_PATCH, DATA_DIR, SPECTROGRAM = (
+    _av_digits.AUDIO_PATCH, _av_digits.DATA_DIR, _av_digits.SPECTROGRAM)
 
 OPTIONS = ("agd", "smoke", "fashion")
 #               steps log  eval

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -22,25 +21,42 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 import imp.configs.digits
+from imp import flag_errors
 
 _DEFAULT_CONFIG = str(Path(imp.configs.digits.__file__))
 
 
+def _fatal(message: str) -> None:
+  """A bad command line, config or run: one line on stderr, exit status 2."""
+  sys.stderr.write(f"FATAL {message}\n")
+  sys.exit(2)
+
+
+def _bad_command_line(error: BaseException, argv: list[str]) -> None:
+  if "--debug" in argv:
+    raise error
+  _fatal(flag_errors.diagnose(argv[1:], _DEFAULT_CONFIG)
+         or flag_errors.one_line(flag_errors.innermost(error)))
+
 
 def _define_config_flag():
-  """--config, whose `--config.a.b=v` overrides ml_collections applies as soon as it is defined.
-
-  A bad override (unknown key, wrong type) becomes one line naming it, not a traceback.
-  """
+  """--config, whose `--config.a.b=v` overrides ml_collections applies as flags are parsed."""
   try:
     return config_flags.DEFINE_config_file(
         "config", _DEFAULT_CONFIG, "Experiment config file (get_config), optionally `path:arg`.",
         lock_config=True)
-  except (AttributeError, KeyError, TypeError, ValueError, OSError, flags.Error) as e:
-    message = re.sub(r"(\\n|\\'|\n|')+", " ", str(e)).strip()
-    overrides = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
-    sys.stderr.write(f"FATAL bad config ({overrides}): {message}\n")
-    sys.exit(2)
+  except Exception as e:  # the default config file itself failed to load
+    _bad_command_line(e, sys.argv)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every error (an unknown override key, a value of the wrong
+  type, a config variant that fails) as one line naming the flag; `--debug` shows the
+  traceback instead."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:
+    _bad_command_line(e, argv)
 
 
 _CONFIG = _define_config_flag()
@@ -52,6 +68,8 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "a pod config's mesh on a laptop.")
 _BATCH_DIVISOR = flags.DEFINE_integer(
     "dry_run_batch_divisor", 1, "dry_run: divide every variant's batch_size by this.")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "Show the traceback of a bad command line or config instead of one line.")
 _MEMORY_BUDGET = flags.DEFINE_float(
     "memory_budget_gb", None, "dry_run: fail if a task's peak memory per device exceeds this "
     "many GiB.")
@@ -79,19 +97,24 @@ def _config_path() -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Our own INFO lines (compiles, resume) go to the console; libraries (orbax) only warn.
+  # Our own INFO lines (compiles, resume) go to the console once, through our handler; they
+  # do not propagate to absl's root handler, which would print each a second time. Libraries
+  # (orbax) only warn.
   absl_logging.set_verbosity(absl_logging.WARNING)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-  for name in ("imp", "imp.train.step_cache", "imp.train.checkpoint"):
-    logging.getLogger(name).setLevel(logging.INFO)
-  logging.getLogger("imp").addHandler(handler)
+  imp_logger = logging.getLogger("imp")
+  imp_logger.setLevel(logging.INFO)
+  imp_logger.addHandler(handler)
+  imp_logger.propagate = False
   if _CPU_DEVICES.value:  # must precede the first use of a device
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                f"device_count={_CPU_DEVICES.value}").strip()
+  import jax  # after flags, like the imports below: keeps `--help` fast
+
   from imp.parallel.distributed import initialize_from_env
-  from imp.train import loop  # after flags: keeps `--help` fast
+  from imp.train import loop
 
   initialize_from_env()  # multi-host jobs: before anything touches a device
 
@@ -99,11 +122,11 @@ def main(argv: list[str]) -> None:
   try:
     config.keys()  # ml_collections defers the error of a config file that failed to load
   except OSError as e:
-    cause = e
-    while cause.__cause__ is not None:
-      cause = cause.__cause__
-    raise app.UsageError(f"--config={_config_path()}: "
-                         f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
+    if _DEBUG.value:
+      raise
+    cause = flag_errors.innermost(e)
+    _fatal(flag_errors.diagnose(sys.argv[1:], _DEFAULT_CONFIG) or
+           f"--config={_config_path()}: {type(cause).__name__}: {flag_errors.one_line(cause)}")
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
   try:
     if _MODE.value == "dry_run":
@@ -119,10 +142,12 @@ def main(argv: list[str]) -> None:
       return
     summary = loop.train(config, workdir)
   except (loop.ConfigError, loop.NonFiniteError) as e:
-    sys.stderr.write(f"FATAL {e}\n")
-    sys.exit(2)
-  print("\n".join(["", f"== summary ({workdir}/summary.json) =="] + _summary_lines(summary)))
+    if _DEBUG.value:
+      raise
+    _fatal(str(e))
+  if jax.process_index() == 0:  # one summary per job, not one per process
+    print("\n".join(["", f"== summary ({workdir}/summary.json) =="] + _summary_lines(summary)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -102,11 +102,12 @@ def test_commands_on_a_tiny_run(tmp_path):
 def test_ablations_notebook_short(tmp_path):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
-  nb = nbformat.read(REPO / "experiments" / "notebooks" / "ablations.ipynb", as_version=4)
+  folder = REPO / "experiments" / "notebooks"  # the notebook runs in its own folder
+  nb = nbformat.read(folder / "ablations.ipynb", as_version=4)
   os.environ["ABLATIONS_SHORT"], os.environ["ABLATIONS_ROOT"] = "1", str(tmp_path)
   try:
     nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO)}}).execute()
+                            resources={"metadata": {"path": str(folder)}}).execute()
   finally:
     del os.environ["ABLATIONS_SHORT"], os.environ["ABLATIONS_ROOT"]
   assert (tmp_path / "ablations.png").exists()

@@ -15,7 +15,6 @@ The notebook `experiments/notebooks/ablations.ipynb` calls the same functions.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imp.configs import from_file as config_from_file  # noqa: F401  (callers use this name)
 
 REPO = Path(__file__).resolve().parents[2]
 # study -> (variants in table order, result columns: (eval result name, header)).
@@ -39,17 +40,6 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
             (("digits/linear_probe_top1", "linear probe top-1"),
              ("digits/zero_shot_top1", "zero-shot top-1"))),
 }
-
-
-def config_from_file(path_and_arg: str):
-  """`get_config(arg)` of a config file given as "path" or "path:arg" (as `imp.main` takes)."""
-  path, _, arg = path_and_arg.partition(":")
-  if not Path(path).is_file():
-    raise FileNotFoundError(f"config file {path!r} does not exist.")
-  spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def load_config(study: str, arg: str):

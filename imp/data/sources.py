@@ -8,6 +8,8 @@ provides. New sources register with `@register_source("name")`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -219,6 +221,31 @@ def load_sources(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, DataSour
   return {name: build(name, ()) for name in configs}
 
 
+# Settings every entry of config.datasets may carry, whatever its source (load_source).
+COMMON_SETTINGS = ("source", "augment", "on_error", "tokenizer", "clip_fps")
+
+
+def check_settings(name: str, source: str, settings: Mapping[str, Any]) -> None:
+  """Raises ValueError naming an unknown setting of `datasets.<name>` and the valid ones."""
+  parameters = inspect.signature(SOURCES[source]).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return
+  own = [k for k, p in parameters.items() if k != "name" and p.kind in
+         (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+  required = [k for k in own if parameters[k].default is inspect.Parameter.empty]
+  for key in settings:
+    if key not in own:
+      close = difflib.get_close_matches(key, own + list(COMMON_SETTINGS), n=1)
+      hint = f" Did you mean datasets.{name}.{close[0]}?" if close else ""
+      raise ValueError(
+          f"datasets.{name}.{key} is not a setting of source {source!r}; valid settings: "
+          f"{', '.join(sorted(own))} (and for every source: {', '.join(COMMON_SETTINGS)}).{hint}")
+  missing = [k for k in required if settings.get(k) is None]
+  if missing:
+    raise ValueError(f"datasets.{name}.{missing[0]} is not set; source {source!r} needs "
+                     f"{', '.join(missing)} (e.g. --config.datasets.{name}.{missing[0]}=...).")
+
+
 def load_source(name: str, settings: Mapping[str, Any]) -> DataSource:
   """Builds dataset `name` from its config entry ({"source": ..., **source settings})."""
   settings = dict(settings)
@@ -235,6 +262,7 @@ def load_source(name: str, settings: Mapping[str, Any]) -> DataSource:
     raise ValueError(
         f"datasets.{name}.source={source!r} is not a known source; valid sources: "
         f"{', '.join(sorted(SOURCES))}.")
+  check_settings(name, source, settings)
   try:
     data = SOURCES[source](name, **settings)
   except TypeError as e:

@@ -155,6 +155,13 @@ class Request:
     wanted = [m for m, _ in self.classify] + list(self.embed) + list(self.features)
     return tuple(dict.fromkeys(wanted))
 
+  @property
+  def label(self) -> str:
+    """E.g. "embed image, features image", for logs and tables."""
+    parts = [("classify", [f"{m}->{h}" for m, h in self.classify]), ("embed", self.embed),
+             ("features", self.features), ("fuse", self.fuse)]
+    return ", ".join(f"{k} {'+'.join(v)}" for k, v in parts if v) or "nothing"
+
 
 def masked_mean(x: Array, mask: Array) -> Array:
   """Mean of [B, N, D] over real tokens (mask bool [B, N]) -> [B, D]."""

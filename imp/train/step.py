@@ -53,6 +53,12 @@ class StepSpec:
                task.loss_weight, task.args, task=task.entry)
 
   @property
+  def label(self) -> str:
+    """E.g. "digits_cls (softmax on image)", for logs and tables."""
+    drop = f", DropToken {self.drop_token:g}" if self.drop_token else ""
+    return f"{self.task or self.head} ({self.objective} on {'+'.join(self.modalities)}{drop})"
+
+  @property
   def request(self) -> Request:
     needs = get_objective(self.objective).needs(self.head, self.modalities, **dict(self.args))
     # A classification task over several modalities classifies them encoded together (M3SAT).

@@ -50,6 +50,16 @@ def signature(tree: Any) -> Signature:
       for path, x in leaves))
 
 
+def _mib(n: int) -> str:
+  return f"{n / 2**20:.1f} MiB"
+
+
+def program_label(name: Hashable) -> str:
+  """A person's name for a program key: ("train", spec) -> "train <spec.label>"."""
+  parts = name if isinstance(name, tuple) else (name,)
+  return " ".join(getattr(p, "label", None) or str(p) for p in parts)
+
+
 @dataclasses.dataclass
 class CompileRecord:
   key: Hashable
@@ -106,11 +116,14 @@ class StepCache:
     program = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(
         *args).compile()
     seconds = time.perf_counter() - start
-    temp = None
+    temp, memory = None, "memory not reported by this backend"
     with contextlib.suppress(Exception):  # some backends do not report memory
-      temp = int(program.memory_analysis().temp_size_in_bytes)
+      analysis = program.memory_analysis()
+      temp = int(analysis.temp_size_in_bytes)
+      memory = (f"per device: arguments {_mib(analysis.argument_size_in_bytes)}, outputs "
+                f"{_mib(analysis.output_size_in_bytes)}, temporaries {_mib(temp)}")
     self.compiles.append(CompileRecord(key[0], seconds, temp))
-    self._log.info("compiled %s in %.2fs (temp memory %s bytes)", name, seconds, temp)
+    self._log.info("compiled %s in %.1f s; %s", program_label(name), seconds, memory)
     self._compiled[key] = program
     return program
 
