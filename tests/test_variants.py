@@ -50,8 +50,8 @@ def test_video_droptoken_is_one_minus_one_over_frame_tokens():
   assert variants["base"]["batch_size"] == 32 and variants["droptoken"]["batch_size"] == 128
 
 
-@pytest.mark.parametrize("budget,resolution,multiple", itertools.product(
-    (1000, 1536, 3000, 5000), (8, 12, 16), (1, 2, 8)))
+@pytest.mark.parametrize("budget,resolution,multiple", list(itertools.product(
+    (1000, 1536, 3000, 5000), (8, 12, 16), (1, 2, 8))))
 def test_expansion_stays_within_ten_percent_of_the_budget(budget, resolution, multiple):
   auto = dict(base=dict(resolution=resolution, spectrogram=(64, 32)), tokens_per_batch=budget,
               kinds=("base", "half_res", "droptoken"), patches=PATCHES, batch_multiple=multiple)
