@@ -90,7 +90,7 @@ class NamePattern:
 
   def reason(self) -> str:
     target = "path relative to --input" if self.on_path else "whole file name"
-    return f"{self.flag} {self.pattern!r} does not match the {target}"
+    return f"{self.flag} '{self.pattern}' does not match the {target}"
 
 
 def list_folder(kind: str, path: str, label_pattern: str | None,
