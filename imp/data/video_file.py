@@ -59,6 +59,7 @@ def read_video(path: str, fps: float | None = None,
                        f"{', '.join(s.type for s in container.streams) or 'none'}).")
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    tick = float(stream.time_base) if stream.time_base else 1e-3
     frames, times = [], []
     try:
       for frame in container.decode(stream):
@@ -84,10 +85,12 @@ def read_video(path: str, fps: float | None = None,
   duration = times[-1] + frame_time
   if max_seconds is not None:
     duration = min(duration, max_seconds)
-  # Timestamps are rounded to the container's time base (1 ms for WebM): allow for that.
-  count = max(1, math.ceil(duration * fps - 0.01))
-  # Output frame k: the last decoded frame shown at k / fps (small slack for rounded pts).
-  index = np.searchsorted(times, np.arange(count) / fps + 1e-6, side="right") - 1
+  # Timestamps are whole ticks of the time base (1 ms in WebM, so 1/30 s is stored as 33 ms):
+  # compare times with a tick of slack, less than a quarter of either frame interval.
+  slack = min(tick, 0.25 / fps, 0.25 * frame_time)
+  count = max(1, math.ceil((duration - slack) * fps))
+  # Output frame k: the last decoded frame shown at k / fps.
+  index = np.searchsorted(times, np.arange(count) / fps + slack, side="right") - 1
   return np.stack(frames)[np.clip(index, 0, len(frames) - 1)], float(fps)
 
 
@@ -160,6 +163,8 @@ def write_video(path: str, frames: np.ndarray, fps: float,
 
         audio = resample(np.asarray(audio, np.float32), int(sample_rate), out_rate)
       track = container.add_stream(name, rate=out_rate, layout="mono")
+    if not len(frames):
+      container.start_encoding()  # write the header: a file with a stream and no frames
     for image in frames:
       for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
         container.mux(packet)
