@@ -180,6 +180,12 @@ def test_existing_output_needs_overwrite(prepared_digits, tmp_path):
 
 def test_source_errors(prepared_digits, tmp_path):
   out, _, _ = prepared_digits
+  # A config that leaves the directory unset (a placeholder) names the key to set.
+  with pytest.raises(ValueError, match=r"datasets.d.directory is not set; set it to a "
+                                       r"directory prepared by .*--config.datasets.d.directory"):
+    load_source("d", dict(source="arrayrecord", directory=None))
+  with pytest.raises(ValueError, match=r"datasets.d.directory='.*gone' does not exist"):
+    load_source("d", dict(source="arrayrecord", directory=str(tmp_path / "gone")))
   with pytest.raises(ValueError, match=r"metadata.json: missing; a directory prepared by"):
     load_source("d", dict(source="arrayrecord", directory=str(tmp_path)))
   broken = tmp_path / "broken"
@@ -260,6 +266,14 @@ def test_audio_folder_waveforms_round_trip(tone_folder, tmp_path):
       assert originals[key] == data.class_names[example["label"]]
       seen.add(key)
   assert seen == set(originals)
+  # Without --clip-seconds the waveforms differ in length: evaluation pads each example's
+  # spectrogram to the task's length, and only the ragged field itself refuses to stack.
+  evals = eval_batches(data, "test", modality="audio", resolution=None, batch_size=4,
+                       spectrogram=(40, 64))
+  assert evals.batches[0]["audio"].shape == (4, 40, 64, 1) and evals.labels.shape == (9,)
+  with pytest.raises(ValueError, match=r"field 'audio' has examples of different shapes .* "
+                                       r"--clip-seconds \(audio\)"):
+    data.split("test").fields["audio"]
 
 
 def test_audio_folder_log_mel_and_label_pattern(tone_folder, tmp_path):
