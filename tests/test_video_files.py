@@ -74,7 +74,7 @@ def test_prepare_video_files_with_their_audio(tmp_path, capsys):
   """A video_folder of MP4/WebM/AVI files: clips at --fps, the audio track as a second modality
   of the same example; an empty video is skipped and counted."""
   tones = {"low": 300.0, "high": 2000.0}
-  for c, (name, freq) in enumerate(tones.items()):
+  for name, freq in tones.items():
     (tmp_path / "in" / name).mkdir(parents=True)
     for i, ext in enumerate((".mp4", ".webm", ".avi")):
       video_file.write_video(str(tmp_path / "in" / name / f"{i}{ext}"), _frames(), FPS,
