@@ -75,7 +75,8 @@ def read_image(path: str) -> np.ndarray:
   except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning,
           Image.DecompressionBombError) as e:
     # Truncated or corrupt data ("image file is truncated", "broken data stream", ...).
-    raise ValueError(f"{path}: cannot decode the image ({e or type(e).__name__}).") from e
+    raise ValueError(f"{path}: cannot decode the image: truncated or corrupt data "
+                     f"({e or type(e).__name__}).") from e
 
 
 def _read_npy(path: str) -> np.ndarray:

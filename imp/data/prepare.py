@@ -282,6 +282,7 @@ def _splits(args: argparse.Namespace, items: Sequence[Item],
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the command line; returns the written metadata. Errors raise ValueError."""
   args = _parser().parse_args(argv)
+  given = args.input
   source = os.path.abspath(os.path.expanduser(args.input))
   args.input = source
   output = os.path.expanduser(args.output)
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   meta = write_dataset(output, splits, decode, class_names=class_names, on_error=args.on_error,
                        metadata={"kind": args.kind, "source": source, "options": options},
                        skipped=unlabelled, split_info=split_info)
-  _print_summary(args.kind, source, output, meta)
+  _print_summary(args.kind, given, output, meta)
   return meta
 
 
