@@ -333,6 +333,7 @@ def test_jsonl_manifest_image_text_pairs(tmp_path):
     f.writelines(json.dumps(row) + "\n" for row in rows)
   meta = _prepare("manifest", tmp_path / "m.jsonl", tmp_path / "o", "--split-by", "part")
   assert {s: v["count"] for s, v in meta["splits"].items()} == {"test": 10, "train": 20}
+  assert "test_fraction" not in meta["options"]  # the column decided the split
   assert meta["fields"]["text"] == {"dtype": "str", "shape": []}
   data = load_source("m", dict(source="arrayrecord", directory=str(tmp_path / "o")))
   assert data.modalities == ("image", "text")

@@ -84,6 +84,18 @@ def test_random_whole_groups(corpus, tmp_path):
   assert meta["options"]["test_fraction"] == 0.25  # here the fraction did decide the split
 
 
+def test_manifest_group_column(corpus, tmp_path):
+  rows = ["audio,label,speaker"] + [f"{name},{name[0]},{name.split('_')[1]}"
+                                    for name in sorted(os.listdir(corpus))]
+  manifest = tmp_path / "m.csv"
+  manifest.write_text("\n".join([rows[0]] + [f"{corpus}/{r}" for r in rows[1:]]) + "\n")
+  meta = main(["manifest", "--input", str(manifest), "--output", str(tmp_path / "o"),
+               "--group-column", "speaker", "--test-groups", "nicolas,theo"])
+  assert meta["splits"]["test"]["groups"] == ["nicolas", "theo"]
+  assert meta["splits"]["test"]["count"] == 2 * DIGITS * PER_SPEAKER
+  assert meta["class_names"] == ["0", "1", "2"]
+
+
 def test_group_errors(corpus, tmp_path):
   with pytest.raises(ValueError, match=r"--test-groups bob: no file is in such a group; the "
                                        r"groups found: jackson, nicolas, theo, yweweler"):
