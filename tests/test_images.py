@@ -51,12 +51,33 @@ def test_jpeg_is_close_and_gif_gives_its_first_frame(tmp_path):
   np.testing.assert_array_equal(first, 40)
 
 
-def test_sixteen_bit_grayscale_is_scaled_to_eight(tmp_path):
+def _png16_rgb(path, values: np.ndarray) -> None:
+  """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+  h, w, _ = values.shape
+  rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+  header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                   + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_images_are_scaled_to_eight(tmp_path):
   values = np.array([[0, 257, 65535], [32768, 1000, 60000]], np.uint16)
-  Image.fromarray(values).save(tmp_path / "d.png")  # a 16-bit PNG (mode I;16)
+  Image.fromarray(values).save(tmp_path / "d.png")  # a 16-bit grayscale PNG (mode I;16)
   back = read_image(str(tmp_path / "d.png"))
   assert back.dtype == np.uint8 and back.shape == (2, 3, 1)
   np.testing.assert_array_equal(back[..., 0], np.round(values / 257.0).astype(np.uint8))
+  rgb = (np.arange(18).reshape(2, 3, 3) * 3800).astype(np.uint16)
+  _png16_rgb(tmp_path / "rgb16.png", rgb)
+  back = read_image(str(tmp_path / "rgb16.png"))  # Pillow keeps the high byte of each value
+  assert back.dtype == np.uint8 and back.shape == (2, 3, 3)
+  np.testing.assert_array_equal(back, rgb >> 8)
 
 
 def test_transparency_is_composited_over_white(tmp_path):

@@ -5,7 +5,8 @@ arrays. What a decoded image becomes:
   - EXIF orientation is applied (a phone photo taken upright is stored upright).
   - GIF and other animations: the first frame.
   - Grayscale (L, 1, I;16, I, F) stays one channel: [H, W, 1]; everything else is RGB [H, W, 3].
-  - 16-bit (and 32-bit integer) images are scaled to 8 bits: round(value * 255 / 65535).
+  - 16-bit grayscale (and 32-bit integer) images are scaled to 8 bits: round(v * 255 / 65535);
+    16-bit RGB keeps the high byte of each value (Pillow's reading: v >> 8).
   - Transparency (RGBA, LA, palette with transparency) is composited over white: transparent
     pixels become white, as image viewers and browsers show them on a white page; the alpha
     channel is then dropped (the encoders take 1 or 3 channels).
