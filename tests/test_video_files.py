@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import imp.data.arrayrecord_source  # noqa: F401  (registers "arrayrecord")
-from imp.data import eval_batches, load_source, video_file
+from imp.data import eval_batches, load_source, task_dataset, video_file
 from imp.data.prepare import main
+from imp.tasks import Task, Variant
 
 FRAMES, FPS, SIZE, RATE = 30, 30.0, 16, 16000
 
@@ -106,4 +107,11 @@ def test_prepare_video_files_with_their_audio(tmp_path, capsys):
   sounds = eval_batches(data, "test", modality="audio", resolution=None, batch_size=2,
                         spectrogram=(98, 16))
   assert sounds.batches[0]["audio"].shape == (2, 98, 16, 1)
+  # One example gives both modalities: a video<->audio contrastive task reads them together.
+  task = Task(name="va/base", entry="va", dataset="v", objective="nce",
+              modalities=("video", "audio"), weight=1.0,
+              variant=Variant("base", batch_size=2, resolution=(8, 8), frames=2,
+                              spectrogram=(64, 16)))
+  batch = next(iter(task_dataset(data, task, seed=0, num_threads=1)))
+  assert batch["video"].shape == (2, 2, 8, 8, 3) and batch["audio"].shape == (2, 64, 16, 1)
   assert os.path.isfile(tmp_path / "o" / "metadata.json")
