@@ -48,19 +48,27 @@ def check_input_dir(path: str) -> None:
                      f"sub-folders (or files named for --label-pattern).")
 
 
-def video_entries(path: str) -> list[str]:
-  """Video files and clip folders (folders holding image frames and no sub-folder) under
-  `path`, sorted."""
-  entries = []
+def video_entries(path: str) -> tuple[list[str], list[str]]:
+  """(video files and clip folders, other files) under `path`, sorted.
+
+  A clip folder holds image frames and no sub-folder. Other files (neither a video file nor a
+  clip folder's frame) are returned so that they are reported, not silently dropped.
+  """
+  entries, others = [], []
   for root, dirs, files in os.walk(path):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     files = [f for f in files if not f.startswith(".")]
-    entries += [os.path.join(root, f) for f in files
-                if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
-    frames = [f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    if frames and not dirs and root != path:
+    clip = not dirs and root != path and any(
+        os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in files)
+    if clip:
       entries.append(root)
-  return sorted(entries)
+    for f in files:
+      ext = os.path.splitext(f)[1].lower()
+      if ext in VIDEO_EXTENSIONS:
+        entries.append(os.path.join(root, f))
+      elif not (clip and ext in IMAGE_EXTENSIONS):
+        others.append(os.path.join(root, f))
+  return sorted(entries), sorted(others)
 
 
 class NamePattern:
@@ -98,10 +106,17 @@ def list_folder(kind: str, path: str, label_pattern: str | None,
   """Items of an image_folder / audio_folder / video_folder input, and {"path", "reason"}
   for entries that got no label or group (reported, and skipped with --on-error skip)."""
   check_input_dir(path)
-  entries = video_entries(path) if kind == "video_folder" else files_under(path)
+  others: list[str] = []
+  if kind == "video_folder":
+    entries, others = video_entries(path)
+  else:
+    entries = files_under(path)
   labels = NamePattern("--label-pattern", label_pattern, "label") if label_pattern else None
   groups = NamePattern("--group-pattern", group_pattern, "group") if group_pattern else None
-  items, unlabelled = [], []
+  items, unlabelled = [], [
+      {"path": f, "reason": f"neither a video file ({', '.join(VIDEO_EXTENSIONS)}) nor a frame "
+                            f"of a clip folder (a folder of images with no sub-folder)"}
+      for f in others]
   for entry in entries:
     rel = os.path.relpath(entry, path).split(os.sep)
     if labels is not None:
