@@ -298,7 +298,7 @@ def test_video_folder_errors(tmp_path):
   with pytest.raises(ValueError, match=r"1.png: frame of shape \[5, 4, 1\], but the clip's first"):
     prepare.main(["video_folder", "--input", str(tmp_path / "v"), "--output",
                   str(tmp_path / "o"), "--test-fraction", "0"])
-  with pytest.raises(ValueError, match=r"0.png: neither a video file .* nor a frame of a clip folder"):
+  with pytest.raises(ValueError, match=r"0.png: neither a video file .* nor a frame of a clip"):
     prepare.main(["video_folder", "--input", str(clip), "--output", str(tmp_path / "o")])
 
 
