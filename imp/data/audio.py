@@ -97,10 +97,6 @@ def log_mel_spectrogram(waveform: np.ndarray, *, sample_rate: int = 16000,
   return np.log(mel + eps).astype(np.float32)[..., None]
 
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3", ".w64",
-                    ".rf64", ".caf")
-
-
 def read_audio(path: str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
   """An audio file as (float32 mono [samples] in [-1, 1], sample rate), through libsndfile.
 
