@@ -8,6 +8,7 @@ import pytest
 from imp.data import (
   TaskIterators,
   eval_batches,
+  images,
   load_source,
   load_sources,
   prepare,
@@ -136,7 +137,7 @@ def test_truncated_record_names_the_file_and_record(tmp_path):
   for c in NAMES:
     os.makedirs(root / c)
     for i in range(3):
-      prepare.write_netpbm(str(root / c / f"{i}.pgm"), np.full((8, 8), 40 * i, np.uint8))
+      images.write_image(str(root / c / f"{i}.png"), np.full((8, 8), 40 * i, np.uint8))
   out = tmp_path / "prep"
   prepare.main(["image_folder", "--input", str(root), "--output", str(out),
                 "--test-fraction", "0"])
@@ -267,7 +268,7 @@ def test_prepare_video_folder_and_read_clips(tmp_path):
       folder = root / label / f"clip{clip}"
       os.makedirs(folder)
       for t in range(12):  # frame_2 must sort before frame_10: value = frame number
-        prepare.write_netpbm(str(folder / f"frame_{t}.pgm"), np.full((6, 6), 10 * t, np.uint8))
+        images.write_image(str(folder / f"frame_{t}.png"), np.full((6, 6), 10 * t, np.uint8))
   out = tmp_path / "prep"
   meta = prepare.main(["video_folder", "--input", str(root), "--output", str(out), "--fps", "24",
                        "--test-fraction", "0.5", "--resize", "4", "4"])
@@ -292,12 +293,12 @@ def test_prepare_video_folder_and_read_clips(tmp_path):
 def test_video_folder_errors(tmp_path):
   clip = tmp_path / "v" / "wave" / "c0"
   os.makedirs(clip)
-  prepare.write_netpbm(str(clip / "0.pgm"), np.zeros((4, 4), np.uint8))
-  prepare.write_netpbm(str(clip / "1.pgm"), np.zeros((5, 4), np.uint8))
-  with pytest.raises(ValueError, match=r"1.pgm: frame of shape \[5, 4, 1\], but the clip's first"):
+  images.write_image(str(clip / "0.png"), np.zeros((4, 4), np.uint8))
+  images.write_image(str(clip / "1.png"), np.zeros((5, 4), np.uint8))
+  with pytest.raises(ValueError, match=r"1.png: frame of shape \[5, 4, 1\], but the clip's first"):
     prepare.main(["video_folder", "--input", str(tmp_path / "v"), "--output",
                   str(tmp_path / "o"), "--test-fraction", "0"])
-  with pytest.raises(ValueError, match=r"no clips; video_folder expects"):
+  with pytest.raises(ValueError, match=r"0.png: neither a video file .* nor a frame of a clip"):
     prepare.main(["video_folder", "--input", str(clip), "--output", str(tmp_path / "o")])
 
 
@@ -375,7 +376,7 @@ def test_video_tasks_train_and_evaluate_through_the_loop(tmp_path):
       os.makedirs(folder)
       for t in range(8):  # brightness ramps up or down over time: only motion tells them apart
         value = 120 + direction * (10 * t + clip)
-        prepare.write_netpbm(str(folder / f"frame_{t}.pgm"), np.full((4, 4), value, np.uint8))
+        images.write_image(str(folder / f"frame_{t}.png"), np.full((4, 4), value, np.uint8))
   prepare.main(["video_folder", "--input", str(root), "--output", str(tmp_path / "prep"),
                 "--test-fraction", "0.5"])
 

@@ -13,7 +13,8 @@ import pytest
 
 import imp.data.arrayrecord_source  # noqa: F401  (registers "arrayrecord")
 from imp.data import audio, eval_batches, load_source, task_dataset
-from imp.data.prepare import main, read_image, read_netpbm, write_netpbm
+from imp.data.images import write_image
+from imp.data.prepare import main
 from imp.data.sources import DIGIT_NAMES
 from imp.tasks import Task, Variant
 
@@ -34,7 +35,7 @@ def _digits(per_class: int = PER_CLASS) -> dict[str, list[np.ndarray]]:
 
 
 def _write_image_folder(root, per_class: int = PER_CLASS) -> dict[str, list[np.ndarray]]:
-  """Class sub-folders of real digits, alternating .pgm and .npy files."""
+  """Class sub-folders of real digits, alternating .png and .npy files."""
   images = _digits(per_class)
   for name, items in images.items():
     (root / name).mkdir(parents=True)
@@ -42,7 +43,7 @@ def _write_image_folder(root, per_class: int = PER_CLASS) -> dict[str, list[np.n
       if i % 2:
         np.save(root / name / f"{i:03d}.npy", image)
       else:
-        write_netpbm(str(root / name / f"{i:03d}.pgm"), image)
+        write_image(str(root / name / f"{i:03d}.png"), image)
   return images
 
 
@@ -131,31 +132,11 @@ def test_resize(image_folder, tmp_path):
   assert data.split("train")[0]["image"].shape == (16, 12, 1)
 
 
-def test_netpbm_formats(tmp_path):
-  rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
-  write_netpbm(str(tmp_path / "c.ppm"), rgb)
-  np.testing.assert_array_equal(read_netpbm(str(tmp_path / "c.ppm")), rgb)
-  # ASCII PGM with a comment and maxval 15 (rescaled to 0..255).
-  (tmp_path / "a.pgm").write_text("P2\n# made by hand\n3 2\n15\n0 5 15\n15 0 10\n")
-  np.testing.assert_array_equal(read_image(str(tmp_path / "a.pgm"))[..., 0],
-                                [[0, 85, 255], [255, 0, 170]])
-  (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n")
-  with pytest.raises(ValueError, match=r"x.png: unsupported image format '.png'; supported: "
-                                       r".npy, .pgm, .ppm, .pnm"):
-    read_image(str(tmp_path / "x.png"))
-  (tmp_path / "t.pgm").write_bytes(b"P5\n4 4\n255\n" + bytes(10))
-  with pytest.raises(ValueError, match=r"t.pgm: truncated: 4x4x1 needs 16 data bytes"):
-    read_image(str(tmp_path / "t.pgm"))
-  np.save(tmp_path / "f.npy", np.zeros((4, 4), np.float32))
-  with pytest.raises(ValueError, match=r"f.npy: .npy images must be uint8"):
-    read_image(str(tmp_path / "f.npy"))
-
-
 def test_corrupt_file_fails_or_is_skipped(tmp_path, capsys):
   src = tmp_path / "in"
   _write_image_folder(src, per_class=4)
-  (src / "seven" / "broken.pgm").write_bytes(b"GIF89a not a pgm")
-  with pytest.raises(ValueError, match=r"broken.pgm: not a supported netpbm image.*"
+  (src / "seven" / "broken.png").write_bytes(b"GIF89a not a png")
+  with pytest.raises(ValueError, match=r"broken.png: not an image file Pillow can read.*"
                                        r"--on-error skip"):
     _prepare("image_folder", src, tmp_path / "fail", "--test-fraction", 0.25)
   assert not os.path.exists(tmp_path / "fail" / "metadata.json")
@@ -164,9 +145,11 @@ def test_corrupt_file_fails_or_is_skipped(tmp_path, capsys):
   meta = _prepare("image_folder", src, tmp_path / "skip", "--test-fraction", 0.25,
                   "--on-error", "skip")
   printed = capsys.readouterr().out
-  assert "skipped 1 file(s):" in printed and "broken.pgm: not a supported netpbm" in printed
+  assert "skipped 1 file(s):" in printed and "broken.png: not an image file Pillow" in printed
+  assert printed.count("broken.png") == 1  # the path once, with a non-empty reason
   assert len(meta["skipped"]) == 1
-  assert meta["skipped"][0]["path"].endswith("broken.pgm")
+  assert meta["skipped"][0]["path"].endswith("broken.png")
+  assert meta["skipped"][0]["reason"].startswith("not an image file Pillow can read")
   assert sum(s["count"] for s in meta["splits"].values()) == 40
   with open(tmp_path / "skip" / "metadata.json") as f:
     assert json.load(f)["skipped"] == meta["skipped"]
@@ -174,14 +157,14 @@ def test_corrupt_file_fails_or_is_skipped(tmp_path, capsys):
 
 def test_empty_inputs_and_empty_splits(tmp_path):
   (tmp_path / "empty").mkdir()
-  with pytest.raises(ValueError, match=r"empty: no image files; image_folder expects one "
-                                       r"sub-folder per class"):
+  with pytest.raises(ValueError, match=r"empty: nothing to read; image_folder expects image "
+                                       r"files in class sub-folders"):
     _prepare("image_folder", tmp_path / "empty", tmp_path / "o")
   small = tmp_path / "small"
   _write_image_folder(small, per_class=2)
   with pytest.raises(ValueError, match=r"split 'test' is empty: too few examples"):
     _prepare("image_folder", small, tmp_path / "o", "--test-fraction", 0.1)
-  with pytest.raises(ValueError, match=r"--input .*missing: not a directory"):
+  with pytest.raises(ValueError, match=r"--input .*missing: no such directory"):
     _prepare("image_folder", tmp_path / "missing", tmp_path / "o")
 
 
@@ -197,6 +180,12 @@ def test_existing_output_needs_overwrite(prepared_digits, tmp_path):
 
 def test_source_errors(prepared_digits, tmp_path):
   out, _, _ = prepared_digits
+  # A config that leaves the directory unset (a placeholder) names the key to set.
+  with pytest.raises(ValueError, match=r"datasets.d.directory is not set; set it to a "
+                                       r"directory prepared by .*--config.datasets.d.directory"):
+    load_source("d", dict(source="arrayrecord", directory=None))
+  with pytest.raises(ValueError, match=r"datasets.d.directory='.*gone' does not exist"):
+    load_source("d", dict(source="arrayrecord", directory=str(tmp_path / "gone")))
   with pytest.raises(ValueError, match=r"metadata.json: missing; a directory prepared by"):
     load_source("d", dict(source="arrayrecord", directory=str(tmp_path)))
   broken = tmp_path / "broken"
@@ -239,7 +228,8 @@ def test_command_line_subprocess(image_folder, tmp_path):
       [sys.executable, "-m", "imp.data.prepare", "image_folder", "--input",
        str(tmp_path / "nothing"), "--output", str(tmp_path / "p")],
       cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert bad.returncode == 1 and "error: --input" in bad.stderr and "not a directory" in bad.stderr
+  assert bad.returncode == 1 and "error: --input" in bad.stderr
+  assert "no such directory" in bad.stderr
 
 
 def _tone(freq, seconds, amplitude):
@@ -276,6 +266,14 @@ def test_audio_folder_waveforms_round_trip(tone_folder, tmp_path):
       assert originals[key] == data.class_names[example["label"]]
       seen.add(key)
   assert seen == set(originals)
+  # Without --clip-seconds the waveforms differ in length: evaluation pads each example's
+  # spectrogram to the task's length, and only the ragged field itself refuses to stack.
+  evals = eval_batches(data, "test", modality="audio", resolution=None, batch_size=4,
+                       spectrogram=(40, 64))
+  assert evals.batches[0]["audio"].shape == (4, 40, 64, 1) and evals.labels.shape == (9,)
+  with pytest.raises(ValueError, match=r"field 'audio' has examples of different shapes .* "
+                                       r"--clip-seconds \(audio\)"):
+    data.split("test").fields["audio"]
 
 
 def test_audio_folder_log_mel_and_label_pattern(tone_folder, tmp_path):
@@ -286,7 +284,7 @@ def test_audio_folder_log_mel_and_label_pattern(tone_folder, tmp_path):
       shutil.copy(tone_folder / name / f"{i}.wav", flat / f"tone_{name}_{i}.wav")
   (flat / "README.wav").write_bytes(b"RIFF....")  # matches no label: reported, then skipped
   args = ("--log-mel", "--clip-seconds", 0.4, "--num-mel-bins", 32, "--test-fraction", 0.5,
-          "--label-pattern", r"tone_(?P<label>[a-z]+)_\d+")
+          "--label-pattern", r"tone_(?P<label>[a-z]+)_\d+\.wav")
   with pytest.raises(ValueError, match=r"README.wav: --label-pattern .* does not match"):
     _prepare("audio_folder", flat, tmp_path / "o", *args)
   meta = _prepare("audio_folder", flat, tmp_path / "o", *args, "--on-error", "skip")
@@ -335,6 +333,7 @@ def test_jsonl_manifest_image_text_pairs(tmp_path):
     f.writelines(json.dumps(row) + "\n" for row in rows)
   meta = _prepare("manifest", tmp_path / "m.jsonl", tmp_path / "o", "--split-by", "part")
   assert {s: v["count"] for s, v in meta["splits"].items()} == {"test": 10, "train": 20}
+  assert "test_fraction" not in meta["options"]  # the column decided the split
   assert meta["fields"]["text"] == {"dtype": "str", "shape": []}
   data = load_source("m", dict(source="arrayrecord", directory=str(tmp_path / "o")))
   assert data.modalities == ("image", "text")
@@ -362,7 +361,7 @@ def test_csv_manifest_audio_text_pairs(tone_folder, tmp_path):
       for i in range(6):
         writer.writerow([str(tone_folder / name / f"{i}.wav"), f"a {name} tone"])
     writer.writerow([str(tone_folder / "missing.wav"), "gone"])
-  with pytest.raises(ValueError, match=r"missing.wav: cannot read \(No such file"):
+  with pytest.raises(ValueError, match=r"missing.wav: cannot read \(no such file\)"):
     _prepare("manifest", tmp_path / "m.csv", tmp_path / "o")
   meta = _prepare("manifest", tmp_path / "m.csv", tmp_path / "o", "--on-error", "skip",
                   "--test-fraction", 0.25)

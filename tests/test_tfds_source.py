@@ -141,7 +141,7 @@ def test_fields_are_lazy_whole_split_arrays(data_dir):
   data = _load(data_dir, features={"image": "image", "label": "label", "text": "caption"})
   test = data.split("test")
   assert list(test.fields) == ["image", "label", "text"] and len(test.fields) == 3
-  assert test.fields._arrays is None  # nothing read until a field is used
+  assert test.fields._values is None  # nothing read until a field is used
   images = test.fields["image"]
   assert images.shape == (NUM_TEST, 8, 8, 1) and images.dtype == np.uint8
   assert test.fields["label"].shape == (NUM_TEST,) and test.fields["label"].dtype == np.int32
@@ -152,7 +152,7 @@ def test_fields_are_lazy_whole_split_arrays(data_dir):
     test.fields["audio"]
   # Picklable for grain worker processes; the copy re-reads its fields lazily.
   copy = pickle.loads(pickle.dumps(test))
-  assert copy.fields._arrays is None and len(copy) == NUM_TEST
+  assert copy.fields._values is None and len(copy) == NUM_TEST
   np.testing.assert_array_equal(copy.fields["image"], images)
 
 

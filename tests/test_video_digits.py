@@ -48,8 +48,8 @@ def test_moving_digits_command_writes_one_clip_per_image(tmp_path):
   frames = sorted((tmp_path / "md" / "frames" / "seven").iterdir())
   assert len(frames) == (labels == 7).sum()
   # The first frame of image 7's clip (a "seven") holds exactly that digit's pixels.
-  from imp.data.prepare import read_netpbm
-  first = read_netpbm(str(tmp_path / "md" / "frames" / "seven" / "0007" / "00.pgm"))[..., 0]
+  from imp.data.images import read_image
+  first = read_image(str(tmp_path / "md" / "frames" / "seven" / "0007" / "00.png"))[..., 0]
   assert labels[7] == 7 and first.sum() == images[7].astype(int).sum()
   with pytest.raises(ValueError, match="not empty; pass --overwrite"):
     moving_digits.main(["--output", str(tmp_path / "md")])

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from imp.data import eval_batches, load_source, prepare, transforms
+from imp.data import eval_batches, images, load_source, prepare, transforms
 from imp.data.pipeline import video_features
 from imp.evaluate.suite import EvalSuite, clip_mean
 from imp.model import Request
@@ -47,7 +47,7 @@ def _videos(tmp_path) -> str:
       folder = root / label / f"clip{clip}"
       os.makedirs(folder)
       for t in range(17):
-        prepare.write_netpbm(str(folder / f"{t}.pgm"), np.full((4, 4), 10 * t, np.uint8))
+        images.write_image(str(folder / f"{t}.png"), np.full((4, 4), 10 * t, np.uint8))
   out = tmp_path / "prep"
   prepare.main(["video_folder", "--input", str(root), "--output", str(out), "--fps", "16",
                 "--test-fraction", "0.5"])

@@ -167,7 +167,7 @@ def read_metadata(directory: str) -> dict[str, Any]:
 def arrayrecord_source(
     name: str,
     *,
-    directory: str,
+    directory: str | None = None,
     label_templates: Sequence[str] = ("{}",),
 ) -> DataSource:
   """A dataset prepared by `imp.data.prepare`, read with random access from `directory`.
@@ -181,7 +181,16 @@ def arrayrecord_source(
       file missing or unreadable, a count mismatch; reading a record that does not match the
       metadata's fields raises too, naming the file and record.
   """
+  if directory is None or not str(directory).strip():
+    raise ValueError(
+        f"datasets.{name}.directory is not set; set it to a directory prepared by `python -m "
+        f"imp.data.prepare` (e.g. --config.datasets.{name}.directory=DIR).")
   directory = os.path.expanduser(str(directory))
+  if not os.path.isdir(directory):
+    what = "is not a directory" if os.path.exists(directory) else "does not exist"
+    raise ValueError(
+        f"datasets.{name}.directory={directory!r} {what}; set it to a directory prepared by "
+        f"`python -m imp.data.prepare` (it holds metadata.json and <split>.array_record).")
   meta = read_metadata(directory)
   splits = {}
   for split, info in meta["splits"].items():

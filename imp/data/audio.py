@@ -1,13 +1,12 @@
-"""Audio in NumPy: WAV reading, log-mel spectrograms and fixed-length crops.
+"""Audio: file reading (soundfile), resampling (scipy), log-mel spectrograms and crops.
 
-Pure NumPy and the stdlib `wave` module (no librosa, no TensorFlow), so it runs in grain worker
-threads and in `imp.data.prepare` alike.
+The log-mel is NumPy (checked against librosa in tests/test_audio.py), so it runs in grain
+worker threads and in `imp.data.prepare` alike; neither librosa nor TensorFlow is needed.
 """
 
 from __future__ import annotations
 
 import os
-import wave
 
 import numpy as np
 
@@ -98,49 +97,72 @@ def log_mel_spectrogram(waveform: np.ndarray, *, sample_rate: int = 16000,
   return np.log(mel + eps).astype(np.float32)[..., None]
 
 
-def read_wav(path: str) -> tuple[np.ndarray, int]:
-  """Reads a 16-bit PCM WAV file as (float32 [samples] in [-1, 1], sample rate).
+def read_audio(path: str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+  """An audio file as (float32 mono [samples] in [-1, 1], sample rate), through libsndfile.
 
-  Stereo (any channel count) is averaged to mono.
+  Reads what soundfile (libsndfile) reads: WAV of any PCM depth (8/16/24/32-bit) or float,
+  FLAC, OGG/Vorbis and Opus, AIFF, MP3 and more. Channels are averaged to mono. With
+  `sample_rate`, the waveform is resampled to it (`resample`). A truncated file yields the
+  samples it holds (libsndfile reads up to the end of the data).
 
   Raises:
-    ValueError: naming `path` and the reason: unreadable, not a (PCM) WAV file, a sample width
-      other than 16 bits, no samples, or truncated sample data.
+    ValueError: naming `path` and the reason: missing, not an audio format libsndfile reads,
+      or no samples.
   """
+  import soundfile
+
+  if not os.path.isfile(path):
+    what = "a directory, not a file" if os.path.isdir(path) else "no such file"
+    raise ValueError(f"{path}: cannot read ({what}).")
   try:
-    with wave.open(os.fspath(path), "rb") as f:
-      channels, width, rate, count = (f.getnchannels(), f.getsampwidth(), f.getframerate(),
-                                      f.getnframes())
-      if width != 2:
-        raise ValueError(
-            f"{path}: unsupported sample width of {8 * width} bits; only 16-bit PCM WAV is "
-            f"supported (convert with e.g. `sox in.wav -b 16 out.wav`).")
-      raw = f.readframes(count)
-  except (wave.Error, EOFError) as e:
-    raise ValueError(f"{path}: not a PCM WAV file ({e}).") from e
-  except OSError as e:  # missing, a directory, no permission
-    raise ValueError(f"{path}: cannot read ({e.strerror or e}).") from e
-  if count == 0 or not raw:
-    raise ValueError(f"{path}: empty WAV file (no samples).")
-  if len(raw) != count * channels * width:
+    samples, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+  except soundfile.LibsndfileError as e:
     raise ValueError(
-        f"{path}: truncated: the header promises {count} frames of {channels} channel(s), the "
-        f"file holds {len(raw) // (channels * width)}.")
-  samples = np.frombuffer(raw, "<i2").reshape(count, channels).astype(np.float32) / 32768.0
-  return samples.mean(axis=1), rate
+        f"{path}: not a readable audio file ({e.error_string.rstrip('.')}); readable: WAV (PCM "
+        f"8-32 bit or float), FLAC, OGG, AIFF, MP3 and the other libsndfile formats.") from e
+  except (soundfile.SoundFileError, RuntimeError, OSError) as e:
+    raise ValueError(f"{path}: cannot read the audio ({e or type(e).__name__}).") from e
+  if samples.size == 0:
+    raise ValueError(f"{path}: empty audio file (no samples).")
+  waveform = samples.mean(axis=1)
+  if sample_rate is not None and int(sample_rate) != rate:
+    waveform, rate = resample(waveform, rate, int(sample_rate)), int(sample_rate)
+  return waveform.astype(np.float32), int(rate)
 
 
-def write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
-  """Writes float [samples] (mono) or [samples, channels] in [-1, 1] as 16-bit PCM WAV."""
-  waveform = np.asarray(waveform, np.float64)
-  if waveform.ndim == 1:
-    waveform = waveform[:, None]
-  pcm = np.clip(np.round(waveform * 32768.0), -32768, 32767).astype("<i2")
-  with wave.open(os.fspath(path), "wb") as f:
-    f.setnchannels(pcm.shape[1])
-    f.setsampwidth(2)
-    f.setframerate(int(sample_rate))
-    f.writeframes(pcm.tobytes())
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+  """`read_audio` at the file's own rate (kept for callers that read WAV files)."""
+  return read_audio(path)
+
+
+def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+  """float [samples] from `rate` to `target` Hz: scipy's polyphase filter (anti-aliased).
+
+  The output has ceil(samples * target / rate) samples.
+  """
+  import math
+
+  from scipy.signal import resample_poly
+
+  if rate <= 0 or target <= 0:
+    raise ValueError(f"resample: sample rates must be positive, got {rate} -> {target}.")
+  if rate == target:
+    return np.asarray(waveform, np.float32)
+  g = math.gcd(int(rate), int(target))
+  return resample_poly(np.asarray(waveform, np.float64), target // g, rate // g).astype(np.float32)
+
+
+def write_wav(path: str, waveform: np.ndarray, sample_rate: int,
+              subtype: str | None = None) -> None:
+  """Writes float [samples] (mono) or [samples, channels] in [-1, 1] with soundfile.
+
+  The format follows the file's extension (.wav, .flac, .ogg, ...); `subtype` is
+  soundfile's (PCM_16, PCM_24, FLOAT, VORBIS, ...; default: the format's, 16-bit for WAV).
+  """
+  import soundfile
+
+  soundfile.write(os.fspath(path), np.asarray(waveform, np.float64), int(sample_rate),
+                  subtype=subtype)
 
 
 def pad_to_length(waveform: np.ndarray, length: int) -> np.ndarray:

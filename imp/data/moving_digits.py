@@ -4,7 +4,7 @@
                                    [--seed 0] [--overwrite]
 
 Writes, under DIR:
-  frames/<digit>/<index>/<t>.pgm   one clip per scikit-learn digit image (1,797): the 8x8 digit
+  frames/<digit>/<index>/<t>.png   one clip per scikit-learn digit image (1,797): the 8x8 digit
                                    moving over a black `--canvas` x `--canvas` frame for
                                    `--frames` frames, bouncing off the edges (the Moving-MNIST
                                    construction of Srivastava et al. 2015, one digit per clip)
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from imp.data import prepare
+from imp.data.images import write_image
 from imp.data.sources import DIGIT_NAMES
 from imp.data.spoken_digits import digit_images, empty_output_dir
 
@@ -62,7 +63,7 @@ def moving_clip(image: np.ndarray, positions: np.ndarray, canvas: int) -> np.nda
 
 
 def write_moving_digits(directory: str, *, frames: int, canvas: int, seed: int) -> int:
-  """Writes <directory>/<digit name>/<index>/<t>.pgm for every digit image; returns the count."""
+  """Writes <directory>/<digit name>/<index>/<t>.png for every digit image; returns the count."""
   if frames < 1:
     raise ValueError(f"--frames {frames}: need at least 1 frame.")
   images, labels = digit_images()
@@ -73,7 +74,7 @@ def write_moving_digits(directory: str, *, frames: int, canvas: int, seed: int) 
     folder = os.path.join(directory, DIGIT_NAMES[label], f"{index:04d}")
     os.makedirs(folder, exist_ok=True)
     for t, frame in enumerate(clip):
-      prepare.write_netpbm(os.path.join(folder, f"{t:02d}.pgm"), frame)
+      write_image(os.path.join(folder, f"{t:02d}.png"), frame)
   return len(images)
 
 

@@ -70,29 +70,34 @@ class LazyFields(Mapping[str, np.ndarray]):
 
   def __init__(self, split: Any, description: str, hint: str = ""):
     self._split, self._description, self._hint = split, description, hint
-    self._arrays: dict[str, np.ndarray] | None = None
+    self._values: dict[str, list[np.ndarray]] | None = None
+    self._arrays: dict[str, np.ndarray] = {}
     self._lock = threading.Lock()
 
-  def _load(self) -> dict[str, np.ndarray]:
+  def _load(self, field: str) -> np.ndarray:
     with self._lock:  # eval code may touch fields from several threads; read only once
-      if self._arrays is None:
+      if self._values is None:
         split, chunk = self._split, self.read_chunk
         values: dict[str, list[np.ndarray]] = {f: [] for f in split.field_names}
         for start in range(0, len(split), chunk):
           for example in split.__getitems__(range(start, min(start + chunk, len(split)))):
             for f in values:
               values[f].append(example[f])
-        arrays = {}
-        for f, items in values.items():
-          shapes = sorted({item.shape for item in items})
-          if len(shapes) > 1:
-            listed = ", ".join(map(str, shapes[:4])) + (", ..." if len(shapes) > 4 else "")
-            raise ValueError(
-                f"{self._description}: field {f!r} has examples of different shapes ({listed}); "
-                f"`.fields` (used by eval_batches) needs fixed-shape fields{self._hint}.")
-          arrays[f] = np.stack(items)
-        self._arrays = arrays
-      return self._arrays
+        self._values = values
+      if field not in self._arrays:
+        # Stacked per field: a ragged field (audio of varying length) fails only when asked
+        # for, so `fields["label"]` works beside it.
+        items = self._values[field]
+        shapes = sorted({item.shape for item in items})
+        if len(shapes) > 1:
+          listed = ", ".join(map(str, shapes[:4])) + (", ..." if len(shapes) > 4 else "")
+          raise ValueError(
+              f"{self._description}: field {field!r} has examples of different shapes "
+              f"({listed}); `.fields` (used by eval_batches) needs fixed-shape "
+              f"fields{self._hint}.")
+        self._arrays[field] = np.stack(items)
+        self._values[field] = []  # held once, as the stacked array
+      return self._arrays[field]
 
   def __getstate__(self) -> dict[str, Any]:
     # grain may pickle sources into worker processes: locks do not pickle, and the cached
@@ -105,7 +110,7 @@ class LazyFields(Mapping[str, np.ndarray]):
   def __getitem__(self, field: str) -> np.ndarray:
     if field not in self._split.field_names:
       raise KeyError(field)
-    return self._load()[field]
+    return self._load(field)
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._split.field_names)

@@ -9,7 +9,7 @@ Writes, under DIR:
   wav/manifest.csv                            audio, label, voice, split: the voices in
                                               `--test-voices` form the "test" split, so
                                               held-out accuracy is over unseen voices
-  images/<digit>/<index>.pgm                  scikit-learn's 1,797 8x8 handwritten digits
+  images/<digit>/<index>.png                  scikit-learn's 1,797 8x8 handwritten digits
   prepared/spoken                             `prepare manifest --split-by split --log-mel`
   prepared/images                             `prepare image_folder` (seeded 20% test split)
 
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from imp.data import prepare
+from imp.data.images import write_image
 from imp.data.sources import DIGIT_NAMES
 
 TRAIN_VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
@@ -96,12 +97,12 @@ def digit_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_digit_images(directory: str) -> int:
-  """scikit-learn's digits as <directory>/<digit name>/<index>.pgm; returns the count."""
+  """scikit-learn's digits as <directory>/<digit name>/<index>.png; returns the count."""
   images, labels = digit_images()
   for index, (image, label) in enumerate(zip(images, labels, strict=True)):
     folder = os.path.join(directory, DIGIT_NAMES[label])
     os.makedirs(folder, exist_ok=True)
-    prepare.write_netpbm(os.path.join(folder, f"{index:04d}.pgm"), image)
+    write_image(os.path.join(folder, f"{index:04d}.png"), image)
   return len(images)
 
 

@@ -12,6 +12,9 @@ Config entry (`config.datasets.<name>`):
   splits: our split name -> TFDS split string; slices and sums such as "train[:90%]" or
     "train+validation" work.
   features: our field ("image", "label", "text", "audio", "video") -> the dataset's feature.
+    Images may be `tfds.features.Image` (PNG or JPEG, decoded by Pillow) or uint8 tensors;
+    video a `tfds.features.Sequence` of images (uint8 [frames, H, W, C]). `tfds.features.Video`
+    needs TensorFlow in TFDS 4.9 (its constructor calls `tf.dtypes`), so it is not read here.
   class_names: overrides the label feature's `ClassLabel` names.
   label_templates: prompt templates, each with one "{}".
 """
@@ -139,8 +142,8 @@ def _builder(name: str, tfds_name: str, data_dir: str | None):
 
 def _check_feature(name: str, field: str, feature_name: str, feature: Any) -> None:
   """Rejects features whose decoded values would not fit what pipelines expect of `field`."""
-  if field not in ("image", "label"):
-    return  # text, audio and video pass through as decoded
+  if field not in ("image", "label", "video"):
+    return  # text and audio pass through as decoded
   key = f"datasets.{name}.features.{field}"
   try:
     shape, dtype = tuple(feature.shape), np.dtype(feature.np_dtype)
@@ -151,6 +154,11 @@ def _check_feature(name: str, field: str, feature_name: str, feature: Any) -> No
     raise ValueError(
         f"{key}={feature_name!r}: images must be uint8 [H, W] or [H, W, C], but the feature "
         f"is {dtype} {list(shape)}.")
+  if field == "video" and (dtype != np.uint8 or len(shape) != 4):
+    raise ValueError(
+        f"{key}={feature_name!r}: videos must be uint8 [frames, H, W, C] (e.g. "
+        f"tfds.features.Sequence(tfds.features.Image(...))), but the feature is {dtype} "
+        f"{list(shape)}.")
   if field == "label" and (shape != () or not np.issubdtype(dtype, np.integer)):
     raise ValueError(
         f"{key}={feature_name!r}: labels must be integer scalars, but the feature is {dtype} "

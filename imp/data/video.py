@@ -1,10 +1,10 @@
 """Videos stored as folders of numbered image frames (decoding for `imp.data.prepare`).
 
-  PATH/<class>/<clip>/<frame>.{npy,pgm,ppm,pnm}    one folder per clip, frames in file-name
-                                                   number order (frame_2 before frame_10)
+  PATH/<class>/<clip>/<frame>.{png,jpg,...}    one folder per clip, frames in file-name number
+                                               order (frame_2 before frame_10)
 
-A clip decodes to uint8 [frames, H, W, C]. No video codec is needed: extract frames once with
-any tool (e.g. `ffmpeg -i clip.mp4 -r 25 clip/%05d.ppm`) and record the rate with --fps.
+A clip decodes to uint8 [frames, H, W, C]; record the frames' rate with --fps. Video files
+(MP4, WebM, ...) are decoded by `imp.data.video_file` instead.
 """
 
 from __future__ import annotations
@@ -43,20 +43,3 @@ def read_frame_folder(clip_dir: str, read_image: Callable[[str], np.ndarray],
                        f"is {list(frames[0].shape)}; all frames of a clip need one shape.")
     frames.append(frame)
   return np.stack(frames)
-
-
-def list_clips(path: str) -> list[tuple[str, str]]:
-  """(clip folder, class name) for every PATH/<class>/<clip>/ folder, sorted."""
-  if not os.path.isdir(path):
-    raise ValueError(f"--input {path}: not a directory.")
-  clips = []
-  for label in sorted(os.listdir(path)):
-    class_dir = os.path.join(path, label)
-    if label.startswith(".") or not os.path.isdir(class_dir):
-      continue
-    clips += [(os.path.join(class_dir, c), label) for c in sorted(os.listdir(class_dir))
-              if not c.startswith(".") and os.path.isdir(os.path.join(class_dir, c))]
-  if not clips:
-    raise ValueError(f"--input {path}: no clips; video_folder expects PATH/<class>/<clip>/ "
-                     "folders of numbered frame images.")
-  return clips
