@@ -57,7 +57,7 @@ log = logging.getLogger("imp")
 CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
                "checkpoint_keep", "checkpoint_best_metric", "checkpoint_best_mode", "datasets",
                "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh",
-               "compilation_cache_dir", "mesh_rules", "dry_run")
+               "compilation_cache_dir", "mesh_rules", "dry_run", "restore_step")
 NONFINITE_POLICIES = ("skip", "stop")
 SCHEDULES = ("agd", "weighted_sum")  # config.sampling.schedule: the tasks of one step
 
@@ -241,7 +241,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
       shardings=shardings,
       checkpointer=Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                                 keep=config.checkpoint_keep, best_metric=best_metric,
-                                best_mode=config.get("checkpoint_best_mode", "max")))
+                                best_mode=config.get("checkpoint_best_mode", "max"),
+                                restore_step=config.get("restore_step")))
 
 
 def task_iterators(exp: Experiment) -> TaskIterators:
@@ -573,7 +574,10 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
   """Builds the experiment and restores the latest checkpoint in `workdir` (for evaluation and
   analysis; the caller closes `exp.checkpointer`)."""
   exp = build(config, workdir)
-  restored = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
+  try:
+    restored = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
+  except ValueError as e:  # a checkpoint that does not fit, or config.restore_step's is bad
+    raise ConfigError(str(e)) from e
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {exp.checkpointer.directory}; train first.")
   return exp, restored[0]
