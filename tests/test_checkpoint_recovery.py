@@ -40,8 +40,8 @@ def _copy(finished_run, tmp_path):
 
 
 def _array_files(step_dir):
-  return sorted((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-                key=lambda p: p.stat().st_size)
+  files = (p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d")
+  return sorted(files, key=lambda p: p.stat().st_size)
 
 
 def _flip_bytes(path, start, count=64):
@@ -53,7 +53,8 @@ def _flip_bytes(path, start, count=64):
 
 CORRUPTIONS = {
     # Bit rot in the middle of the largest array file: a decode error or a checksum mismatch.
-    "array_bytes": (lambda d: _flip_bytes(_array_files(d)[-1], len(_array_files(d)[-1].read_bytes()) // 2),
+    "array_bytes": (lambda d: _flip_bytes(_array_files(d)[-1],
+                                          _array_files(d)[-1].stat().st_size // 2),
                     "state arrays"),
     # A torn copy of the array file's start: zstd cannot decode it.
     "array_header": (lambda d: _flip_bytes(_array_files(d)[-1], 0), "state arrays"),

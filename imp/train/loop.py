@@ -36,7 +36,14 @@ from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
 from imp.objectives import OBJECTIVES, get_objective
-from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, put_batch, replicated
+from imp.parallel.mesh import (
+  batch_sharding,
+  data_parallel_size,
+  make_mesh,
+  process_rows,
+  put_batch,
+  replicated,
+)
 from imp.parallel.rules import Rules, get_rules, under_rules
 from imp.tasks import TaskRegistry, TaskSampler
 from imp.train.checkpoint import Checkpointer
@@ -246,14 +253,13 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
 
 
 def task_iterators(exp: Experiment) -> TaskIterators:
-  """One seeded grain pipeline per task variant; this process reads its shard of each."""
+  """One seeded grain pipeline per task variant; this process reads its rows of each batch."""
   config = exp.config
   seeds = np.random.SeedSequence(config.seed).spawn(len(exp.registry))
   return TaskIterators({
       t.name: task_dataset(exp.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
                            num_threads=config.input.num_threads, prefetch=config.input.prefetch,
-                           shard=(jax.process_index(), jax.process_count()),
-                           batch_size=t.variant.batch_size // jax.process_count())
+                           rows=process_rows(exp.mesh, t.variant.batch_size))
       for t, s in zip(exp.registry, seeds, strict=True)})
 
 
