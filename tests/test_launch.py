@@ -16,7 +16,7 @@ README = ROOT / "launch" / "README.md"
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_launch_scripts_pass_shellcheck():
-  assert len(SCRIPTS) == 2
+  assert len(SCRIPTS) == 3
   proc = subprocess.run(["shellcheck", "--severity=style", *map(str, SCRIPTS)],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout
