@@ -9,9 +9,10 @@
 #
 # Arguments after `--` go to `python -m imp.main` unchanged (pass --cpu_devices=K for K CPU
 # devices per process). Every line a process prints is echoed as "[p<i>] line" and kept in
-# $LOG_DIR/process_<i>.log (default: a new temporary directory, printed first). SIGTERM or
-# SIGINT to this script is sent to every process (a pod preemption); the script exits 0 when
-# every process did, else with the first failing process's status, naming it.
+# $LOG_DIR/process_<i>.log (its pid in process_<i>.pid; LOG_DIR defaults to a new temporary
+# directory, printed first). SIGTERM or SIGINT to this script is sent to every process (a pod
+# preemption); the script exits 0 when every process did, else with the first failing
+# process's status, naming it.
 #   PYTHON   interpreter (default: python)     PORT     coordinator port (default: a free one)
 #   LOG_DIR  per-process logs                  JAX_PLATFORMS   default cpu
 set -euo pipefail
@@ -39,6 +40,7 @@ for ((i = 0; i < NUM_PROCESSES; i++)); do
   JAX_COORDINATOR_ADDRESS="127.0.0.1:$PORT" JAX_NUM_PROCESSES="$NUM_PROCESSES" \
     JAX_PROCESS_ID="$i" "$PYTHON" -m imp.main "$@" >"$log" 2>&1 &
   pids+=("$!")
+  echo "$!" >"$LOG_DIR/process_$i.pid"
   # The follower ends by itself once the process has ended and its last lines are out.
   tail --pid="$!" -n +1 -F "$log" 2>/dev/null | sed -u "s/^/[p$i] /" &
 done

@@ -141,3 +141,23 @@ def test_expert_mesh_on_two_processes_trains_like_one(tmp_path):
   config.mesh = dict(data=-1)  # this test process has one device
   _assert_close(_state(one, config), _state(two, config))
   assert _summary(one)["task_steps"] == _summary(two)["task_steps"]
+
+
+def test_a_process_started_with_another_config_stops_before_step_1(tmp_path):
+  port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
+                         "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                        capture_output=True, text=True).stdout.strip()
+  procs = []
+  for i in (0, 1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    seed = [f"--config.seed={i}"]  # process 1 differs
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "imp.main", *TINY, *seed, f"--workdir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], outs
+  assert ("FATAL process 1 was started with another config than process 0 (1 keys differ: "
+          "config.seed: process 0 has 0, this one 1)") in outs[1], outs[1][-2000:]
+  assert "FATAL process(es) 1 were started with another config than process 0" in outs[0]
+  assert not (tmp_path / "run" / "checkpoints").exists() and "step 1" not in outs[0]
