@@ -11,7 +11,9 @@ rounding noise by a near-zero second moment; every other leaf within 3e-8).
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +163,56 @@ def test_a_process_started_with_another_config_stops_before_step_1(tmp_path):
           "config.seed: process 0 has 0, this one 1)") in outs[1], outs[1][-2000:]
   assert "FATAL process(es) 1 were started with another config than process 0" in outs[0]
   assert not (tmp_path / "run" / "checkpoints").exists() and "step 1" not in outs[0]
+
+
+def _start(tmp_path, *args, **env):
+  """launch/local.sh 2 in the background; its console as lines."""
+  env = dict(os.environ, PYTHON=sys.executable, LOG_DIR=str(tmp_path / "logs"), **env)
+  return subprocess.Popen(
+      [str(LAUNCH), "2", "--", *TINY, *args, f"--workdir={tmp_path / 'run'}", "--cpu_devices=2"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _read_until(proc, text):
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"ended before {text!r}:\n{''.join(lines[-40:])}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_saves_one_step_and_skips_the_due_evaluation(tmp_path):
+  # An evaluation is due after every step, so the preempted step has one due too.
+  proc = _start(tmp_path, "--config.total_steps=400", "--config.eval_every=1",
+                "--config.checkpoint_every=1000")
+  lines = _read_until(proc, "[p0] step 2: eval")
+  proc.send_signal(signal.SIGTERM)  # the launcher sends it to both processes
+  out = "".join(lines) + proc.communicate(timeout=900)[0]
+  assert proc.returncode == 0, out[-4000:]
+  saved = {int(m) for m in re.findall(r"\[p\d\] step \d+: signal 15 received; saved a "
+                                      r"checkpoint at step (\d+)", out)}
+  assert len(saved) == 1 and len(re.findall(r"signal 15 received", out)) == 2, out[-4000:]
+  step = saved.pop()
+  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [step]
+  assert f"[p0] step {step}: eval" not in out and f"[p1] step {step}: eval" not in out
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_stops_the_other_naming_it_and_the_rerun_resumes(tmp_path):
+  args = ["--config.total_steps=400", "--config.log_every=1", "--config.checkpoint_every=2"]
+  proc = _start(tmp_path, *args, IMP_HEARTBEAT_TIMEOUT_SECONDS="10")
+  lines = _read_until(proc, "[p0] step 4:")
+  os.kill(int((tmp_path / "logs" / "process_1.pid").read_text()), signal.SIGKILL)
+  out = "".join(lines) + proc.communicate(timeout=600)[0]  # bounded: never a silent hang
+  assert proc.returncode != 0
+  log0 = (tmp_path / "logs" / "process_0.log").read_text()
+  assert re.search(r"task[ :/]*1\b|process 1\b", log0.split("[p0] step 4:")[-1]), log0[-3000:]
+  rerun = _start(tmp_path, *args)  # the same command resumes; SIGTERM then ends it early
+  lines = _read_until(rerun, "resumed from step")
+  rerun.send_signal(signal.SIGTERM)
+  out = "".join(lines) + rerun.communicate(timeout=900)[0]
+  assert rerun.returncode == 0, out[-3000:]

@@ -228,6 +228,9 @@ def task_dataset(
   start, stop = rows or (0, batch)
   if not 0 <= start < stop <= batch:
     raise ValueError(f"task {task.name}: rows {start}:{stop} of a batch of {batch}.")
+  if len(fn.data) == 0:
+    raise ValueError(f"task {task.name}: dataset {source.name!r} split {split!r} has no "
+                     "examples.")
   # Indices, not examples, go through shuffling: the guard reads and transforms example i and
   # can name it (or skip it) when it is bad. The stream is the same on every process: example
   # g's augmentation draws from the stream seed and g, never from the process.
