@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 1500
   config.checkpoint_every = 1500
   config.checkpoint_keep = 2
+  # Resume from this checkpoint step (None: the newest intact one).
+  config.restore_step = ml_collections.config_dict.placeholder(int)
   config.checkpoint_best_metric = "fashion/zero_shot_top1"
   config.checkpoint_best_mode = "max"
   config.nonfinite = dict(policy="skip", max_consecutive=20)

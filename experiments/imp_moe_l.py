@@ -72,6 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 10_000
   config.checkpoint_every = 2_000
   config.checkpoint_keep = 3
+  # Resume from this checkpoint step (None: the newest intact one).
+  config.restore_step = ml_collections.config_dict.placeholder(int)
   config.checkpoint_best_metric = None
   config.nonfinite = dict(policy="skip", max_consecutive=20)
 

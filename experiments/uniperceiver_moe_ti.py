@@ -90,6 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = eval_every
   config.checkpoint_every = steps
   config.checkpoint_keep = 1
+  # Resume from this checkpoint step (None: the newest intact one).
+  config.restore_step = ml_collections.config_dict.placeholder(int)
   config.checkpoint_best_metric = None
   config.nonfinite = dict(policy="skip", max_consecutive=20)
   config.datasets = ml_collections.ConfigDict(

@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 0
   config.checkpoint_every = 2000
   config.checkpoint_keep = 1
+  # Resume from this checkpoint step (None: the newest intact one).
+  config.restore_step = ml_collections.config_dict.placeholder(int)
   config.checkpoint_best_metric = None
   config.checkpoint_best_mode = "max"
   config.nonfinite = dict(policy="skip", max_consecutive=20)

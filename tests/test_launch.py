@@ -16,7 +16,7 @@ README = ROOT / "launch" / "README.md"
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_launch_scripts_pass_shellcheck():
-  assert len(SCRIPTS) == 2
+  assert len(SCRIPTS) == 3
   proc = subprocess.run(["shellcheck", "--severity=style", *map(str, SCRIPTS)],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout
@@ -34,17 +34,19 @@ def _main_flags():
 
 
 def _get_config(path):
+  path, _, arg = path.partition(":")  # `path:arg`, as ml_collections reads it
   spec = importlib.util.spec_from_file_location("readme_config", ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def _imp_arguments(words):
   """The arguments imp.main receives: after `imp.main`, or after a launch script's name."""
   for i, word in enumerate(words):
     if word == "imp.main" or word.startswith("launch/"):
-      return words[i + 1:]
+      rest = words[i + 1:]
+      return rest[rest.index("--") + 1:] if "--" in rest else rest  # local.sh N -- <args>
   return None
 
 

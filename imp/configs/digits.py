@@ -24,6 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 2000  # steps between evaluations (and always at the end)
   config.checkpoint_every = 2000  # steps between checkpoints (and always at the end)
   config.checkpoint_keep = 2  # newest checkpoints kept
+  # Resume from this checkpoint step (None: the newest intact one).
+  config.restore_step = ml_collections.config_dict.placeholder(int)
   # Also keep the checkpoint with the best value of this eval result (None: off).
   config.checkpoint_best_metric = "digits/zero_shot_top1"
   config.checkpoint_best_mode = "max"

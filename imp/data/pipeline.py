@@ -179,6 +179,27 @@ def audio_features(example: dict[str, np.ndarray], spectrogram: tuple[int, int],
   return audio.pad_to_length(x, frames)
 
 
+class _ProcessRows:
+  """Random access to this process's rows of a global example stream.
+
+  `stream[g]` is example g of the stream (shuffled, repeated and transformed, computed only
+  when read). Global batch t is stream positions [t * batch, (t + 1) * batch); this process
+  reads positions t * batch + [start, stop) of each, so the batch of step t is the same
+  examples in the same order for any number of processes (each transforms only its own rows).
+  """
+
+  def __init__(self, stream: grain.MapDataset, batch: int, rows: tuple[int, int]):
+    self.stream, self.batch = stream, batch
+    self.start, self.local = rows[0], rows[1] - rows[0]
+
+  def __len__(self) -> int:
+    return len(self.stream) // self.batch * self.local
+
+  def __getitem__(self, index: int) -> dict:
+    step, row = divmod(int(index), self.local)
+    return self.stream[step * self.batch + self.start + row]
+
+
 def task_dataset(
     source: DataSource,
     task: Task,
@@ -187,8 +208,7 @@ def task_dataset(
     split: str = "train",
     num_threads: int = 2,
     prefetch: int = 4,
-    shard: tuple[int, int] = (0, 1),
-    batch_size: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> grain.IterDataset:
   """An endless, shuffled, batched training pipeline for one task variant.
 
@@ -199,24 +219,25 @@ def task_dataset(
     split: source split to read.
     num_threads: grain read threads.
     prefetch: batches prefetched per task.
-    shard: (index, count) of this process, for multi-host runs.
-    batch_size: rows this process produces per batch (default: the variant's global batch;
-      a multi-host run passes batch_size // processes).
+    rows: [start, stop) of this process's rows of every global batch of the variant's
+      batch_size (multi-process runs: `imp.parallel.mesh.process_rows`); default all rows.
   """
   fn = _GuardedExamples(source, split, _example_fn(source, task, train=True,
                                                     augment=source.augment))
-  index, count = shard
+  batch = task.variant.batch_size
+  start, stop = rows or (0, batch)
+  if not 0 <= start < stop <= batch:
+    raise ValueError(f"task {task.name}: rows {start}:{stop} of a batch of {batch}.")
+  if len(fn.data) == 0:
+    raise ValueError(f"task {task.name}: dataset {source.name!r} split {split!r} has no "
+                     "examples.")
   # Indices, not examples, go through shuffling: the guard reads and transforms example i and
-  # can name it (or skip it) when it is bad.
-  ds = grain.MapDataset.range(len(fn.data))
-  if count > 1:
-    ds = ds[index::count]
-  if len(ds) == 0:
-    raise ValueError(f"task {task.name}: process {index} of {count} gets no examples of "
-                     f"dataset {source.name!r} split {split!r} ({len(fn.data)} examples).")
-  ds = (ds.seed(seed).shuffle().repeat()
-        .random_map(fn)
-        .batch(batch_size or task.variant.batch_size, drop_remainder=True))
+  # can name it (or skip it) when it is bad. The stream is the same on every process: example
+  # g's augmentation draws from the stream seed and g, never from the process.
+  stream = (grain.MapDataset.range(len(fn.data)).seed(seed).shuffle().repeat()
+            .random_map(fn))
+  ds = (grain.MapDataset.source(_ProcessRows(stream, batch, (start, stop)))
+        .batch(stop - start, drop_remainder=True))
   return ds.to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
 

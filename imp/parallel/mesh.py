@@ -64,6 +64,23 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def process_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+  """[start, stop): the rows of a global batch that this process's devices hold.
+
+  put_batch (make_array_from_process_local_data) expects exactly these rows from each
+  process, so each process reads only its part of the same global batch.
+  """
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  spans = sorted({(s.start or 0, global_batch if s.stop is None else s.stop)
+                  for (s,) in index_map.values()})
+  start, stop = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ValueError(f"config.mesh={dict(mesh.shape)}: this process's devices hold rows "
+                     f"{spans} of the batch, not one contiguous block; order the mesh so each "
+                     "process's devices are adjacent on the batch axes.")
+  return start, stop
+
+
 def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows of a batch -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)

@@ -1,36 +1,80 @@
 """Checkpoints with orbax: train state, plus JSON metadata (data state, schedule, config).
 
 A checkpoint directory is `<workdir>/checkpoints/<step>/` with two items: `state` (the
-TrainState arrays) and `meta` (JSON: data-iterator states, sampler schedule, config). orbax
-writes to a temporary directory and renames it when complete, so a partial save is never
-restored.
+TrainState arrays) and `meta` (JSON: data-iterator states, sampler schedule, config, and the
+state's checksums, imp/train/checksums.py). orbax writes to a temporary directory and renames
+it when complete, so a partial save is never restored.
+
+A finished checkpoint can still rot or be torn by a copy. Resuming verifies it: its metadata
+must parse, every array must read, and the arrays' checksums must match the saved ones.
+An unreadable newest checkpoint is reported in one line (step, file, why), moved to
+`<workdir>/checkpoints_corrupt/<step>` (never deleted) and the next newest is tried, with
+every process agreeing on each verdict. `config.restore_step` picks a step by hand.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from imp.train import checksums
 from imp.train.state import TrainState
 
 log = logging.getLogger("imp.checkpoint")
 
+_path = checksums.path_name
+META_FILE = "meta/metadata"  # what ocp.JsonCheckpointHandler writes for the `meta` item
+STATE_METADATA = "state/_METADATA"  # the array tree (shapes, dtypes) of the `state` item
+_REASON_BYTES = 400  # a reason is shared between processes in a fixed-size buffer
 
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+class CheckpointError(ValueError):
+  """No checkpoint can be restored as asked (config.restore_step names a missing or
+  unreadable one)."""
+
+
+def _reason(error: BaseException) -> str:
+  """One line for an error: the innermost cause (tensorstore's status is short; the outer
+  error repeats the whole TensorStore spec)."""
+  while error.__cause__ is not None:  # `raise ... from`: not the context (json's StopIteration)
+    error = error.__cause__
+  text = " ".join(str(error).split()) or type(error).__name__
+  return f"{type(error).__name__}: {text}"[:_REASON_BYTES - 40]
+
+
+def _agree(problem: str | None) -> str | None:
+  """The first problem any process found (the same on every process), or None."""
+  if jax.process_count() == 1:
+    return problem
+  raw = (problem or "").encode()[:_REASON_BYTES].ljust(_REASON_BYTES, b"\0")
+  every = multihost_utils.process_allgather(np.frombuffer(raw, np.uint8))
+  for index, row in enumerate(np.asarray(every)):
+    text = bytes(row).rstrip(b"\0").decode(errors="replace")
+    if text:
+      return text if index == jax.process_index() else f"process {index}: {text}"
+  return None
 
 
 class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
   def __init__(self, directory: str | Path, *, every: int, keep: int = 2,
-               best_metric: str | None = None, best_mode: str = "max"):
+               best_metric: str | None = None, best_mode: str = "max",
+               restore_step: int | None = None):
     self.directory = Path(directory).absolute()
     self.every = int(every)
+    # config.restore_step: restore this step, not the newest intact one.
+    self.restore_step = None if restore_step is None else int(restore_step)
+    self.set_aside_directory = self.directory.with_name(self.directory.name + "_corrupt")
+    self._state_handler = ocp.StandardCheckpointHandler()
+    self._barriers = 0
     self.best_metric = best_metric
     self._best = None
     if best_metric:
@@ -56,8 +100,12 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
-    """Starts an asynchronous save of `state` and `meta` at `step`."""
+    """Starts an asynchronous save of `state` and `meta` (plus the state's checksums)."""
+    meta = dict(meta, checksums=checksums.checksums(state))
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -66,13 +114,15 @@ class Checkpointer:
     """Offers a checkpoint scored by `metrics[best_metric]`; the best one is kept."""
     if self._best is None or step in self._best.all_steps():  # re-evaluated, already offered
       return
+    meta = dict(meta, checksums=checksums.checksums(state))
     self._best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
-  def check_compatible(self, template: TrainState, step: int) -> None:
+  def check_compatible(self, template: TrainState, step: int, metadata: Any = None) -> None:
     """Raises a ValueError listing every parameter whose shape differs from the checkpoint."""
-    metadata = self._manager.item_metadata(step)["state"]
+    if metadata is None:
+      metadata = self._state_handler.metadata(self.directory / str(step) / "state")
     stored = {_path(p): tuple(m.shape)
               for p, m in jax.tree_util.tree_flatten_with_path(metadata)[0]}
     wanted = {_path(p): tuple(x.shape)
@@ -97,27 +147,107 @@ class Checkpointer:
 
   def restore(self, template: TrainState, step: int | None = None, shardings: Any = None,
               ) -> tuple[TrainState, dict[str, Any]] | None:
-    """Restores step (default: the latest complete one) into `template`, or None if none.
+    """Restores a verified checkpoint into `template`, or None if there is none.
 
-    Arrays are read straight into `shardings` (a NamedSharding per leaf of `template`; by
-    default the template's own), so each process reads only its shards of a sharded state.
+    Which one: `step`, else config.restore_step, else the newest intact one (an unreadable
+    newer one is set aside, see the module docstring). Arrays are read straight into
+    `shardings` (a NamedSharding per leaf of `template`; by default the template's own), so
+    each process reads only its shards of a sharded state.
 
     Only finished checkpoints are candidates: orbax writes into a temporary directory and
     renames it when complete, so one interrupted by a crash is never loaded. Restoring reads
     arrays and JSON only; nothing in a checkpoint is executed.
+
+    Raises:
+      ValueError: the checkpoint does not fit `template` (the config's model).
+      CheckpointError: the step asked for is not there, or is unreadable.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    self.check_compatible(template, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     if shardings is not None:
       abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               abstract, shardings)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    log.info("restored checkpoint %s from %s", step, self.directory)
-    return restored["state"], dict(restored["meta"])
+    chosen = self.restore_step if step is None else int(step)
+    steps = self.all_steps()
+    if chosen is not None:
+      if chosen not in steps:
+        raise CheckpointError(
+            f"config.restore_step={chosen}: no checkpoint of step {chosen} in "
+            f"{self.directory}; valid: {', '.join(map(str, steps)) or '(none)'}.")
+      restored, problem = self._verified(template, abstract, chosen)
+      if problem:
+        raise CheckpointError(
+            f"config.restore_step={chosen}: checkpoint {self.directory / str(chosen)} is "
+            f"unreadable: {problem}. Other steps: "
+            f"{', '.join(str(s) for s in steps if s != chosen) or '(none)'}.")
+      return restored
+    for candidate in reversed(steps):
+      restored, problem = self._verified(template, abstract, candidate)
+      if not problem:
+        return restored
+      older = [s for s in steps if s < candidate]
+      moved = self._set_aside(candidate)
+      log.warning("checkpoint step %d is unreadable (%s); moved to %s; %s", candidate, problem,
+                  moved, f"trying step {older[-1]}" if older else "no older checkpoint: "
+                  "starting from step 0")
+    return None
+
+  def _verified(self, template: TrainState, abstract: Any, step: int,
+                ) -> tuple[tuple[TrainState, dict[str, Any]] | None, str | None]:
+    """(state, meta) of `step` read and checked, or (None, "file: why") on every process."""
+    where = self.directory / str(step)
+    problem, metadata, meta, state = None, None, None, None
+    try:  # the array tree first: a model that does not fit is the config's error, not rot
+      metadata = self._state_handler.metadata(where / "state")
+    except Exception as e:  # noqa: BLE001 - any failure to read means an unusable checkpoint
+      problem = f"{STATE_METADATA}: {_reason(e)}"
+    problem = _agree(problem)
+    if problem:
+      return None, problem
+    self.check_compatible(template, step, metadata)
+    try:
+      meta = json.loads((where / META_FILE).read_text())
+      if not isinstance(meta, dict):
+        raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except Exception as e:  # noqa: BLE001
+      problem = f"{META_FILE}: {_reason(e)}"
+    if not problem:
+      try:
+        state = self._state_handler.restore(where / "state",
+                                            args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # noqa: BLE001
+        problem = f"state arrays: {_reason(e)}"  # tensorstore names the array and the file
+    problem = _agree(problem)
+    if problem:
+      return None, problem
+    # Every process read its shards: compare checksums (one jit over the sharded state).
+    bad = checksums.mismatches(state, meta.get("checksums") or {})
+    if bad:
+      more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+      return None, (f"state arrays {', '.join(bad[:3])}{more}: checksum differs from the "
+                    "saved one (the array data changed after the save)")
+    meta.pop("checksums", None)
+    log.info("restored checkpoint %s from %s (checksums verified)", step, self.directory)
+    return (state, meta), None
+
+  def _set_aside(self, step: int) -> Path:
+    """Moves checkpoint `step` to checkpoints_corrupt/<step>[.n] (process 0; all wait)."""
+    target = self.set_aside_directory / str(step)
+    n = 0
+    while target.exists():
+      n += 1
+      target = self.set_aside_directory / f"{step}.{n}"
+    self._sync(f"set_aside_{step}")  # every process has looked before process 0 moves it
+    if jax.process_index() == 0:
+      self.set_aside_directory.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+    self._sync(f"set_aside_{step}_done")
+    self._manager.reload()
+    return target
+
+  def _sync(self, name: str) -> None:
+    if jax.process_count() > 1:
+      self._barriers += 1
+      multihost_utils.sync_global_devices(f"imp_checkpoint_{name}_{self._barriers}")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

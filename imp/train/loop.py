@@ -17,8 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,12 +34,21 @@ from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.evaluate import EvalSuite
 from imp.model import IMPModel, ModelConfig, Request
 from imp.objectives import OBJECTIVES, get_objective
-from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, put_batch, replicated
+from imp.parallel.distributed import check_same_config
+from imp.parallel.mesh import (
+  batch_sharding,
+  data_parallel_size,
+  make_mesh,
+  process_rows,
+  put_batch,
+  replicated,
+)
 from imp.parallel.rules import Rules, get_rules, under_rules
 from imp.tasks import TaskRegistry, TaskSampler
 from imp.train.checkpoint import Checkpointer
 from imp.train.metric_writers import MetricWriter
 from imp.train.placement import abstract_state, init_sharded_state, train_state_shardings
+from imp.train.preemption import Preemption
 from imp.train.state import TrainState, make_optimizer
 from imp.train.step import (
   StepSpec,
@@ -57,7 +64,7 @@ log = logging.getLogger("imp")
 CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
                "checkpoint_keep", "checkpoint_best_metric", "checkpoint_best_mode", "datasets",
                "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh",
-               "compilation_cache_dir", "mesh_rules", "dry_run")
+               "compilation_cache_dir", "mesh_rules", "dry_run", "restore_step")
 NONFINITE_POLICIES = ("skip", "stop")
 SCHEDULES = ("agd", "weighted_sum")  # config.sampling.schedule: the tasks of one step
 
@@ -68,28 +75,6 @@ class ConfigError(ValueError):
 
 class NonFiniteError(RuntimeError):
   """Training stopped on a non-finite loss or gradient (config.nonfinite)."""
-
-
-class _Preemption:
-  """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and stops."""
-
-  def __init__(self):
-    self.signal: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -196,6 +181,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
 
 def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment:
   _check_config(config)
+  check_same_config(config.to_json_best_effort(sort_keys=True))  # every process, before step 1
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
@@ -241,18 +227,18 @@ def _build(config: ml_collections.ConfigDict, workdir: str | Path) -> Experiment
       shardings=shardings,
       checkpointer=Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                                 keep=config.checkpoint_keep, best_metric=best_metric,
-                                best_mode=config.get("checkpoint_best_mode", "max")))
+                                best_mode=config.get("checkpoint_best_mode", "max"),
+                                restore_step=config.get("restore_step")))
 
 
 def task_iterators(exp: Experiment) -> TaskIterators:
-  """One seeded grain pipeline per task variant; this process reads its shard of each."""
+  """One seeded grain pipeline per task variant; this process reads its rows of each batch."""
   config = exp.config
   seeds = np.random.SeedSequence(config.seed).spawn(len(exp.registry))
   return TaskIterators({
       t.name: task_dataset(exp.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
                            num_threads=config.input.num_threads, prefetch=config.input.prefetch,
-                           shard=(jax.process_index(), jax.process_count()),
-                           batch_size=t.variant.batch_size // jax.process_count())
+                           rows=process_rows(exp.mesh, t.variant.batch_size))
       for t, s in zip(exp.registry, seeds, strict=True)})
 
 
@@ -495,7 +481,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
     return evals
 
-  with _Preemption() as preemption:
+  with Preemption() as preemption:
     for step in range(start, end):
       names = ((registry[sampler.task_index(step)].name,) if schedule == "agd"
                else tuple(t.name for t in registry))
@@ -515,8 +501,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         train_log.add(step, name, task_metrics)
       bar.update(1)
       done = step + 1
-      # Read the flag once per step: the save and the stop below must agree on it.
-      preempted = preemption.signal is not None
+      # Read once per step: the save and the stop below must agree on it (and every process
+      # on the step: imp/train/preemption.py).
+      preempted = preemption.reached(done)
       stopping = done == end or preempted
 
       if done % config.log_every == 0 or stopping:
@@ -528,7 +515,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path, *,
       if stopping or exp.checkpointer.should_save(done):
         exp.checkpointer.save(done, state, _meta(exp, iterators))
 
-      if done == total or (config.eval_every and done % config.eval_every == 0):
+      # A preemption's grace period is short: save and go; the rerun evaluates a final step.
+      if not preempted and (done == total or (config.eval_every and
+                                              done % config.eval_every == 0)):
         evals = evaluate_and_log(done, state)
 
       if preempted:
@@ -573,7 +562,10 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
   """Builds the experiment and restores the latest checkpoint in `workdir` (for evaluation and
   analysis; the caller closes `exp.checkpointer`)."""
   exp = build(config, workdir)
-  restored = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
+  try:
+    restored = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
+  except ValueError as e:  # a checkpoint that does not fit, or config.restore_step's is bad
+    raise ConfigError(str(e)) from e
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {exp.checkpointer.directory}; train first.")
   return exp, restored[0]
