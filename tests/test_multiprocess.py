@@ -86,7 +86,8 @@ def test_launcher_usage_and_a_failing_process_is_named(tmp_path):
 def test_two_processes_train_resume_and_evaluate_like_one(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
   _run(1, 8, one, *TINY)
-  _run(2, 4, two, *TINY)
+  printed = _run(2, 4, two, *TINY).stdout
+  assert printed.count("== summary") == 1 and "[p0] == summary" in printed  # process 0 only
   # Same model, same task schedule, same evaluation.
   _assert_close(_state(one), _state(two))
   assert _summary(one)["task_steps"] == _summary(two)["task_steps"]
