@@ -117,6 +117,9 @@ class MoeConfig:
     ffn: MoE layers have expert FFNs (False: only their attention is MoE).
     attention: "none", "shared" (one router for Q/K/V/output, Uni-Perceiver-MoE) or "qkv"
       (separate Q, K and V routers, M3SAT): linear-projection experts in attention.
+    renormalize_gates: token choice (router="top_k") renormalises a token's k gates over its
+      choices (GShard; the default). False combines with the softmax values as they are
+      (Uni-Perceiver-MoE eq. 3, M3SAT eq. 2). Expert choice ignores it.
   """
 
   num_experts: int = 0
@@ -130,6 +133,7 @@ class MoeConfig:
   condition_dim: int | None = None
   ffn: bool = True
   attention: str = "none"
+  renormalize_gates: bool = True
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | None) -> MoeConfig:
@@ -141,6 +145,12 @@ class MoeConfig:
     if "router_args" in cfg:
       cfg["router_args"] = tuple(sorted(dict(cfg["router_args"]).items()))
     moe = cls(**cfg)
+    if not isinstance(moe.renormalize_gates, bool):
+      raise ValueError(f"model.moe.renormalize_gates={moe.renormalize_gates!r} must be True or "
+                       "False.")
+    if "normalize" in dict(moe.router_args):
+      raise ValueError("model.moe.router_args.normalize: set model.moe.renormalize_gates "
+                       "instead.")
     if moe.num_experts and moe.router not in ROUTERS:
       raise ValueError(f"model.moe.router={moe.router!r} is not known; valid: "
                        f"{', '.join(sorted(ROUTERS))}.")
@@ -165,25 +175,28 @@ class MoeConfig:
   def layer_router_args(self) -> tuple[tuple[str, Any], ...]:
     """Router arguments as a layer uses them.
 
-    Under a data-independent condition every token of a condition asks for the same k
+    `renormalize_gates=False` becomes the top-k router's `normalize=False`. Under a
+    data-independent condition every token of a condition asks for the same k
     experts, so the capacity must hold all S tokens of a group or most would be dropped;
     the capacity factor becomes E / k (capacity_for then gives C = S), in training and eval.
     """
-    if self.data_dependent:
-      return self.router_args
     args = dict(self.router_args)
-    factor = self.num_experts / int(args.get("k", 1))
-    args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
+    if self.router == "top_k" and not self.renormalize_gates:
+      args["normalize"] = False
+    if not self.data_dependent:
+      factor = self.num_experts / int(args.get("k", 1))
+      args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
     return tuple(sorted(args.items()))
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN Transformer block: (x [B, N, D], mask [B, N], condition [B, N, Dc] or None) ->
-  (x, MoE metrics or None).
+  """Pre-LN Transformer block: (x [B, N, D], mask [B, N], condition [B, N, Dc] or None,
+  segments int [B, N] or None) -> (x, MoE metrics or None).
 
   With `moe` set, the FFN (moe.ffn) and/or the attention projections (moe.attention) are
   Mixture-of-Experts layers routed by R(x) of `moe.condition`; `condition` carries the
-  data-independent condition embeddings. Tokens no FFN expert picks pass through the residual.
+  data-independent condition embeddings and `segments` each token's modality id (for the
+  routers' per-modality losses). Tokens no FFN expert picks pass through the residual.
   """
 
   width: int
@@ -193,8 +206,8 @@ class EncoderBlock(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array,
-               condition: Array | None = None) -> tuple[Array, dict | None]:
+  def __call__(self, x: Array, mask: Array, condition: Array | None = None,
+               segments: Array | None = None) -> tuple[Array, dict | None]:
     moe = self.moe
     metrics = None
     h = logical.layer_norm("ln_attn")(x)
@@ -216,7 +229,7 @@ class EncoderBlock(nn.Module):
           num_experts=moe.num_experts, hidden_dim=moe.hidden_dim or self.mlp_dim,
           router=moe.router, router_kwargs=moe.layer_router_args,
           group_size=moe.group_size, dispatch=moe.dispatch, name="moe",
-      )(h, mask, gate_input=gate, train=self.train)
+      )(h, mask, gate_input=gate, train=self.train, segments=segments)
       if metrics is not None:
         ffn_metrics = dict(ffn_metrics, **{k: v for k, v in metrics.items() if k != "aux_loss"},
                            aux_loss=ffn_metrics["aux_loss"] + metrics["aux_loss"])
@@ -235,21 +248,22 @@ class BlockGroup(nn.Module):
   train: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array,
-               condition: Array | None = None) -> tuple[Array, dict]:
+  def __call__(self, x: Array, mask: Array, condition: Array | None = None,
+               segments: Array | None = None) -> tuple[Array, dict]:
     for i in range(self.moe.every - 1):
       x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, train=self.train,
                           name=f"dense_{i}")(x, mask)
     return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe,
-                        train=self.train, name="moe_block")(x, mask, condition)
+                        train=self.train, name="moe_block")(x, mask, condition, segments)
 
 
 class Encoder(nn.Module):
   """Stack of `depth` blocks plus a final LayerNorm.
 
-  (tokens [B, N, D], mask bool [B, N], condition [B, N, Dc] or None) -> (tokens [B, N, D],
-  MoE metrics), where each MoE metric has a leading [moe_layers] axis (empty dict for a dense
-  encoder). `condition` is the data-independent routing condition (imp.model.conditions).
+  (tokens [B, N, D], mask bool [B, N], condition [B, N, Dc] or None, segments int [B, N] or
+  None) -> (tokens [B, N, D], MoE metrics), where each MoE metric has a leading [moe_layers]
+  axis (empty dict for a dense encoder). `condition` is the data-independent routing condition
+  (imp.model.conditions), `segments` each token's modality id.
 
   Attributes:
     scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis; with
@@ -268,7 +282,8 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
-               condition: Array | None = None) -> tuple[Array, dict]:
+               condition: Array | None = None,
+               segments: Array | None = None) -> tuple[Array, dict]:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"{', '.join(REMAT_POLICIES)}.")
@@ -288,11 +303,11 @@ class Encoder(nn.Module):
       layers = nn.scan(
           unit, variable_axes={"params": 0}, split_rngs={"params": True, "router": True},
           in_axes=nn.broadcast, length=length, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition)
+      x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition, segments)
     else:
       per_layer = []
       for i in range(length):
-        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask, condition)
+        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask, condition, segments)
         per_layer.append(m)
       metrics = None if moe is None else jax.tree.map(lambda *m: jnp.stack(m), *per_layer)
     return logical.layer_norm("ln_final")(x), metrics or {}

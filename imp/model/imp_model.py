@@ -30,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
-from imp.model.conditions import StaticCondition, TokenCondition, roles_of, token_attributes
+from imp.model.conditions import (
+    StaticCondition,
+    TokenCondition,
+    modality_id,
+    roles_of,
+    token_attributes,
+)
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
 from imp.model.encoder import Encoder, MoeConfig, drop_tokens
 from imp.model.perceiver import PerceiverFrontEnd
@@ -287,7 +293,12 @@ class IMPModel(nn.Module):
       ids, tasks, attrs = (np.concatenate(a) for a in zip(*per_token, strict=True))
       condition = self.condition(jnp.asarray(ids), jnp.asarray(tasks), jnp.asarray(attrs))
       condition = jnp.broadcast_to(condition[None], (tokens.shape[0], *condition.shape))
-    tokens, moe_metrics = self.encoder(tokens, mask, train=train, condition=condition)
+    segments = None
+    if self.config.moe.num_experts:  # each token's modality id, for per-modality router losses
+      ids = np.concatenate([np.full((t.shape[1],), modality_id(m), np.int32) for m, t, _ in parts])
+      segments = jnp.broadcast_to(jnp.asarray(ids)[None], mask.shape)
+    tokens, moe_metrics = self.encoder(tokens, mask, train=train, condition=condition,
+                                       segments=segments)
     if moe_metrics:
       self.sow("intermediates", "moe_" + "+".join(m for m, _, _ in parts), moe_metrics)
     return tokens, mask
