@@ -149,7 +149,7 @@ def _mixed_forward(module: IMPModel, mixed: Batch, requests: Sequence[Any], layo
   outputs = []
   for request, task_rows in zip(requests, layout.rows, strict=True):
     mine = {m: pooled[m][start:stop] for m, start, stop in task_rows}
-    out = {f"logits/{head}": module.classifiers[head](mine[m]) for m, head in request.classify}
+    out = {f"logits/{head}": module.classify(head, mine[m], train) for m, head in request.classify}
     for m in request.embed:
       z = module.projections[m](mine[m])
       out[f"embedding/{m}"] = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
