@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imp.model import IMPModel, ModelConfig
+from imp.model import IMPModel, ModelConfig, Request
 from imp.model.heads import BATCH_STATS, HeadBatchNorm, with_running_stats
 from imp.model.perceiver import PerceiverFrontEnd, fourier_features
 from imp.train.state import init_state, make_optimizer
@@ -156,3 +156,92 @@ def test_heads_config_errors():
     ModelConfig.from_config(dict(heads=dict(batchnorm=True)))
   with pytest.raises(ValueError, match=r"model.heads.momentum=0 must be in \(0, 1\]"):
     ModelConfig.from_config(dict(heads=dict(batch_norm=True, momentum=0)))
+
+
+# ---- LayerScale and stochastic depth -------------------------------------------------------
+
+X = np.random.default_rng(1).normal(size=(16, 5, 16)).astype(np.float32)
+MASK = np.ones((16, 5), bool)
+
+
+def _block(**kwargs):
+  from imp.model.encoder import EncoderBlock
+  return EncoderBlock(16, 2, 32, **kwargs)
+
+
+def test_layer_scale_init_identity_and_unit_gamma():
+  plain = _block()
+  params = nn.unbox(plain.init(jax.random.PRNGKey(0), X, MASK))["params"]
+  scaled = _block(layer_scale=1e-3)
+  sp = nn.unbox(scaled.init(jax.random.PRNGKey(0), X, MASK))["params"]
+  np.testing.assert_array_equal(sp["attn_scale"], np.full(16, 1e-3, np.float32))
+  np.testing.assert_array_equal(sp["mlp_scale"], np.full(16, 1e-3, np.float32))
+  ones = dict(params, attn_scale=jnp.ones(16), mlp_scale=jnp.ones(16))
+  zeros = dict(params, attn_scale=jnp.zeros(16), mlp_scale=jnp.zeros(16))
+  want, _ = plain.apply({"params": params}, X, MASK)
+  np.testing.assert_allclose(scaled.apply({"params": ones}, X, MASK)[0], want, rtol=1e-6)
+  np.testing.assert_array_equal(scaled.apply({"params": zeros}, X, MASK)[0], X)  # identity
+
+
+def test_drop_path_keeps_or_scales_each_example():
+  from imp.model.encoder import drop_path
+  y = np.asarray(drop_path(jnp.ones((2000, 3, 2)), 0.25, jax.random.PRNGKey(0)))
+  per_example = y[:, 0, 0]
+  assert np.all(y == per_example[:, None, None])  # one decision per example
+  assert set(np.unique(per_example)) == {0.0, np.float32(1 / 0.75)}
+  assert abs((per_example > 0).mean() - 0.75) < 0.04
+  np.testing.assert_array_equal(drop_path(jnp.ones((4, 2)), 0.0, jax.random.PRNGKey(0)), 1.0)
+
+
+def test_stochastic_depth_branches_are_dropped_or_rescaled_per_example():
+  from imp.model.encoder import Mlp, SelfAttention
+  rate = 0.5
+  block = _block(stochastic_depth=rate, train=True)
+  params = nn.unbox(_block().init(jax.random.PRNGKey(0), X, MASK))["params"]
+  # Evaluation keeps every branch: the same as a block without stochastic depth.
+  np.testing.assert_array_equal(_block(stochastic_depth=rate).apply({"params": params}, X, MASK)[0],
+                                _block().apply({"params": params}, X, MASK)[0])
+  with pytest.raises(ValueError, match="needs the rng stream 'stochastic_depth'"):
+    block.apply({"params": params}, X, MASK)
+  got = np.asarray(block.apply({"params": params}, X, MASK,
+                               rngs={"stochastic_depth": jax.random.PRNGKey(3)})[0])
+  ln = nn.LayerNorm()
+  attn = lambda h: SelfAttention(16, 2).apply(  # noqa: E731
+      {"params": params["attn"]}, ln.apply({"params": params["ln_attn"]}, h), MASK)
+  mlp = lambda h: Mlp(16, 32).apply(  # noqa: E731
+      {"params": params["mlp"]}, ln.apply({"params": params["ln_mlp"]}, h))
+  seen = set()
+  for a_keep in (0, 1):
+    x1 = X + a_keep * attn(X) / (1 - rate)
+    for m_keep in (0, 1):
+      candidate = np.asarray(x1 + m_keep * mlp(x1) / (1 - rate))
+      match = np.all(np.isclose(got, candidate, rtol=1e-5, atol=1e-5), axis=(1, 2))
+      seen |= {(a_keep, m_keep, b) for b in np.nonzero(match)[0]}
+  assert {b for _, _, b in seen} == set(range(16))  # every example is one of the four cases
+  assert len({(a, m) for a, m, _ in seen}) >= 3  # and the masks differ between examples
+
+
+def test_residual_options_through_the_model_and_step():
+  from imp.train.step import make_loss_fn
+  with pytest.raises(ValueError, match=r"model.stochastic_depth=1.0 must be a drop rate"):
+    ModelConfig.from_config(dict(stochastic_depth=1.0))
+  with pytest.raises(ValueError, match=r"model.layer_scale=0 must be None \(off\) or a number"):
+    ModelConfig.from_config(dict(layer_scale=0))
+  base = dict(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8)
+  batch = {"image": np.random.default_rng(2).normal(size=(4, 8, 8, 1)).astype(np.float32),
+           "label": np.array([0, 1, 2, 0], np.int32)}
+  losses = {}
+  for name, extra in (("off", {}), ("on", dict(layer_scale=1e-3, stochastic_depth=0.2))):
+    model = IMPModel(ModelConfig.from_config(dict(base, **extra)), heads=(("a", 3),),
+                     modalities=("image",))
+    state = init_state(model, make_optimizer(dict(learning_rate=1e-2), 10), seed=0)
+    fn = make_loss_fn(model, StepSpec("softmax", "a", ("image",)))
+    losses[name] = float(fn(state.params, batch, state.rng)[0])  # the step passes the stream
+    if name == "on":
+      assert state.params["encoder"]["layers"]["attn_scale"].shape == (2, 16)  # per layer
+      request = Request(features=("image",))
+      train = model.apply({"params": state.params}, batch, request, train=True,
+                          rngs={"stochastic_depth": jax.random.PRNGKey(0)})
+      test = model.apply({"params": state.params}, batch, request)
+      assert not np.allclose(train["features/image"], test["features/image"])
+  assert np.isfinite(losses["on"])

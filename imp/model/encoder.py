@@ -3,6 +3,14 @@
 Pre-LayerNorm blocks; `nn.scan` rolls the layers into one compiled body (IMP §3.1.1: 15-30x
 faster compiles) and `nn.remat` rematerialises activations by a named policy. Activations
 that policies may save are tagged with `checkpoint_name`.
+
+Two residual-branch options, both off by default (Uni-Perceiver-MoE appendix §1 uses both):
+  LayerScale (CaiT, Touvron et al. 2021): x + diag(gamma) f(x), gamma a learned per-channel
+    vector initialised to `model.layer_scale` (Uni-Perceiver-MoE: 1e-3);
+  stochastic depth (Huang et al. 2016; DeiT's uniform rate): in training each example's
+    branch is dropped with probability `model.stochastic_depth` and otherwise scaled by
+    1 / (1 - rate), so its expectation is unchanged; evaluation keeps every branch. The masks
+    come from the rng stream "stochastic_depth", split per layer.
 """
 
 from __future__ import annotations
@@ -33,6 +41,28 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
 }
+
+
+def drop_path(x: Array, rate: float, rng: Array) -> Array:
+  """Stochastic depth on a residual branch x [B, ...]: each example's branch is zeroed with
+  probability `rate` (static, in [0, 1)) and otherwise scaled by 1 / (1 - rate)."""
+  if rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+def check_residual_options(layer_scale: float | None, stochastic_depth: float) -> None:
+  """Raises a message naming the config key for a bad LayerScale init or drop rate."""
+  if layer_scale is not None and (isinstance(layer_scale, bool)
+                                  or not isinstance(layer_scale, int | float)
+                                  or not layer_scale > 0):
+    raise ValueError(f"model.layer_scale={layer_scale!r} must be None (off) or a number > 0 "
+                     "(the initial gamma; Uni-Perceiver-MoE: 1e-3).")
+  if isinstance(stochastic_depth, bool) or not isinstance(stochastic_depth, int | float) or \
+      not 0.0 <= stochastic_depth < 1.0:
+    raise ValueError(f"model.stochastic_depth={stochastic_depth!r} must be a drop rate in "
+                     "[0, 1).")
 
 
 def drop_tokens(tokens: Array, mask: Array, rate: float, rng: Array) -> tuple[Array, Array]:
@@ -204,6 +234,21 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   moe: MoeConfig | None = None
   train: bool = False
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
+
+  def _residual(self, y: Array, name: str) -> Array:
+    """A residual branch's output [B, N, D] after LayerScale and stochastic depth."""
+    if self.layer_scale is not None:
+      gamma = self.param(name + "_scale", nn.with_logical_partitioning(
+          nn.initializers.constant(self.layer_scale), ("embed",)), (y.shape[-1],))
+      y = y * gamma.astype(y.dtype)
+    if self.train and self.stochastic_depth > 0.0:
+      if not self.has_rng("stochastic_depth"):
+        raise ValueError("model.stochastic_depth > 0 needs the rng stream 'stochastic_depth' "
+                         "in training; this forward pass does not pass one.")
+      y = drop_path(y, self.stochastic_depth, self.make_rng("stochastic_depth"))
+    return y
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, condition: Array | None = None,
@@ -219,7 +264,7 @@ class EncoderBlock(nn.Module):
           dispatch=moe.dispatch, name="attn")(h, mask, gate, train=self.train)
     else:
       y = SelfAttention(self.width, self.num_heads, name="attn")(h, mask)
-    x = x + checkpoint_name(y, "attn_out")
+    x = x + checkpoint_name(self._residual(y, "attn"), "attn_out")
     h = logical.layer_norm("ln_mlp")(x)
     if moe is None or not moe.ffn:
       y = Mlp(self.width, self.mlp_dim, name="mlp")(h)
@@ -234,7 +279,7 @@ class EncoderBlock(nn.Module):
         ffn_metrics = dict(ffn_metrics, **{k: v for k, v in metrics.items() if k != "aux_loss"},
                            aux_loss=ffn_metrics["aux_loss"] + metrics["aux_loss"])
       metrics = ffn_metrics
-    x = x + checkpoint_name(y, "mlp_out")
+    x = x + checkpoint_name(self._residual(y, "mlp"), "mlp_out")
     return x, metrics
 
 
@@ -246,15 +291,19 @@ class BlockGroup(nn.Module):
   mlp_dim: int
   moe: MoeConfig
   train: bool = False
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, condition: Array | None = None,
                segments: Array | None = None) -> tuple[Array, dict]:
+    residual = dict(train=self.train, layer_scale=self.layer_scale,
+                    stochastic_depth=self.stochastic_depth)
     for i in range(self.moe.every - 1):
-      x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, train=self.train,
+      x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, **residual,
                           name=f"dense_{i}")(x, mask)
-    return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe,
-                        train=self.train, name="moe_block")(x, mask, condition, segments)
+    return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe, **residual,
+                        name="moe_block")(x, mask, condition, segments)
 
 
 class Encoder(nn.Module):
@@ -270,6 +319,8 @@ class Encoder(nn.Module):
       MoE every `moe.every` layers form the scanned unit).
     remat_policy: a key of REMAT_POLICIES.
     moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
+    layer_scale: LayerScale's initial gamma, or None (off); see the module docstring.
+    stochastic_depth: the uniform drop rate of every block's residual branches (0: off).
   """
 
   width: int
@@ -279,6 +330,8 @@ class Encoder(nn.Module):
   scan_layers: bool = True
   remat_policy: str = "none"
   moe: MoeConfig | None = None
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
@@ -291,8 +344,12 @@ class Encoder(nn.Module):
     if moe is not None and (moe.every < 1 or self.depth % moe.every):
       raise ValueError(f"model.depth={self.depth} must be a multiple of "
                        f"model.moe.every={moe.every}.")
+    check_residual_options(self.layer_scale, self.stochastic_depth)
     unit = EncoderBlock if moe is None else BlockGroup
-    kwargs = {"train": train} if moe is None else {"moe": moe, "train": train}
+    kwargs = {"train": train, "layer_scale": self.layer_scale,
+              "stochastic_depth": self.stochastic_depth}
+    if moe is not None:
+      kwargs["moe"] = moe
     length = self.depth if moe is None else self.depth // moe.every
     if self.remat_policy != "none":
       # Under scan, CSE cannot merge the recomputation across iterations, so it is safe off.
@@ -301,7 +358,8 @@ class Encoder(nn.Module):
     args = (self.width, self.num_heads, self.mlp_dim)
     if self.scan_layers:
       layers = nn.scan(
-          unit, variable_axes={"params": 0}, split_rngs={"params": True, "router": True},
+          unit, variable_axes={"params": 0},
+          split_rngs={"params": True, "router": True, "stochastic_depth": True},
           in_axes=nn.broadcast, length=length, metadata_params={nn.PARTITION_NAME: "layers"})
       x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition, segments)
     else:

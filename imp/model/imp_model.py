@@ -38,7 +38,7 @@ from imp.model.conditions import (
     token_attributes,
 )
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
-from imp.model.encoder import Encoder, MoeConfig, drop_tokens
+from imp.model.encoder import Encoder, MoeConfig, check_residual_options, drop_tokens
 from imp.model.heads import ClassifierHead, HeadsConfig
 from imp.model.perceiver import PerceiverFrontEnd
 
@@ -87,6 +87,10 @@ class ModelConfig:
     logit_scale_max: the inverse temperature is clipped to this (CLIP: 100).
     moe: Mixture-of-Experts placement and routing (`model.moe`; dense by default).
     heads: classifier-head settings (`model.heads`: BatchNorm after the linear layer, M3SAT).
+    layer_scale: LayerScale's initial gamma on every encoder residual branch, or None (off;
+      Uni-Perceiver-MoE: 1e-3). See imp.model.encoder.
+    stochastic_depth: uniform drop rate of the encoder's residual branches in training (0:
+      off). Needs the rng stream "stochastic_depth", which the train step passes.
     front_end: "patch" (per-modality embedders, IMP) or "perceiver" (M3SAT's shared
       Perceiver block over standardised inputs with Fourier positions and a modality code).
     perceiver_latents: latents per modality of the perceiver front end (M3SAT: 12 or 20).
@@ -115,6 +119,8 @@ class ModelConfig:
   logit_scale_max: float = 100.0
   moe: MoeConfig = MoeConfig()
   heads: HeadsConfig = HeadsConfig()
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
   front_end: str = "patch"
   perceiver_latents: int = 12
   perceiver_bands: int = 6
@@ -130,6 +136,7 @@ class ModelConfig:
     values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
     values["moe"] = MoeConfig.from_config(cfg.get("moe"))
     values["heads"] = HeadsConfig.from_config(cfg.get("heads"))
+    check_residual_options(values.get("layer_scale"), values.get("stochastic_depth", 0.0))
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
     if values.get("front_end", "patch") not in FRONT_ENDS:
@@ -230,7 +237,7 @@ class IMPModel(nn.Module):
       embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length)
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
-                           c.remat_policy, c.moe)
+                           c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth)
     if c.moe.num_experts and not c.moe.data_dependent:
       self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
                                        num_tasks=len(self.tasks))

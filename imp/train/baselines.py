@@ -169,9 +169,12 @@ def mixed_loss_fn(model: IMPModel, layout: MixedLayout) -> Callable[..., Any]:
   requests = [spec.request for spec in layout.specs]
 
   def loss_fn(params, mixed: Batch, rng):
+    rngs = {"router": rng}
+    if model.config.stochastic_depth:
+      rngs["stochastic_depth"] = jax.random.fold_in(rng, 2)
     outputs, state = model.apply(
         {"params": params}, mixed, requests, layout, True, method=_mixed_forward,
-        rngs={"router": rng}, mutable=["intermediates"])
+        rngs=rngs, mutable=["intermediates"])
     total, losses = 0.0, []
     for i, (spec, out) in enumerate(zip(layout.specs, outputs, strict=True)):
       loss, _ = get_objective(spec.objective).loss(

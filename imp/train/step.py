@@ -129,9 +129,12 @@ def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Arr
 
   def loss_fn(params, batch, rng):
     drop_rng, router_rng = jax.random.split(rng)
+    rngs = {"droptoken": drop_rng, "router": router_rng}
+    if model.config.stochastic_depth:  # a third stream only when used: old streams unchanged
+      rngs["stochastic_depth"] = jax.random.fold_in(rng, 2)
     outputs, state = model.apply(
         {"params": params}, batch, request, train=True, drop_token=spec.drop_token,
-        rngs={"droptoken": drop_rng, "router": router_rng},
+        rngs=rngs,
         mutable=["intermediates", BATCH_STATS])
     loss, metrics = objective.loss(outputs, batch, head=spec.head,
                                    modalities=spec.modalities, **args)
