@@ -183,3 +183,21 @@ def test_router_adds_weighted_entropy_losses_and_they_have_gradients():
   plain = moe.ExpertChoiceRouter(4)
   _, metrics = plain.apply(plain.init(jax.random.PRNGKey(0), x, train=True), x, train=True)
   assert "local_entropy_loss" not in metrics and float(metrics["aux_loss"]) == 0.0
+
+
+def test_limoe_ablation_arms_are_valid_configs():
+  from experiments.ablation_limoe import get_config
+  from imp.model import ModelConfig
+  top1, limoe = get_config("top1"), get_config("limoe,smoke")
+  assert limoe.total_steps == 12 and top1.total_steps > 12
+  args = {}
+  for name, config in (("top1", top1), ("limoe", limoe)):
+    cfg = ModelConfig.from_config(config.model).moe
+    assert cfg.router == "top_k" and cfg.num_experts == 8
+    args[name] = dict(cfg.layer_router_args)
+    assert moe.TopKRouter(8, **args[name]).k == 1  # every router argument is a real one
+  assert args["limoe"]["batch_priority"] and not args["top1"].get("batch_priority", False)
+  assert args["limoe"]["global_entropy_threshold"] == pytest.approx(math.log(4))
+  with pytest.raises(ValueError, match="unknown variant 'nope'"):
+    get_config("nope")
+
