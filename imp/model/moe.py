@@ -2,12 +2,15 @@
 
 IMP replaces the encoder's dense MLPs with MoE layers and routes with expert choice at capacity
 factor 1.0, without routing noise or auxiliary losses (§4.1). Token-choice top-k routing
-(Switch/GShard/V-MoE) and its balancing losses are here too, for ablations.
+(Switch/GShard/V-MoE), its balancing losses and LIMoE's entropy losses are here too, for
+ablations.
 
 The layer is three separate things, as in vmoe:
-  router:     gate input [G, S, Dg] -> `Routing` (the dispatcher) plus a metrics dict;
-  dispatcher: `Routing.dispatch` [G, S, D] -> [G, E, C, D] and `Routing.combine` back;
-  experts:    one batched MLP over [G, E, C, D] with a leading `expert` parameter axis.
+  router:     gate input [G, S, Dg] -> `Routing` (the dispatcher) plus a metrics dict (here);
+  dispatcher: `Routing.dispatch` [G, S, D] -> [G, E, C, D] and `Routing.combine` back
+              (imp/model/routing.py, with the expert- and token-choice assignments);
+  experts:    one batched MLP over [G, E, C, D] with a leading `expert` parameter axis (here).
+The routers' auxiliary losses are in imp/model/moe_losses.py.
 
 Shape glossary:
   G  groups (routing is independent per group; capacity is per expert per group)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 Array = jax.Array
 Metrics = dict[str, Array]
 
+
 @flax.struct.dataclass
 class Routing:
   """Which token fills each expert slot, and with what combine weight.
