@@ -114,3 +114,33 @@ def test_sampler_state_round_trip_and_mismatch():
   TaskSampler([0.25, 0.75], seed=7).check_state(state)
   with pytest.raises(ValueError, match="task schedule differs"):
     TaskSampler([0.5, 0.5], seed=7).check_state(state)
+
+
+def test_loss_weight_zero_is_honoured_and_bad_weights_are_rejected():
+  reg = _registry(_tasks(big_cls__loss_weight=0, small_cls__loss_weight=2.5))
+  assert [t.loss_weight for t in reg] == [0.0, 0.0, 2.5]
+  assert _registry().by_name("small_cls/base").loss_weight == 1.0  # missing -> 1.0
+  for bad in (-1.0, "heavy", float("nan"), True):
+    with pytest.raises(ValueError, match=r"tasks.big_cls.loss_weight=.* must be a finite number "
+                                         r">= 0"):
+      _registry(_tasks(big_cls__loss_weight=bad))
+
+
+def test_loss_weight_zero_takes_the_objective_out_of_the_gradient():
+  import jax
+
+  from imp.model import IMPModel, ModelConfig
+  from imp.train.state import init_state, make_optimizer
+  from imp.train.step import StepSpec, make_loss_fn
+
+  model = IMPModel(ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, embed_dim=8),
+                   heads=(("a", 4),), modalities=("image",))
+  state = init_state(model, make_optimizer(dict(learning_rate=1e-2), 10), seed=0)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(4, 8, 8, 1)).astype(np.float32),
+           "label": np.array([0, 1, 2, 3], np.int32)}
+  loss_fn = make_loss_fn(model, StepSpec("softmax", "a", ("image",), loss_weight=0.0))
+  (total, (loss, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, batch, state.rng)
+  assert float(loss) > 0 and float(total) == 0.0  # the objective is still computed
+  assert all(not np.any(g) for g in jax.tree.leaves(grads))

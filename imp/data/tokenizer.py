@@ -61,6 +61,8 @@ class SentencePieceTokenizer:
   def __init__(self, model_file: str):
     import sentencepiece
 
+    if model_file is None:  # an unset ml_collections placeholder
+      raise ValueError("model_file is not set: give the path of a SentencePiece .model file.")
     path = os.path.expanduser(str(model_file))
     if not os.path.isfile(path):
       raise ValueError(f"{path}: SentencePiece model file not found.")
@@ -104,3 +106,5 @@ def make_tokenizer(spec: str | Mapping[str, Any] | None, key: str) -> Tokenizer:
     return TOKENIZERS[name](**settings)
   except TypeError as e:
     raise ValueError(f"{key}: bad settings for tokenizer {name!r}: {e}") from e
+  except ValueError as e:
+    raise ValueError(f"{key}: {e}") from e

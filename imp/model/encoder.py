@@ -3,6 +3,14 @@
 Pre-LayerNorm blocks; `nn.scan` rolls the layers into one compiled body (IMP §3.1.1: 15-30x
 faster compiles) and `nn.remat` rematerialises activations by a named policy. Activations
 that policies may save are tagged with `checkpoint_name`.
+
+Two residual-branch options, both off by default (Uni-Perceiver-MoE appendix §1 uses both):
+  LayerScale (CaiT, Touvron et al. 2021): x + diag(gamma) f(x), gamma a learned per-channel
+    vector initialised to `model.layer_scale` (Uni-Perceiver-MoE: 1e-3);
+  stochastic depth (Huang et al. 2016; DeiT's uniform rate): in training each example's
+    branch is dropped with probability `model.stochastic_depth` and otherwise scaled by
+    1 / (1 - rate), so its expectation is unchanged; evaluation keeps every branch. The masks
+    come from the rng stream "stochastic_depth", split per layer.
 """
 
 from __future__ import annotations
@@ -33,6 +41,28 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
 }
+
+
+def drop_path(x: Array, rate: float, rng: Array) -> Array:
+  """Stochastic depth on a residual branch x [B, ...]: each example's branch is zeroed with
+  probability `rate` (static, in [0, 1)) and otherwise scaled by 1 / (1 - rate)."""
+  if rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+def check_residual_options(layer_scale: float | None, stochastic_depth: float) -> None:
+  """Raises a message naming the config key for a bad LayerScale init or drop rate."""
+  if layer_scale is not None and (isinstance(layer_scale, bool)
+                                  or not isinstance(layer_scale, int | float)
+                                  or not layer_scale > 0):
+    raise ValueError(f"model.layer_scale={layer_scale!r} must be None (off) or a number > 0 "
+                     "(the initial gamma; Uni-Perceiver-MoE: 1e-3).")
+  if isinstance(stochastic_depth, bool) or not isinstance(stochastic_depth, int | float) or \
+      not 0.0 <= stochastic_depth < 1.0:
+    raise ValueError(f"model.stochastic_depth={stochastic_depth!r} must be a drop rate in "
+                     "[0, 1).")
 
 
 def drop_tokens(tokens: Array, mask: Array, rate: float, rng: Array) -> tuple[Array, Array]:
@@ -117,6 +147,9 @@ class MoeConfig:
     ffn: MoE layers have expert FFNs (False: only their attention is MoE).
     attention: "none", "shared" (one router for Q/K/V/output, Uni-Perceiver-MoE) or "qkv"
       (separate Q, K and V routers, M3SAT): linear-projection experts in attention.
+    renormalize_gates: token choice (router="top_k") renormalises a token's k gates over its
+      choices (GShard; the default). False combines with the softmax values as they are
+      (Uni-Perceiver-MoE eq. 3, M3SAT eq. 2). Expert choice ignores it.
   """
 
   num_experts: int = 0
@@ -130,6 +163,7 @@ class MoeConfig:
   condition_dim: int | None = None
   ffn: bool = True
   attention: str = "none"
+  renormalize_gates: bool = True
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | None) -> MoeConfig:
@@ -141,6 +175,12 @@ class MoeConfig:
     if "router_args" in cfg:
       cfg["router_args"] = tuple(sorted(dict(cfg["router_args"]).items()))
     moe = cls(**cfg)
+    if not isinstance(moe.renormalize_gates, bool):
+      raise ValueError(f"model.moe.renormalize_gates={moe.renormalize_gates!r} must be True or "
+                       "False.")
+    if "normalize" in dict(moe.router_args):
+      raise ValueError("model.moe.router_args.normalize: set model.moe.renormalize_gates "
+                       "instead.")
     if moe.num_experts and moe.router not in ROUTERS:
       raise ValueError(f"model.moe.router={moe.router!r} is not known; valid: "
                        f"{', '.join(sorted(ROUTERS))}.")
@@ -165,25 +205,28 @@ class MoeConfig:
   def layer_router_args(self) -> tuple[tuple[str, Any], ...]:
     """Router arguments as a layer uses them.
 
-    Under a data-independent condition every token of a condition asks for the same k
+    `renormalize_gates=False` becomes the top-k router's `normalize=False`. Under a
+    data-independent condition every token of a condition asks for the same k
     experts, so the capacity must hold all S tokens of a group or most would be dropped;
     the capacity factor becomes E / k (capacity_for then gives C = S), in training and eval.
     """
-    if self.data_dependent:
-      return self.router_args
     args = dict(self.router_args)
-    factor = self.num_experts / int(args.get("k", 1))
-    args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
+    if self.router == "top_k" and not self.renormalize_gates:
+      args["normalize"] = False
+    if not self.data_dependent:
+      factor = self.num_experts / int(args.get("k", 1))
+      args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
     return tuple(sorted(args.items()))
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN Transformer block: (x [B, N, D], mask [B, N], condition [B, N, Dc] or None) ->
-  (x, MoE metrics or None).
+  """Pre-LN Transformer block: (x [B, N, D], mask [B, N], condition [B, N, Dc] or None,
+  segments int [B, N] or None) -> (x, MoE metrics or None).
 
   With `moe` set, the FFN (moe.ffn) and/or the attention projections (moe.attention) are
   Mixture-of-Experts layers routed by R(x) of `moe.condition`; `condition` carries the
-  data-independent condition embeddings. Tokens no FFN expert picks pass through the residual.
+  data-independent condition embeddings and `segments` each token's modality id (for the
+  routers' per-modality losses). Tokens no FFN expert picks pass through the residual.
   """
 
   width: int
@@ -191,10 +234,25 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   moe: MoeConfig | None = None
   train: bool = False
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
+
+  def _residual(self, y: Array, name: str) -> Array:
+    """A residual branch's output [B, N, D] after LayerScale and stochastic depth."""
+    if self.layer_scale is not None:
+      gamma = self.param(name + "_scale", nn.with_logical_partitioning(
+          nn.initializers.constant(self.layer_scale), ("embed",)), (y.shape[-1],))
+      y = y * gamma.astype(y.dtype)
+    if self.train and self.stochastic_depth > 0.0:
+      if not self.has_rng("stochastic_depth"):
+        raise ValueError("model.stochastic_depth > 0 needs the rng stream 'stochastic_depth' "
+                         "in training; this forward pass does not pass one.")
+      y = drop_path(y, self.stochastic_depth, self.make_rng("stochastic_depth"))
+    return y
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array,
-               condition: Array | None = None) -> tuple[Array, dict | None]:
+  def __call__(self, x: Array, mask: Array, condition: Array | None = None,
+               segments: Array | None = None) -> tuple[Array, dict | None]:
     moe = self.moe
     metrics = None
     h = logical.layer_norm("ln_attn")(x)
@@ -206,7 +264,7 @@ class EncoderBlock(nn.Module):
           dispatch=moe.dispatch, name="attn")(h, mask, gate, train=self.train)
     else:
       y = SelfAttention(self.width, self.num_heads, name="attn")(h, mask)
-    x = x + checkpoint_name(y, "attn_out")
+    x = x + checkpoint_name(self._residual(y, "attn"), "attn_out")
     h = logical.layer_norm("ln_mlp")(x)
     if moe is None or not moe.ffn:
       y = Mlp(self.width, self.mlp_dim, name="mlp")(h)
@@ -216,12 +274,12 @@ class EncoderBlock(nn.Module):
           num_experts=moe.num_experts, hidden_dim=moe.hidden_dim or self.mlp_dim,
           router=moe.router, router_kwargs=moe.layer_router_args,
           group_size=moe.group_size, dispatch=moe.dispatch, name="moe",
-      )(h, mask, gate_input=gate, train=self.train)
+      )(h, mask, gate_input=gate, train=self.train, segments=segments)
       if metrics is not None:
         ffn_metrics = dict(ffn_metrics, **{k: v for k, v in metrics.items() if k != "aux_loss"},
                            aux_loss=ffn_metrics["aux_loss"] + metrics["aux_loss"])
       metrics = ffn_metrics
-    x = x + checkpoint_name(y, "mlp_out")
+    x = x + checkpoint_name(self._residual(y, "mlp"), "mlp_out")
     return x, metrics
 
 
@@ -233,29 +291,36 @@ class BlockGroup(nn.Module):
   mlp_dim: int
   moe: MoeConfig
   train: bool = False
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array,
-               condition: Array | None = None) -> tuple[Array, dict]:
+  def __call__(self, x: Array, mask: Array, condition: Array | None = None,
+               segments: Array | None = None) -> tuple[Array, dict]:
+    residual = dict(train=self.train, layer_scale=self.layer_scale,
+                    stochastic_depth=self.stochastic_depth)
     for i in range(self.moe.every - 1):
-      x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, train=self.train,
+      x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, **residual,
                           name=f"dense_{i}")(x, mask)
-    return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe,
-                        train=self.train, name="moe_block")(x, mask, condition)
+    return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe, **residual,
+                        name="moe_block")(x, mask, condition, segments)
 
 
 class Encoder(nn.Module):
   """Stack of `depth` blocks plus a final LayerNorm.
 
-  (tokens [B, N, D], mask bool [B, N], condition [B, N, Dc] or None) -> (tokens [B, N, D],
-  MoE metrics), where each MoE metric has a leading [moe_layers] axis (empty dict for a dense
-  encoder). `condition` is the data-independent routing condition (imp.model.conditions).
+  (tokens [B, N, D], mask bool [B, N], condition [B, N, Dc] or None, segments int [B, N] or
+  None) -> (tokens [B, N, D], MoE metrics), where each MoE metric has a leading [moe_layers]
+  axis (empty dict for a dense encoder). `condition` is the data-independent routing condition
+  (imp.model.conditions), `segments` each token's modality id.
 
   Attributes:
     scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis; with
       MoE every `moe.every` layers form the scanned unit).
     remat_policy: a key of REMAT_POLICIES.
     moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
+    layer_scale: LayerScale's initial gamma, or None (off); see the module docstring.
+    stochastic_depth: the uniform drop rate of every block's residual branches (0: off).
   """
 
   width: int
@@ -265,10 +330,13 @@ class Encoder(nn.Module):
   scan_layers: bool = True
   remat_policy: str = "none"
   moe: MoeConfig | None = None
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
-               condition: Array | None = None) -> tuple[Array, dict]:
+               condition: Array | None = None,
+               segments: Array | None = None) -> tuple[Array, dict]:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"{', '.join(REMAT_POLICIES)}.")
@@ -276,8 +344,12 @@ class Encoder(nn.Module):
     if moe is not None and (moe.every < 1 or self.depth % moe.every):
       raise ValueError(f"model.depth={self.depth} must be a multiple of "
                        f"model.moe.every={moe.every}.")
+    check_residual_options(self.layer_scale, self.stochastic_depth)
     unit = EncoderBlock if moe is None else BlockGroup
-    kwargs = {"train": train} if moe is None else {"moe": moe, "train": train}
+    kwargs = {"train": train, "layer_scale": self.layer_scale,
+              "stochastic_depth": self.stochastic_depth}
+    if moe is not None:
+      kwargs["moe"] = moe
     length = self.depth if moe is None else self.depth // moe.every
     if self.remat_policy != "none":
       # Under scan, CSE cannot merge the recomputation across iterations, so it is safe off.
@@ -286,13 +358,14 @@ class Encoder(nn.Module):
     args = (self.width, self.num_heads, self.mlp_dim)
     if self.scan_layers:
       layers = nn.scan(
-          unit, variable_axes={"params": 0}, split_rngs={"params": True, "router": True},
+          unit, variable_axes={"params": 0},
+          split_rngs={"params": True, "router": True, "stochastic_depth": True},
           in_axes=nn.broadcast, length=length, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition)
+      x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition, segments)
     else:
       per_layer = []
       for i in range(length):
-        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask, condition)
+        x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask, condition, segments)
         per_layer.append(m)
       metrics = None if moe is None else jax.tree.map(lambda *m: jnp.stack(m), *per_layer)
     return logical.layer_norm("ln_final")(x), metrics or {}

@@ -30,9 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
-from imp.model.conditions import StaticCondition, TokenCondition, roles_of, token_attributes
+from imp.model.conditions import (
+    StaticCondition,
+    TokenCondition,
+    modality_id,
+    roles_of,
+    token_attributes,
+)
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
-from imp.model.encoder import Encoder, MoeConfig, drop_tokens
+from imp.model.encoder import Encoder, MoeConfig, check_residual_options, drop_tokens
+from imp.model.heads import ClassifierHead, HeadsConfig
 from imp.model.perceiver import PerceiverFrontEnd
 
 Array = jax.Array
@@ -40,6 +47,21 @@ Array = jax.Array
 # Which embedder family reads each modality: an image is a one-frame video.
 EMBEDDER_OF = {"image": "vision", "video": "vision", "audio": "audio", "text": "text"}
 FRONT_ENDS = ("patch", "perceiver")
+
+
+def _per_modality(key: str, value: Any, low: float) -> tuple[tuple[str, float], ...]:
+  """{modality: number > low} from config -> sorted (modality, float) pairs (hashable)."""
+  if value is None:
+    return ()
+  items = dict(value).items() if isinstance(value, Mapping) or hasattr(value, "items") else value
+  out = []
+  for modality, number in items:
+    if modality not in EMBEDDER_OF:
+      raise ValueError(f"{key}.{modality}: not a modality; valid: {', '.join(EMBEDDER_OF)}.")
+    if isinstance(number, bool) or not isinstance(number, int | float) or not number > low:
+      raise ValueError(f"{key}.{modality}={number!r} must be a number > {low:g}.")
+    out.append((str(modality), float(number)))
+  return tuple(sorted(out))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +86,19 @@ class ModelConfig:
     logit_scale_init: initial inverse temperature of contrastive logits (CLIP: 1 / 0.07).
     logit_scale_max: the inverse temperature is clipped to this (CLIP: 100).
     moe: Mixture-of-Experts placement and routing (`model.moe`; dense by default).
+    heads: classifier-head settings (`model.heads`: BatchNorm after the linear layer, M3SAT).
+    layer_scale: LayerScale's initial gamma on every encoder residual branch, or None (off;
+      Uni-Perceiver-MoE: 1e-3). See imp.model.encoder.
+    stochastic_depth: uniform drop rate of the encoder's residual branches in training (0:
+      off). Needs the rng stream "stochastic_depth", which the train step passes.
     front_end: "patch" (per-modality embedders, IMP) or "perceiver" (M3SAT's shared
       Perceiver block over standardised inputs with Fourier positions and a modality code).
     perceiver_latents: latents per modality of the perceiver front end (M3SAT: 12 or 20).
     perceiver_bands: Fourier bands per position axis of the perceiver front end (M3SAT: 6).
+    perceiver_max_freq: {modality: max_freq} of the perceiver's Fourier features (M3SAT
+      Tables 13-15: 1); a modality not listed uses each axis's length.
+    perceiver_freq_base: {modality: base} for log-spaced Fourier bands (the Perceiver code
+      M3SAT follows); a modality not listed gets linearly spaced bands.
   """
 
   width: int = 64
@@ -87,9 +118,14 @@ class ModelConfig:
   logit_scale_init: float = 1.0 / 0.07
   logit_scale_max: float = 100.0
   moe: MoeConfig = MoeConfig()
+  heads: HeadsConfig = HeadsConfig()
+  layer_scale: float | None = None
+  stochastic_depth: float = 0.0
   front_end: str = "patch"
   perceiver_latents: int = 12
   perceiver_bands: int = 6
+  perceiver_max_freq: tuple[tuple[str, float], ...] = ()
+  perceiver_freq_base: tuple[tuple[str, float], ...] = ()
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -99,6 +135,10 @@ class ModelConfig:
       raise ValueError(f"model.{unknown[0]} is not a model setting; valid: {', '.join(fields)}.")
     values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
     values["moe"] = MoeConfig.from_config(cfg.get("moe"))
+    values["heads"] = HeadsConfig.from_config(cfg.get("heads"))
+    check_residual_options(values.get("layer_scale"), values.get("stochastic_depth", 0.0))
+    for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
+      values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
     if values.get("front_end", "patch") not in FRONT_ENDS:
       raise ValueError(f"model.front_end={values['front_end']!r} is not known; valid: "
                        f"{', '.join(FRONT_ENDS)}.")
@@ -194,7 +234,7 @@ class IMPModel(nn.Module):
       self.front = PerceiverFrontEnd(
           c.width, c.perceiver_latents, c.num_heads, c.mlp_dim, c.perceiver_bands,
           tuple((m, c.raw_dim(m)) for m in sorted(self.modalities)), c.vision_patch,
-          c.audio_patch, c.text_vocab_size)
+          c.audio_patch, c.text_vocab_size, c.perceiver_max_freq, c.perceiver_freq_base)
       families = set()
     if "vision" in families:
       embedders["vision"] = VisionEmbedder(c.width, c.vision_patch, c.vision_base_grid)
@@ -204,15 +244,19 @@ class IMPModel(nn.Module):
       embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length)
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
-                           c.remat_policy, c.moe)
+                           c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth)
     if c.moe.num_experts and not c.moe.data_dependent:
       self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
                                        num_tasks=len(self.tasks))
     # Zero-initialised heads start at uniform predictions (as big_vision does).
-    self.classifiers = {
-        name: nn.Dense(classes, kernel_init=logical.zeros("embed", "classes"),
-                       bias_init=logical.zeros("classes"))
-        for name, classes in self.heads}
+    if c.heads.batch_norm:
+      self.classifiers = {name: ClassifierHead(classes, c.heads.momentum, c.heads.epsilon)
+                          for name, classes in self.heads}
+    else:
+      self.classifiers = {
+          name: nn.Dense(classes, kernel_init=logical.zeros("embed", "classes"),
+                         bias_init=logical.zeros("classes"))
+          for name, classes in self.heads}
     self.projections = {
         m: nn.Dense(c.embed_dim, kernel_init=logical.kernel("embed", "common"),
                     bias_init=logical.zeros("common"))
@@ -294,7 +338,12 @@ class IMPModel(nn.Module):
       ids, tasks, attrs = (np.concatenate(a) for a in zip(*per_token, strict=True))
       condition = self.condition(jnp.asarray(ids), jnp.asarray(tasks), jnp.asarray(attrs))
       condition = jnp.broadcast_to(condition[None], (tokens.shape[0], *condition.shape))
-    tokens, moe_metrics = self.encoder(tokens, mask, train=train, condition=condition)
+    segments = None
+    if self.config.moe.num_experts:  # each token's modality id, for per-modality router losses
+      ids = np.concatenate([np.full((t.shape[1],), modality_id(m), np.int32) for m, t, _ in parts])
+      segments = jnp.broadcast_to(jnp.asarray(ids)[None], mask.shape)
+    tokens, moe_metrics = self.encoder(tokens, mask, train=train, condition=condition,
+                                       segments=segments)
     if moe_metrics:
       self.sow("intermediates", "moe_" + "+".join(m for m, _, _ in parts), moe_metrics)
     return tokens, mask
@@ -330,8 +379,8 @@ class IMPModel(nn.Module):
     for modality, head in request.classify:
       if head not in self.classifiers:
         raise ValueError(f"no classifier head {head!r}; heads: {sorted(self.classifiers)}.")
-      out[f"logits/{head}"] = self.classifiers[head](pooled[modality] if fused is None
-                                                     else fused)
+      out[f"logits/{head}"] = self.classify(head, pooled[modality] if fused is None else fused,
+                                            train)
     for modality in request.embed:
       z = self.projections[modality](pooled[modality])
       out[f"embedding/{modality}"] = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
@@ -341,6 +390,13 @@ class IMPModel(nn.Module):
       out["logit_scale"] = jnp.exp(
           jnp.minimum(self.log_logit_scale, math.log(self.config.logit_scale_max)))
     return out
+
+  def classify(self, head: str, pooled: Array, train: bool) -> Array:
+    """Classifier `head` on pooled features [B, D] -> logits [B, C] (BatchNorm heads use the
+    batch's statistics in training and the running ones otherwise)."""
+    if self.config.heads.batch_norm:
+      return self.classifiers[head](pooled, train=train)
+    return self.classifiers[head](pooled)
 
   def init_request(self) -> Request:
     """A request that touches every parameter, for initialisation."""

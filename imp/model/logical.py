@@ -24,6 +24,10 @@ def zeros(*axes: str):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
+def ones(*axes: str):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
 def normal(stddev: float, *axes: str):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=stddev), axes)
 

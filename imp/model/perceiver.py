@@ -30,22 +30,34 @@ from imp.model.encoder import EncoderBlock
 Array = jax.Array
 
 
-def fourier_features(grid: Sequence[int], num_bands: int,
-                     max_freq: float | None = None) -> np.ndarray:
-  """Fourier position features of every cell of `grid` (Perceiver / Perceiver IO).
+def fourier_features(grid: Sequence[int], num_bands: int, max_freq: float | None = None,
+                     freq_base: float | None = None) -> np.ndarray:
+  """Fourier position features of every cell of `grid` (Perceiver; M3SAT Algorithm 1).
 
   Positions run over [-1, 1] on each axis (a length-1 axis sits at -1). Each axis gives its
-  position p and sin(pi f p), cos(pi f p) for F bands f = linspace(1, max_freq / 2, F), where
-  max_freq defaults to the axis length (its Nyquist frequency).
+  position p and sin(pi f p), cos(pi f p) for F bands f:
+    freq_base None:  f = linspace(1, max_freq / 2, F)                 (Perceiver IO)
+    freq_base b:     f = b ** linspace(1, log_b(max_freq / 2), F)     (the Perceiver code
+                     M3SAT's `fourier_encode(pos_dim, max_freq, num_freq_bands, freq_base)`
+                     follows; M3SAT Tables 13-15 set max_freq = 1, so f falls from b to 1/2)
+  where max_freq defaults to the axis length (its Nyquist frequency).
 
   Returns: float32 [prod(grid), A * (2F + 1)], cells in row-major order, per axis
   [p, sin..., cos...].
   """
+  if max_freq is not None and not max_freq > 0:
+    raise ValueError(f"fourier_features: max_freq={max_freq!r} must be > 0.")
+  if freq_base is not None and not freq_base > 1:
+    raise ValueError(f"fourier_features: freq_base={freq_base!r} must be > 1.")
   axes = [np.linspace(-1.0, 1.0, n) for n in grid]
   pos = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(grid))
   sines, cosines = [], []
   for a, n in enumerate(grid):
-    freqs = np.linspace(1.0, (max_freq or n) / 2.0, num_bands)
+    top = (max_freq or n) / 2.0
+    if freq_base is None:
+      freqs = np.linspace(1.0, top, num_bands)
+    else:
+      freqs = freq_base ** np.linspace(1.0, math.log(top) / math.log(freq_base), num_bands)
     angles = math.pi * pos[:, a:a + 1] * freqs[None]
     sines.append(np.sin(angles))
     cosines.append(np.cos(angles))
@@ -71,6 +83,9 @@ class PerceiverFrontEnd(nn.Module):
     raw_dims: (modality, P) of every modality the model reads, to size the padding.
     vision_patch, audio_patch: element sizes of vision and audio inputs.
     text_vocab_size: token vocabulary of the text embedding.
+    max_freq: (modality, max_freq) of the modalities whose Fourier features do not use the
+      axis length (see `fourier_features`).
+    freq_base: (modality, base) of the modalities with log-spaced Fourier bands.
   """
 
   width: int
@@ -82,6 +97,8 @@ class PerceiverFrontEnd(nn.Module):
   vision_patch: tuple[int, int, int]
   audio_patch: tuple[int, int]
   text_vocab_size: int
+  max_freq: tuple[tuple[str, float], ...] = ()
+  freq_base: tuple[tuple[str, float], ...] = ()
 
   @property
   def input_dim(self) -> int:
@@ -116,7 +133,8 @@ class PerceiverFrontEnd(nn.Module):
     if p != dims[modality]:
       raise ValueError(f"{modality} elements have {p} features; the front end was sized for "
                        f"{dims[modality]}.")
-    pos = fourier_features(grid, self.num_bands)
+    pos = fourier_features(grid, self.num_bands, dict(self.max_freq).get(modality),
+                           dict(self.freq_base).get(modality))
     code = np.eye(len(MODALITY_IDS), dtype=np.float32)[modality_id(modality)]
     pad = self.input_dim - len(MODALITY_IDS) - p - pos.shape[1]
     extra = np.concatenate([np.zeros((t, pad), np.float32), pos, np.tile(code, (t, 1))], 1)

@@ -1,4 +1,5 @@
-"""The objective registry: softmax CE, sigmoid BCE, symmetric NCE, and their sum.
+"""The objective registry: softmax CE, sigmoid BCE, symmetric (pairwise or triplet) NCE, and
+their sum.
 
 An objective is called with the model outputs of one step, the batch, and its static
 arguments (head name, modalities, and the task's `args` from config). Objectives never see
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -109,8 +111,24 @@ def _sigmoid_loss(outputs, batch, *, head, modalities):
   return losses.sigmoid_binary_cross_entropy(logits, targets).mean(), metrics
 
 
+def _pair_nce(a: Array, b: Array, scale: Array, mask: Array | None) -> tuple[Array, Array]:
+  """Symmetric NCE of one embedding pair and its in-batch retrieval accuracy (a -> b)."""
+  loss, logits = losses.nce_loss(a, b, scale, mask)
+  top = jnp.argmax(logits, axis=1)
+  if mask is None:
+    hit = top == jnp.arange(a.shape[0])
+  else:  # the top match of each a is a positive b
+    hit = jnp.take_along_axis(mask, top[:, None], 1)[:, 0]
+  return loss, hit.astype(jnp.float32).mean()
+
+
 def _nce_loss(outputs, batch, *, head, modalities, positives: str = "diagonal"):
-  """Symmetric NCE between the first two modalities.
+  """Symmetric NCE between the task's modalities.
+
+  Two modalities: one symmetric InfoNCE. Three or more (IMP's video-audio-text triplet,
+  §4.1): the sum of the symmetric losses of every pair, (a, b), (a, c), (b, c); the metrics
+  then also carry each pair's `<a>_<b>_loss` and `<a>_<b>_accuracy`, and `accuracy` is their
+  mean.
 
   positives="same_label" treats every pair with equal labels as positive (label-text NCE:
   a batch of images holds many examples of each class, and all share one class-name text).
@@ -118,15 +136,18 @@ def _nce_loss(outputs, batch, *, head, modalities, positives: str = "diagonal"):
   del head
   if positives not in ("diagonal", "same_label"):
     raise ValueError(f"nce positives={positives!r}; valid: 'diagonal', 'same_label'.")
-  a, b = (outputs[f"embedding/{m}"] for m in modalities[:2])
   mask = losses.positives_from_labels(batch["label"]) if positives == "same_label" else None
-  loss, logits = losses.nce_loss(a, b, outputs["logit_scale"], mask)
-  target = jnp.arange(a.shape[0]) if mask is None else batch["label"]
-  # Retrieval accuracy in the batch: the top match of each a is a positive b.
-  top = jnp.argmax(logits, axis=1)
-  hit = (top == target) if mask is None else jnp.take_along_axis(mask, top[:, None], 1)[:, 0]
-  return loss, {"accuracy": hit.astype(jnp.float32).mean(),
-                "logit_scale": outputs["logit_scale"]}
+  scale = outputs["logit_scale"]
+  pairs = list(itertools.combinations(modalities, 2))
+  total, accuracies, metrics = 0.0, [], {}
+  for a, b in pairs:
+    loss, accuracy = _pair_nce(outputs[f"embedding/{a}"], outputs[f"embedding/{b}"], scale,
+                               mask)
+    total = total + loss
+    accuracies.append(accuracy)
+    if len(pairs) > 1:
+      metrics.update({f"{a}_{b}_loss": loss, f"{a}_{b}_accuracy": accuracy})
+  return total, dict(metrics, accuracy=sum(accuracies) / len(accuracies), logit_scale=scale)
 
 
 def _sum_loss(outputs, batch, *, head, modalities, objectives: tuple[str, ...] = (),
@@ -157,6 +178,6 @@ register(Objective("softmax", lambda head, modalities, **_: Needs(((modalities[0
                    _softmax_loss))
 register(Objective("sigmoid_bce", lambda head, modalities, **_: Needs(((modalities[0], head),)),
                    _sigmoid_loss))
-register(Objective("nce", lambda head, modalities, **_: Needs(embed=tuple(modalities[:2])),
+register(Objective("nce", lambda head, modalities, **_: Needs(embed=tuple(modalities)),
                    _nce_loss, min_modalities=2))
 register(Objective("sum", _sum_needs, _sum_loss))

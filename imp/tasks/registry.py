@@ -134,6 +134,20 @@ def _parse_variant(key: str, name: str, spec: Mapping[str, Any]) -> Variant:
   )
 
 
+def _loss_weight(key: str, value: Any) -> float:
+  """A task's loss multiplier: a finite number >= 0 (0 keeps the task's batches and MoE aux
+  loss in the step but takes its objective out of the gradient); missing means 1.0."""
+  if value is None:
+    return 1.0
+  try:
+    weight = float(value)
+  except (TypeError, ValueError):
+    weight = math.nan
+  if isinstance(value, bool) or not math.isfinite(weight) or weight < 0:
+    raise ValueError(f"{key}.loss_weight={value!r} must be a finite number >= 0 (default 1.0).")
+  return weight
+
+
 def entry_weights(
     sizes: Mapping[str, int], weighting: str, explicit: Mapping[str, float | None]
 ) -> dict[str, float]:
@@ -241,7 +255,7 @@ class TaskRegistry:
             modalities=modalities,
             variant=variant,
             weight=weights[entry] / len(variants),
-            loss_weight=float(spec.get("loss_weight", 1.0) or 1.0),
+            loss_weight=_loss_weight(f"tasks.{entry}", spec.get("loss_weight")),
             args=_freeze(dict(spec.get("args") or {})),
         ))
     return cls(tasks)

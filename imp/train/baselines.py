@@ -149,7 +149,7 @@ def _mixed_forward(module: IMPModel, mixed: Batch, requests: Sequence[Any], layo
   outputs = []
   for request, task_rows in zip(requests, layout.rows, strict=True):
     mine = {m: pooled[m][start:stop] for m, start, stop in task_rows}
-    out = {f"logits/{head}": module.classifiers[head](mine[m]) for m, head in request.classify}
+    out = {f"logits/{head}": module.classify(head, mine[m], train) for m, head in request.classify}
     for m in request.embed:
       z = module.projections[m](mine[m])
       out[f"embedding/{m}"] = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
@@ -169,9 +169,12 @@ def mixed_loss_fn(model: IMPModel, layout: MixedLayout) -> Callable[..., Any]:
   requests = [spec.request for spec in layout.specs]
 
   def loss_fn(params, mixed: Batch, rng):
+    rngs = {"router": rng}
+    if model.config.stochastic_depth:
+      rngs["stochastic_depth"] = jax.random.fold_in(rng, 2)
     outputs, state = model.apply(
         {"params": params}, mixed, requests, layout, True, method=_mixed_forward,
-        rngs={"router": rng}, mutable=["intermediates"])
+        rngs=rngs, mutable=["intermediates"])
     total, losses = 0.0, []
     for i, (spec, out) in enumerate(zip(layout.specs, outputs, strict=True)):
       loss, _ = get_objective(spec.objective).loss(

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from imp.model import IMPModel, Request
+from imp.model.heads import BATCH_STATS, with_running_stats
 from imp.objectives import get_objective
 from imp.tasks import Task
 from imp.train.state import TrainState
@@ -125,6 +126,8 @@ def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Arr
 
   Returns:
     loss_fn(params, batch, rng) -> (weighted loss + MoE aux loss, (objective loss, metrics)).
+    With BatchNorm heads, metrics[BATCH_STATS] holds the heads' new running statistics
+    (a params-shaped subtree; see imp.model.heads), which the steps write into params.
   """
   objective = get_objective(spec.objective)
   request = spec.request
@@ -132,13 +135,19 @@ def make_loss_fn(model: IMPModel, spec: StepSpec) -> Callable[..., tuple[jax.Arr
 
   def loss_fn(params, batch, rng):
     drop_rng, router_rng = jax.random.split(rng)
+    rngs = {"droptoken": drop_rng, "router": router_rng}
+    if model.config.stochastic_depth:  # a third stream only when used: old streams unchanged
+      rngs["stochastic_depth"] = jax.random.fold_in(rng, 2)
     outputs, state = model.apply(
         {"params": params}, batch, request, train=True, drop_token=spec.drop_token,
-        rngs={"droptoken": drop_rng, "router": router_rng}, mutable=["intermediates"])
+        rngs=rngs,
+        mutable=["intermediates", BATCH_STATS])
     loss, metrics = objective.loss(outputs, batch, head=spec.head,
                                    modalities=spec.modalities, **args)
     aux, moe_metrics = moe_summary(state.get("intermediates", {}))
     metrics = dict(metrics, **moe_metrics)
+    if state.get(BATCH_STATS):
+      metrics[BATCH_STATS] = state[BATCH_STATS]
     return loss * spec.loss_weight + aux, (loss, metrics)
 
   return loss_fn
@@ -205,6 +214,21 @@ def _float32(metrics: Metrics) -> Metrics:
   return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
+def _running_stats(state: TrainState, metrics: Sequence[dict], nonfinite: jax.Array
+                   ) -> tuple[TrainState, list[dict]]:
+  """Writes the BatchNorm heads' new running statistics (popped from each task's metrics)
+  into params, unless the NaN/Inf guard skipped the update."""
+  params, rest = state.params, []
+  for m in metrics:
+    m = dict(m)
+    sown = m.pop(BATCH_STATS, None)
+    if sown:
+      new = with_running_stats(params, sown)
+      params = jax.tree.map(lambda n, o: jnp.where(nonfinite > 0, o, n), new, params)
+    rest.append(m)
+  return state.replace(params=params), rest
+
+
 def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: StepSpec,
                     state: TrainState, batch: Batch,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
@@ -224,6 +248,7 @@ def make_train_step(model: IMPModel, tx: optax.GradientTransformation, spec: Ste
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (loss, metrics)), grads = grad_fn(state.params, batch, rng)
     state, grad_norm, nonfinite = _guarded_update(tx, state, grads, loss, read_mask)
+    state, (metrics,) = _running_stats(state, [metrics], nonfinite)
     return state, _float32(dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=nonfinite))
 
   step.read_mask = read_mask  # which parameters the step moves, for reports (dry run)
@@ -261,6 +286,7 @@ def make_weighted_sum_step(model: IMPModel, tx: optax.GradientTransformation,
     grads, losses, task_metrics = grads_fn(state.params, tuple(batches), rng)
     total = jnp.sum(weights * losses)
     state, grad_norm, nonfinite = _guarded_update(tx, state, grads, total, read_mask)
+    state, task_metrics = _running_stats(state, task_metrics, nonfinite)
     shared = dict(grad_norm=grad_norm, nonfinite=nonfinite, weighted_sum_loss=total)
     return state, tuple(_float32(dict(m, loss=loss, **shared))
                         for m, loss in zip(task_metrics, losses, strict=True))
