@@ -20,7 +20,9 @@ import math
 
 import ml_collections
 
-from experiments.av_digits import get_config as av_digits_config
+from imp.configs import sibling
+
+av_digits_config = sibling("av_digits", __file__).get_config
 
 MOE = dict(num_experts=8, every=1, router="top_k", group_size="example", dispatch="gather")
 TOP1 = dict(k=1, capacity_factor_train=1.0, capacity_factor_eval=2.0)

@@ -72,7 +72,7 @@ def test_diagnose_names_nested_keys_and_list_indices():
      "label_templates, split_seed, test_fraction"),
     ({"source": "arrayrecord", "diretory": "/x"}, "Did you mean datasets.d.directory?"),
     ({"source": "arrayrecord", "directory": None},
-     "datasets.d.directory is not set; source 'arrayrecord' needs directory"),
+     "datasets.d.directory is not set; set it to a directory prepared by"),
 ])
 def test_bad_data_source_settings_list_the_valid_ones(settings, expected):
   with pytest.raises(ValueError) as e:
