@@ -29,10 +29,10 @@ import jax
 import ml_collections
 
 from benchmarks.measure import Report, Stat, ratio
+from imp import experiment as imp_experiment
 from imp.configs.digits import get_config
 from imp.data import task_dataset
 from imp.parallel.mesh import put_batch
-from imp.train import loop
 from imp.train.step import StepSpec, make_train_step
 
 NAME = "loop_overhead"
@@ -57,7 +57,7 @@ def loop_run(steps: int, total_steps: int, cache_dir: Path, root: Path) -> dict[
   compiled programs), so all runs share the same programs and the persistent cache serves them.
   """
   workdir = Path(tempfile.mkdtemp(dir=root))
-  summary = loop.train(experiment(total_steps, cache_dir), workdir, stop_after=steps)
+  summary = imp_experiment.train(experiment(total_steps, cache_dir), workdir, stop_after=steps)
   loop_seconds = summary["steps_this_run"] / summary["steps_per_second"]
   return {"stepping": loop_seconds - summary["step_cache"]["compile_seconds"],
           "data_wait": summary["data_wait_share"] * loop_seconds}
@@ -67,9 +67,9 @@ def bare_loop(steps: int, total_steps: int, cache_dir: Path, root: Path):
   """A call that runs `steps` compiled steps in the loop's task order on in-memory batches."""
   config = experiment(total_steps, cache_dir)
   workdir = Path(tempfile.mkdtemp(dir=root))
-  exp = loop.build(config, workdir)
+  exp = imp_experiment.build(config, workdir)
   programs, batches = [], []
-  with loop.compilation_cache(config, workdir):
+  with imp_experiment.compilation_cache(config, workdir):
     for task in exp.registry:
       batch = next(iter(task_dataset(exp.sources[task.dataset], task, seed=0, num_threads=0,
                                      prefetch=0)))
@@ -98,8 +98,8 @@ def _cpu_seconds() -> float:
 def pipeline_alone(steps: int, total_steps: int, cache_dir: Path, root: Path):
   """A call that pulls `steps` batches in the loop's task order from the loop's own grain
   iterators (no training); returns (wall seconds, process CPU seconds)."""
-  exp = loop.build(experiment(total_steps, cache_dir), Path(tempfile.mkdtemp(dir=root)))
-  iterators = loop.task_iterators(exp)
+  exp = imp_experiment.build(experiment(total_steps, cache_dir), Path(tempfile.mkdtemp(dir=root)))
+  iterators = imp_experiment.task_iterators(exp)
   schedule = [exp.registry[i].name for i in exp.sampler.schedule(0, steps).tolist()]
 
   def run() -> tuple[float, float]:

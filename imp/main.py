@@ -90,8 +90,8 @@ def main(argv: list[str]) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                f"device_count={_CPU_DEVICES.value}").strip()
+  from imp import experiment  # after flags: keeps `--help` fast
   from imp.parallel.distributed import initialize_from_env
-  from imp.train import loop  # after flags: keeps `--help` fast
 
   initialize_from_env()  # multi-host jobs: before anything touches a device
 
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
   try:
     if _MODE.value == "dry_run":
-      from imp.train import dry_run
+      from imp.plan import dry_run
 
       reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
       print("\n".join(dry_run.report_lines(reports, facts)))
@@ -115,10 +115,10 @@ def main(argv: list[str]) -> None:
         dry_run.check_budget(reports, _MEMORY_BUDGET.value)
       return
     if _MODE.value == "eval":
-      print(json.dumps(loop.evaluate(config, workdir), indent=2))
+      print(json.dumps(experiment.evaluate(config, workdir), indent=2))
       return
-    summary = loop.train(config, workdir)
-  except (loop.ConfigError, loop.NonFiniteError) as e:
+    summary = experiment.train(config, workdir)
+  except (experiment.ConfigError, experiment.NonFiniteError) as e:
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(2)
   print("\n".join(["", f"== summary ({workdir}/summary.json) =="] + _summary_lines(summary)))

@@ -2,14 +2,14 @@
 
 import pytest
 
+from imp import experiment
 from imp.configs.digits import get_config
-from imp.train import loop
 
 
 def _build(tmp_path, mutate):
   config = get_config("smoke")
   mutate(config)
-  return loop.build(config, tmp_path)
+  return experiment.build(config, tmp_path)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -47,7 +47,7 @@ def test_bad_config_names_key_and_valid_values(tmp_path, mutate, message):
 
 
 def test_default_config_builds(tmp_path):
-  exp = loop.build(get_config(), tmp_path)
+  exp = experiment.build(get_config(), tmp_path)
   assert exp.registry.names == ("digits_cls/base", "digits_cls/hires", "digits_label_nce/base",
                                 "digits_label_nce/hires")
   assert sum(exp.registry.weights) == pytest.approx(1.0)
@@ -58,4 +58,4 @@ def test_mesh_must_match_the_devices(tmp_path):
   config.mesh = dict(data=2)
   with pytest.raises(ValueError, match=r"config.mesh=\{'data': 2\} has 2 devices, but this run "
                                        r"has 1"):
-    loop.build(config, tmp_path)
+    experiment.build(config, tmp_path)

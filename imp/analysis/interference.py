@@ -163,10 +163,10 @@ def analyse(config: Any, workdir: str, *, batches: int, selections: Mapping[str,
   import jax
 
   from imp.data import task_dataset
-  from imp.train import loop
+  from imp.run.restore import restore_latest
   from imp.train.step import StepSpec, make_loss_fn
 
-  exp, state = loop.restore_latest(config, workdir)
+  exp, state = restore_latest(config, workdir)
   exp.checkpointer.close()
   params, rng = state.params, jax.random.PRNGKey(seed)
   grads, losses, first = {}, {}, {}
