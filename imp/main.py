@@ -6,6 +6,7 @@ r"""Command line: train or evaluate an experiment.
   python -m imp.main --mode=eval --config experiments/digits.py --workdir /tmp/digits
   python -m imp.main --mode=dry_run --config experiments/imp_moe_l.py --cpu_devices=8 \
       --dry_run_batch_divisor=2048      # compile every task for the mesh; no data, no params
+  python -m imp.main --mode=describe --config experiments/digits.py   # every config key
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _define_config_flag():
 _CONFIG = _define_config_flag()
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and summary (default ./workdirs/<name>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run", "describe"],
+                          "What to run (describe: every config key, value, default, meaning).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "Simulate this many CPU devices (XLA host platform), e.g. to dry-run "
     "a pod config's mesh on a laptop.")
@@ -105,6 +107,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"--config={_config_path()}: "
                          f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
+  if _MODE.value == "describe":
+    from imp.config import schema
+
+    print("\n".join(schema.describe(config)))
+    return
   try:
     if _MODE.value == "dry_run":
       from imp.plan import dry_run

@@ -59,3 +59,46 @@ def test_mesh_must_match_the_devices(tmp_path):
   with pytest.raises(ValueError, match=r"config.mesh=\{'data': 2\} has 2 devices, but this run "
                                        r"has 1"):
     experiment.build(config, tmp_path)
+
+
+def test_schema_declares_every_key_the_readers_accept():
+  """The schema is the one declaration: each section's readers accept exactly its keys."""
+  from imp.config import schema
+  from imp.evaluate import suite
+  from imp.model import ModelConfig, MoeConfig
+  from imp.plan import plan
+  from imp.tasks import registry
+  from imp.train import state
+
+  assert schema.keys_of("") == plan.CONFIG_KEYS
+  assert set(schema.keys_of("evals.*")) == set(suite._EVAL_KEYS)
+  assert set(schema.keys_of("tasks.*")) == set(registry._TASK_KEYS)
+  assert set(schema.keys_of("tasks.*.variants.*")) == set(registry._VARIANT_KEYS)
+  assert set(schema.keys_of("optimizer")) == set(state._OPTIMIZER_KEYS)
+  keys = {k.path for k in schema.all_keys()}
+  assert {f"model.{f}" for f in ModelConfig.__dataclass_fields__} <= keys
+  assert {f"model.moe.{f}" for f in MoeConfig.__dataclass_fields__} <= keys
+  assert all(k.doc for k in schema.all_keys()), [k.path for k in schema.all_keys() if not k.doc]
+  lines = schema.describe(get_config())
+  assert "total_steps = 4000  [int, default '(required)']  train steps (one task each under AGD)" \
+      in lines
+  assert any(line.startswith("tasks.digits_cls.variants.hires.batch_size = 16") for line in lines)
+  assert any(line.startswith("model.moe.num_experts = '(unset)'  [int, default 0]")
+             for line in lines)
+
+
+def test_experiment_arguments_share_one_parser():
+  from imp.config.variants import parse_arg
+
+  assert parse_arg("smoke, chips=8", "x.py", words=("smoke",), settings={"chips": int}) == {
+      "smoke": True, "chips": 8}
+  assert parse_arg(None, "x.py", words=("smoke",)) == {}
+  with pytest.raises(ValueError, match=r"x.py: unknown option 'big'; valid: smoke, "
+                                       r"chips=<int> \(comma-separated\)"):
+    parse_arg("big", "x.py", words=("smoke",), settings={"chips": int})
+  with pytest.raises(ValueError, match=r"x.py: mode='c'; valid: a, b"):
+    parse_arg("mode=c", "x.py", settings={"mode": ("a", "b")})
+  with pytest.raises(ValueError, match=r"options 'short', 'long' exclude each other"):
+    parse_arg("short,long", "x.py", words=("short", "long"), exclusive=(("short", "long"),))
+  with pytest.raises(ValueError, match=r"experiments/digits.py: unknown option 'smok'"):
+    get_config("smok")

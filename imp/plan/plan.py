@@ -22,6 +22,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from imp.config import schema
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import OBJECTIVES, get_objective
 from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
@@ -31,13 +32,10 @@ from imp.train.placement import abstract_state, train_state_shardings
 from imp.train.state import TrainState, make_optimizer
 from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step, task_table
 
-CONFIG_KEYS = ("seed", "total_steps", "log_every", "eval_every", "checkpoint_every",
-               "checkpoint_keep", "checkpoint_best_metric", "checkpoint_best_mode", "datasets",
-               "tasks", "sampling", "model", "optimizer", "input", "evals", "nonfinite", "mesh",
-               "compilation_cache_dir", "mesh_rules", "dry_run", "device_memory_limit")
+CONFIG_KEYS = schema.keys_of("")  # declared once, in imp/config/schema.py
 NONFINITE_POLICIES = ("skip", "stop")
 SCHEDULES = ("agd", "weighted_sum")  # config.sampling.schedule: the tasks of one step
-_DECLARED_KEYS = ("train_examples", "num_classes", "modalities")
+_DECLARED_KEYS = schema.keys_of("dry_run.datasets.*")
 
 
 class ConfigError(ValueError):
@@ -197,10 +195,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if int(config[key]) <= 0:
       raise ConfigError(f"config.{key}={config[key]} must be a positive int.")
   nonfinite = dict(config.get("nonfinite") or {})
-  unknown = sorted(set(nonfinite) - {"policy", "max_consecutive"})
+  unknown = sorted(set(nonfinite) - set(schema.keys_of("nonfinite")))
   if unknown:
-    raise ConfigError(f"config.nonfinite.{unknown[0]} is not a setting; valid: policy, "
-                      "max_consecutive.")
+    raise ConfigError(f"config.nonfinite.{unknown[0]} is not a setting; valid: "
+                      f"{', '.join(schema.keys_of('nonfinite'))}.")
   if nonfinite.get("policy", "skip") not in NONFINITE_POLICIES:
     raise ConfigError(f"config.nonfinite.policy={nonfinite['policy']!r}; valid: "
                       f"{', '.join(NONFINITE_POLICIES)}.")

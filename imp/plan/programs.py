@@ -198,21 +198,24 @@ def _unrolled(model: IMPModel) -> IMPModel | None:
 def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
                  ) -> ProgramReport:
   mesh, rules = plan.mesh, plan.rules
+  lowered_flops = []
   start = time.perf_counter()
   program = cache.compiled(
       spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules), spec.args,
       donate_argnums=spec.donate, sig=spec.signature if spec.kind == "train" else None,
-      in_shardings=spec.in_shardings, out_shardings=spec.out_shardings)
+      in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
+      on_lowered=lambda lowered: lowered_flops.append(_flops(lowered)))
   seconds = time.perf_counter() - start
   compiled_flops = _flops(program)
   flops = compiled_flops
   count_start = time.perf_counter()
   unrolled = _unrolled(plan.model)
   if unrolled is not None and compiled_flops is not None:
-    # The trip-count correction: unrolled / scanned, both counted on the lowered modules.
-    scanned = _lower(spec, plan.model, spec.args, rules, mesh)
-    args = spec.make_args(unrolled)
-    rolled_out = _lower(spec, unrolled, args, rules, mesh)
+    # The trip-count correction: unrolled / scanned, both counted on the lowered modules (the
+    # scanned one is the module just compiled; None if the cache already held the program).
+    scanned = (lowered_flops[0] if lowered_flops else
+               _lower_flops(spec, plan.model, spec.args, rules, mesh))
+    rolled_out = _lower_flops(spec, unrolled, spec.make_args(unrolled), rules, mesh)
     if scanned and rolled_out:
       flops = compiled_flops * rolled_out / scanned
   count_seconds = time.perf_counter() - count_start
@@ -230,8 +233,8 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       collectives=collective_counts(program.as_text()))
 
 
-def _lower(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, mesh: Any,
-           ) -> float | None:
+def _lower_flops(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, mesh: Any,
+                 ) -> float | None:
   """FLOPs of `spec` for `model`, from the lowered (not compiled) module."""
   fn = under_rules(spec.build(model, args), mesh, rules)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
