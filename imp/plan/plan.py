@@ -27,10 +27,11 @@ from imp.model import IMPModel, ModelConfig
 from imp.objectives import OBJECTIVES, get_objective
 from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
 from imp.parallel.rules import Rules, get_rules
+from imp.plan.routing import TaskTable, task_ids, task_table
 from imp.tasks import Task, TaskRegistry, TaskSampler
 from imp.train.placement import abstract_state, train_state_shardings
 from imp.train.state import TrainState, make_optimizer
-from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step, task_table
+from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step
 
 CONFIG_KEYS = schema.keys_of("")  # declared once, in imp/config/schema.py
 NONFINITE_POLICIES = ("skip", "stop")
@@ -144,6 +145,7 @@ class Plan:
   state: TrainState
   shardings: TrainState
   specs: dict[str, StepSpec]
+  task_table: TaskTable  # (entry, Request): task ids and the eval routes (imp/plan/routing.py)
   batches: dict[str, dict[str, jax.ShapeDtypeStruct]]
   programs: list[TrainProgram]
 
@@ -291,17 +293,19 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
     if f.vocab_size is not None and f.vocab_size > model_config.text_vocab_size:
       raise ConfigError(f"datasets.{name}.tokenizer has {f.vocab_size} ids, more than "
                         f"model.text_vocab_size={model_config.text_vocab_size}.")
+  table = task_table(registry)
   model = IMPModel(model_config, heads=tuple((n, f.num_classes) for n, f in facts.items()
                                              if f.num_classes),
                    modalities=tuple(sorted(model_modalities(registry, config.evals))),
-                   tasks=task_table(registry))
+                   num_tasks=len(table))
   tx = make_optimizer(config.optimizer, config.total_steps)
   rules = get_rules(config.get("mesh_rules"))
   state = abstract_state(model, tx, config.seed)
   shardings = train_state_shardings(model, tx, mesh, rules, state)
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        state, shardings)
-  specs = {t.name: StepSpec.from_task(t) for t in registry}
+  ids = task_ids(table)
+  specs = {t.name: StepSpec.from_task(t, ids[t.entry]) for t in registry}
   batches = {t.name: abstract_batch(t, model_config, labelled=facts[t.dataset].num_classes > 0)
              for t in registry}
   schedule = schedule_of(config)
@@ -313,4 +317,5 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
                              ("train_weighted_sum", tuple(specs[n] for n in names)), names)]
   return Plan(config=config, facts=facts, registry=registry, sampler=sampler, schedule=schedule,
               model_config=model_config, model=model, tx=tx, mesh=mesh, rules=rules,
-              state=state, shardings=shardings, specs=specs, batches=batches, programs=programs)
+              state=state, shardings=shardings, specs=specs, task_table=table,
+              batches=batches, programs=programs)

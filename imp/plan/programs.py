@@ -33,6 +33,7 @@ import jax
 from imp.model import IMPModel
 from imp.parallel.rules import Rules, under_rules
 from imp.plan.plan import ConfigError, Plan
+from imp.plan.routing import route_eval
 from imp.train.placement import abstract_state
 from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
 from imp.train.step_cache import StepCache, signature
@@ -167,6 +168,7 @@ def eval_specs(plan: Plan, params: Any, programs: Sequence[tuple[Any, Mapping[st
   """Eval programs: (Request, example batch) pairs -> the inference programs that serve them."""
   specs, seen = [], set()
   for request, batch in programs:
+    request = route_eval(request, plan.task_table)  # as imp.run.infer routes it
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     key = (infer_key(request), signature((params, batch)))
     if key in seen:

@@ -16,6 +16,7 @@ import numpy as np
 from imp.model import Request
 from imp.parallel.rules import under_rules
 from imp.plan.programs import infer_key
+from imp.plan.routing import route_eval
 from imp.run.restore import Run
 from imp.train.step import make_infer_step
 
@@ -26,6 +27,7 @@ def infer_fn(run: Run, params: Any) -> Infer:
   """`infer(request, batch) -> outputs` (host arrays), backed by the run's step cache."""
 
   def infer(request: Request, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    request = route_eval(request, run.plan.task_table)  # the task ids conditional MoEs read
     program = run.cache.compiled(
         infer_key(request),
         lambda: under_rules(make_infer_step(run.model, request), run.mesh, run.rules),
