@@ -33,10 +33,10 @@ def _section(prefix: str, rows: tuple[tuple[str, str, Any, str], ...]) -> list[K
 
 KEYS: list[Key] = [
     *_section("", (
-        ("seed", "int", 0, "seeds parameters, the task schedule and the data order"),
+        ("seed", "int", REQUIRED, "seeds parameters, the task schedule and the data order"),
         ("total_steps", "int", REQUIRED, "train steps (one task each under AGD)"),
         ("log_every", "int", REQUIRED, "steps between metric writes (console, JSONL, TensorBoard)"),
-        ("eval_every", "int", 0, "steps between evaluations (0: only at the end)"),
+        ("eval_every", "int", REQUIRED, "steps between evaluations (0: only at the end)"),
         ("checkpoint_every", "int", REQUIRED, "steps between checkpoints (and always at the end)"),
         ("checkpoint_keep", "int", REQUIRED, "newest checkpoints kept"),
         ("checkpoint_best_metric", "str|None", None, "also keep the best checkpoint by this "

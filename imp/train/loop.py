@@ -99,8 +99,14 @@ def compile_programs(run: Run, hooks: Hooks, *, workers: int = 4,
                      ) -> list[plan_programs.ProgramReport]:
   """Compiles every train and eval program into the run's cache; prints the table, writes
   <workdir>/programs.json and stops (ProgramMemoryError) if one does not fit a device."""
+  try:  # the eval suite builds its batches here: a bad eval setting fails before step 1
+    evals = hooks.eval_programs()
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   specs = plan_programs.train_specs(run.plan) + plan_programs.eval_specs(
-      run.plan, run.state.params, hooks.eval_programs())
+      run.plan, run.state.params, evals)
   start = time.perf_counter()
   reports = plan_programs.compile_all(run.plan, run.cache, specs, workers=workers)
   wall = time.perf_counter() - start
