@@ -90,6 +90,8 @@ class ProgramReport:
     gflops: GFLOPs per device and call, every scanned layer counted (None if not reported).
     gflops_xla: XLA's own count of the compiled program (a scanned body once).
     argument_bytes, output_bytes, temp_bytes, alias_bytes: XLA's memory analysis per device.
+    xla_peak_bytes: the analysis' `peak_memory_in_bytes` where reported (buffer liveness
+      considered; `peak_bytes` instead assumes everything is live at once, an upper bound).
     collectives: HLO collective op -> count (e.g. all-to-all of an expert-sharded MoE).
   """
 
@@ -105,6 +107,7 @@ class ProgramReport:
   temp_bytes: int | None
   alias_bytes: int | None
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
+  xla_peak_bytes: int | None = None  # XLA's own peak figure, where the backend reports one
 
   @property
   def peak_bytes(self) -> int | None:
@@ -232,7 +235,8 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       gflops_xla=None if compiled_flops is None else compiled_flops / 1e9,
       argument_bytes=size("argument_size_in_bytes"), output_bytes=size("output_size_in_bytes"),
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
-      collectives=collective_counts(program.as_text()))
+      collectives=collective_counts(program.as_text()),
+      xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None)
 
 
 def _lower_flops(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, mesh: Any,
