@@ -39,7 +39,7 @@ SIZES = {
 
 def experiment(size: dict, total_steps: int, cache_dir: str) -> ml_collections.ConfigDict:
   """The default experiment with objectives x resolutions x batch sizes as its tasks."""
-  from imp.configs.digits import get_config
+  from imp.config.digits import get_config
 
   config = get_config()
   config.total_steps = total_steps
@@ -57,9 +57,9 @@ def experiment(size: dict, total_steps: int, cache_dir: str) -> ml_collections.C
 
 def one_run(workdir: str, cache_dir: str, steps: int, size_name: str) -> dict:
   """Trains one run in this process; returns its summary."""
-  from imp.train import loop
+  from imp import experiment as imp_experiment
 
-  return loop.train(experiment(SIZES[size_name], steps, cache_dir), workdir)
+  return imp_experiment.train(experiment(SIZES[size_name], steps, cache_dir), workdir)
 
 
 def _process(workdir: Path, cache_dir: Path, steps: int, size_name: str) -> dict:

@@ -7,7 +7,7 @@ counted from the model (the usual 6 x parameters x tokens, plus attention):
 
 with P_token the parameters one token's forward pass multiplies with (patch projection and
 encoder; for MoE, the dense parameters plus experts_per_token / E of the expert parameters,
-`imp.analysis.param_count`), T = B * N tokens per step, L layers, width D, and the heads
+`imp.plan.param_count`), T = B * N tokens per step, L layers, width D, and the heads
 applied once per example. Forward attention is 2 * N^2 * D per layer for QK^T and as much for
 AV; the backward pass doubles it (hence 12). The count is checked against XLA's own count
 (`cost_analysis()["flops"]`) of the same program with unrolled layers (XLA counts a scanned
@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.measure import Report, Stat, interleaved
-from imp.analysis.param_count import count_params
 from imp.model import IMPModel, ModelConfig
+from imp.plan.param_count import count_params
 from imp.train.state import init_state, make_optimizer
 from imp.train.step import StepSpec, make_loss_fn, make_train_step
 

@@ -39,4 +39,4 @@ def benchmark(quick: bool) -> Report:
       data={"steps": [size["short"], size["long"]],
             "data_wait_over_step_time": share_stat.to_json(),
             "ms_per_step": Stat.of(step_ms).to_json(),
-            "experiment": "imp.configs.digits (default) without evals"})
+            "experiment": "imp.config.digits (default) without evals"})

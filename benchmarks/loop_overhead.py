@@ -29,11 +29,11 @@ import jax
 import ml_collections
 
 from benchmarks.measure import Report, Stat, ratio
-from imp.configs.digits import get_config
+from imp import experiment as imp_experiment
+from imp.config.digits import get_config
 from imp.data import task_dataset
 from imp.parallel.mesh import put_batch
-from imp.train import loop
-from imp.train.step import StepSpec, make_train_step
+from imp.train.step import make_train_step
 
 NAME = "loop_overhead"
 GOAL = "<= 1.05x"
@@ -57,7 +57,7 @@ def loop_run(steps: int, total_steps: int, cache_dir: Path, root: Path) -> dict[
   compiled programs), so all runs share the same programs and the persistent cache serves them.
   """
   workdir = Path(tempfile.mkdtemp(dir=root))
-  summary = loop.train(experiment(total_steps, cache_dir), workdir, stop_after=steps)
+  summary = imp_experiment.train(experiment(total_steps, cache_dir), workdir, stop_after=steps)
   loop_seconds = summary["steps_this_run"] / summary["steps_per_second"]
   return {"stepping": loop_seconds - summary["step_cache"]["compile_seconds"],
           "data_wait": summary["data_wait_share"] * loop_seconds}
@@ -67,14 +67,14 @@ def bare_loop(steps: int, total_steps: int, cache_dir: Path, root: Path):
   """A call that runs `steps` compiled steps in the loop's task order on in-memory batches."""
   config = experiment(total_steps, cache_dir)
   workdir = Path(tempfile.mkdtemp(dir=root))
-  exp = loop.build(config, workdir)
+  exp = imp_experiment.build(config, workdir)
   programs, batches = [], []
-  with loop.compilation_cache(config, workdir):
+  with imp_experiment.compilation_cache(config, workdir):
     for task in exp.registry:
       batch = next(iter(task_dataset(exp.sources[task.dataset], task, seed=0, num_threads=0,
                                      prefetch=0)))
       batch = put_batch(batch, exp.mesh)  # placed as the loop places it: same programs
-      step = make_train_step(exp.model, exp.tx, StepSpec.from_task(task), exp.state, batch)
+      step = make_train_step(exp.model, exp.tx, exp.plan.specs[task.name], exp.state, batch)
       programs.append(jax.jit(step, donate_argnums=0).lower(exp.state, batch).compile())
       batches.append(batch)
   schedule = exp.sampler.schedule(0, steps).tolist()
@@ -98,8 +98,8 @@ def _cpu_seconds() -> float:
 def pipeline_alone(steps: int, total_steps: int, cache_dir: Path, root: Path):
   """A call that pulls `steps` batches in the loop's task order from the loop's own grain
   iterators (no training); returns (wall seconds, process CPU seconds)."""
-  exp = loop.build(experiment(total_steps, cache_dir), Path(tempfile.mkdtemp(dir=root)))
-  iterators = loop.task_iterators(exp)
+  exp = imp_experiment.build(experiment(total_steps, cache_dir), Path(tempfile.mkdtemp(dir=root)))
+  iterators = imp_experiment.task_iterators(exp)
   schedule = [exp.registry[i].name for i in exp.sampler.schedule(0, steps).tolist()]
 
   def run() -> tuple[float, float]:
@@ -151,4 +151,4 @@ def benchmark(quick: bool) -> Report:
             "pipeline_cpu_ms_per_step": pipe_cpu_stat.to_json(),
             "pipeline_cpu_over_bare_step": pipe_share.to_json(),
             "input": dict(experiment(1, cache_dir).input),
-            "experiment": "imp.configs.digits (default) without evals"})
+            "experiment": "imp.config.digits (default) without evals"})

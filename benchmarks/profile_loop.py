@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.loop_overhead import experiment
-from imp.train import loop
+from imp import experiment as imp_experiment
 
 
 def main() -> None:
@@ -24,10 +24,10 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as root:
     root = Path(root)
     config = experiment(steps + 50, root / "compilation_cache")
-    loop.train(config, root / "warm", stop_after=40)
+    imp_experiment.train(config, root / "warm", stop_after=40)
     profile = cProfile.Profile()
     profile.enable()
-    summary = loop.train(config, root / "profiled", stop_after=steps)
+    summary = imp_experiment.train(config, root / "profiled", stop_after=steps)
     profile.disable()
   print({k: summary[k] for k in ("steps_per_second", "data_wait_share", "step_cache")})
   pstats.Stats(profile).sort_stats("tottime").print_stats(25)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imp.experiment import train
 from imp.model.conditions import CONDITIONS
-from imp.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "experiments" / "uniperceiver_moe_ti.py"

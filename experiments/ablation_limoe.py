@@ -20,7 +20,7 @@ import math
 
 import ml_collections
 
-from imp.configs import sibling
+from imp.config.files import sibling
 
 av_digits_config = sibling("av_digits", __file__).get_config
 

@@ -16,7 +16,8 @@ Measured by zero-shot top-1 and the linear probe on frozen features (held-out 36
 
 import ml_collections
 
-from imp.configs.digits import get_config as digits_config
+from imp.config.variants import parse_arg
+from imp.config.digits import get_config as digits_config
 
 STEPS = 200
 # Budgets a variant name may carry after a comma: "agd" (200 steps), "agd,short" (12 steps,
@@ -54,11 +55,17 @@ def small(config: ml_collections.ConfigDict, steps: int) -> ml_collections.Confi
 
 def variant_and_steps(arg: str, variants, config_file: str) -> tuple[str, int]:
   """"<variant>[,<budget>]" -> (variant, steps); ValueError naming the valid values."""
-  variant, _, budget = arg.partition(",")
-  if variant not in variants or budget not in BUDGETS:
+  budgets = tuple(b for b in BUDGETS if b)
+  try:
+    options = parse_arg(arg, config_file, words=(*variants, *budgets),
+                        exclusive=(tuple(variants), budgets))
+  except ValueError:
+    options = {}
+  chosen = [v for v in variants if v in options]
+  if len(chosen) != 1:
     raise ValueError(f"{config_file}: unknown variant {arg!r}; valid: {', '.join(variants)}, "
                      f"each optionally with one of ',short', ',long'.")
-  return variant, BUDGETS[budget]
+  return chosen[0], BUDGETS[next((b for b in budgets if b in options), "")]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -25,6 +25,8 @@ spoken digits and held-out images: a hit is an image of the spoken digit's class
 
 import ml_collections
 
+from imp.config.variants import parse_arg
+
 DATA_DIR = "data/av_digits/prepared"
 VISION_PATCH = (1, 2, 2)
 AUDIO_PATCH = (8, 8)
@@ -92,10 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  batch_size=180, zero_shot=False, linear_probe=False,
                  retrieval=(("image", "audio"),), retrieval_positives="label"),
   })
-  if arg == "smoke":
+  if parse_arg(arg, "experiments/av_digits.py", words=("smoke",)):
     config.total_steps = 30
     config.log_every = 10
     config.checkpoint_every = 30
-  elif arg:
-    raise ValueError(f"experiments/av_digits.py: unknown variant {arg!r}; valid: 'smoke'.")
   return config

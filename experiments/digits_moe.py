@@ -8,7 +8,7 @@ expert has the dense FFN's width, so the FLOPs per token match the dense default
   python -m imp.main --config experiments/digits_moe.py:smoke
 """
 
-from imp.configs.digits import get_config as digits_config
+from imp.config.digits import get_config as digits_config
 
 
 def get_config(arg: str | None = None):

@@ -12,6 +12,7 @@ and DropToken 0.5 at batch 128 (IMP §3.4).
 
 import ml_collections
 
+from imp.config.variants import parse_arg
 from imp.data.idx_source import FASHION_MNIST_DIR
 
 TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "{}")
@@ -63,11 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       train_split="train", test_split="test", batch_size=500,
                       zero_shot=True, linear_probe=False),
   })
-  if arg == "smoke":
+  if parse_arg(arg, "experiments/fashion_mnist.py", words=("smoke",)):
     config.total_steps = 8
     config.log_every = 4
     config.eval_every = 0
     config.checkpoint_every = 8
-  elif arg:
-    raise ValueError(f"experiments/fashion_mnist.py: unknown variant {arg!r}; valid: 'smoke'.")
   return config

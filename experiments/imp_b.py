@@ -10,7 +10,7 @@ three image variants, Adam at 1e-3 with a cosine schedule and no weight decay.
       --dry_run_batch_divisor=2048
 """
 
-from imp.configs import sibling
+from imp.config.files import sibling
 
 imp_moe_b_config = sibling("imp_moe_b", __file__).get_config
 

@@ -49,6 +49,8 @@ modalities.
 import ml_collections
 from ml_collections.config_dict import placeholder  # a str field, None until set by a flag
 
+from imp.config.variants import parse_arg
+
 LABEL_TEMPLATES = ("a photo of a {}.", "a video of {}.", "{}")
 CHIPS = 256  # the paper's TPU v4 slice
 PER_CHIP_BATCH = 256  # 65536 / 256
@@ -77,12 +79,7 @@ def _video_variants(batch: int, text_length: int | None = None,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  chips = CHIPS
-  if arg:
-    key, _, value = arg.partition("=")
-    if key != "chips" or not value.isdigit():
-      raise ValueError(f"experiments/imp_moe_l.py: unknown variant {arg!r}; valid: 'chips=N'.")
-    chips = int(value)
+  chips = parse_arg(arg, "experiments/imp_moe_l.py", settings={"chips": int}).get("chips", CHIPS)
   batch = PER_CHIP_BATCH * chips  # 65536 on 256 chips
 
   config = ml_collections.ConfigDict()

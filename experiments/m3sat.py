@@ -33,7 +33,8 @@ import os
 
 import ml_collections
 
-from imp.configs import sibling
+from imp.config.files import sibling
+from imp.config.variants import parse_arg
 from imp.data.idx_source import FASHION_MNIST_DIR
 
 _av_digits = sibling("av_digits", __file__)
@@ -46,11 +47,7 @@ SCALES = {"default": (2000, 200, 1000), "smoke": (6, 3, 0)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = {o for o in (arg or "").split(",") if o}
-  unknown = sorted(options - set(OPTIONS))
-  if unknown:
-    raise ValueError(f"experiments/m3sat.py: unknown option {unknown[0]!r}; valid: "
-                     f"{', '.join(OPTIONS)} (comma-separated).")
+  options = parse_arg(arg, "experiments/m3sat.py", words=OPTIONS)
   steps, log_every, eval_every = SCALES["smoke" if "smoke" in options else "default"]
   config = ml_collections.ConfigDict()
   config.seed = 0

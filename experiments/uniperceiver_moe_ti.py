@@ -29,6 +29,7 @@ width 64, 4 heads, 4 layers. The argument is a comma list:
 
 import ml_collections
 
+from imp.config.variants import parse_arg
 from imp.data.idx_source import FASHION_MNIST_DIR
 
 DIGIT_TEMPLATES = ("{}", "the digit {}", "a handwritten {}")
@@ -71,15 +72,9 @@ SCALES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = dict(o.split("=", 1) if "=" in o else (o, True) for o in (arg or "").split(",") if o)
-  unknown = sorted(set(options) - {"condition", *SCALES})
-  if unknown:
-    raise ValueError(f"experiments/uniperceiver_moe_ti.py: unknown option {unknown[0]!r}; "
-                     f"valid: condition=<{'|'.join(ROUTER_ARGS)}>, {', '.join(SCALES)}.")
+  options = parse_arg(arg, "experiments/uniperceiver_moe_ti.py", words=tuple(SCALES),
+                      settings={"condition": tuple(ROUTER_ARGS)}, exclusive=(tuple(SCALES),))
   condition = options.get("condition", "attribute")
-  if condition not in ROUTER_ARGS:
-    raise ValueError(f"experiments/uniperceiver_moe_ti.py: condition={condition!r}; valid: "
-                     f"{', '.join(ROUTER_ARGS)}.")
   scale = next((s for s in SCALES if s in options), "default")
   steps, width, depth, heads, mlp, log_every, eval_every, zero_shot = SCALES[scale]
 

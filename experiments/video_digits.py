@@ -28,6 +28,8 @@ Evaluation, all on held-out data (359 videos; spoken digits of 2 unseen voices):
 
 import ml_collections
 
+from imp.config.variants import parse_arg
+
 VIDEO_DIR = "data/moving_digits/prepared"
 SPOKEN_DIR = "data/av_digits/prepared/spoken"
 VISION_PATCH = (2, 4, 4)  # frames x pixels: a 4-frame 16x16 clip is 2 x 4 x 4 = 32 tokens
@@ -90,10 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  zero_shot=False, linear_probe=False, retrieval=(("video", "audio"),),
                  retrieval_positives="label", **CLIP),
   })
-  if arg == "smoke":
+  if parse_arg(arg, "experiments/video_digits.py", words=("smoke",)):
     config.total_steps = 800
     config.log_every = 200
     config.checkpoint_every = 800
-  elif arg:
-    raise ValueError(f"experiments/video_digits.py: unknown variant {arg!r}; valid: 'smoke'.")
   return config

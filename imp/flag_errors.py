@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from imp import configs
+from imp.config import files
 
 
 def innermost(e: BaseException) -> BaseException:
@@ -118,7 +118,7 @@ def diagnose(argv: Sequence[str], default_config: str) -> str | None:
   """The first problem with the command line's config file, variant or overrides, or None."""
   spec = _config_spec(argv, default_config)
   try:
-    config = configs.from_file(spec)
+    config = files.from_file(spec)
   except Exception as e:  # the config file's own error, whatever it raised
     message = one_line(e)  # get_config raised it itself: no wrapping chain to unwind
     return message if message.startswith("--config") else f"--config={spec}: {message}"

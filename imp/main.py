@@ -6,6 +6,7 @@ r"""Command line: train or evaluate an experiment.
   python -m imp.main --mode=eval --config experiments/digits.py --workdir /tmp/digits
   python -m imp.main --mode=dry_run --config experiments/imp_moe_l.py --cpu_devices=8 \
       --dry_run_batch_divisor=2048      # compile every task for the mesh; no data, no params
+  python -m imp.main --mode=describe --config experiments/digits.py   # every config key
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-import imp.configs.digits
+import imp.config.digits
 from imp import flag_errors
 
-_DEFAULT_CONFIG = str(Path(imp.configs.digits.__file__))
+_DEFAULT_CONFIG = str(Path(imp.config.digits.__file__))
 
 
 def _fatal(message: str) -> None:
@@ -62,7 +63,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 _CONFIG = _define_config_flag()
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and summary (default ./workdirs/<name>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run", "describe"],
+                          "What to run (describe: every config key, value, default, meaning).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "Simulate this many CPU devices (XLA host platform), e.g. to dry-run "
     "a pod config's mesh on a laptop.")
@@ -113,8 +115,8 @@ def main(argv: list[str]) -> None:
                                f"device_count={_CPU_DEVICES.value}").strip()
   import jax  # after flags, like the imports below: keeps `--help` fast
 
+  from imp import experiment
   from imp.parallel.distributed import initialize_from_env
-  from imp.train import loop
 
   initialize_from_env()  # multi-host jobs: before anything touches a device
 
@@ -128,9 +130,14 @@ def main(argv: list[str]) -> None:
     _fatal(flag_errors.diagnose(sys.argv[1:], _DEFAULT_CONFIG) or
            f"--config={_config_path()}: {type(cause).__name__}: {flag_errors.one_line(cause)}")
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
+  if _MODE.value == "describe":
+    from imp.config import schema
+
+    print("\n".join(schema.describe(config)))
+    return
   try:
     if _MODE.value == "dry_run":
-      from imp.train import dry_run
+      from imp.plan import dry_run
 
       reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
       print("\n".join(dry_run.report_lines(reports, facts)))
@@ -138,10 +145,10 @@ def main(argv: list[str]) -> None:
         dry_run.check_budget(reports, _MEMORY_BUDGET.value)
       return
     if _MODE.value == "eval":
-      print(json.dumps(loop.evaluate(config, workdir), indent=2))
+      print(json.dumps(experiment.evaluate(config, workdir), indent=2))
       return
-    summary = loop.train(config, workdir)
-  except (loop.ConfigError, loop.NonFiniteError) as e:
+    summary = experiment.train(config, workdir)
+  except (experiment.ConfigError, experiment.NonFiniteError) as e:
     if _DEBUG.value:
       raise
     _fatal(str(e))

@@ -10,7 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def tiny_digits_config(total_steps=12, **overrides):
   """The digits smoke config at 1 layer of width 32; overrides by dotted key, e.g.
   **{"sampling.schedule": "weighted_sum"}."""
-  from imp.configs.digits import get_config  # after JAX_PLATFORMS is set above
+  from imp.config.digits import get_config  # after JAX_PLATFORMS is set above
 
   config = get_config("smoke")
   config.total_steps = total_steps

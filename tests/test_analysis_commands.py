@@ -16,7 +16,7 @@ from imp.evaluate.__main__ import markdown_table
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = '''
-from imp.configs.digits import get_config as digits
+from imp.config.digits import get_config as digits
 
 
 def get_config(arg=None):
@@ -67,14 +67,14 @@ def test_ablation_configs_build(study):
 
 @pytest.mark.slow
 def test_commands_on_a_tiny_run(tmp_path):
+  from imp import experiment
   from imp.analysis import interference, plots
   from imp.evaluate.__main__ import evaluate_and_write
-  from imp.train import loop
 
   config_path = tmp_path / "tiny.py"
   config_path.write_text(TINY)
   workdir = tmp_path / "run"
-  loop.train(ablations.config_from_file(str(config_path)), workdir)
+  experiment.train(ablations.config_from_file(str(config_path)), workdir)
 
   results = evaluate_and_write(ablations.config_from_file(str(config_path)), workdir)
   saved = json.loads((workdir / "evaluation.json").read_text())

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from experiments.av_digits import get_config
+from imp import experiment
 from imp.data import load_sources, spoken_digits
-from imp.train import loop
 
 needs_espeak = pytest.mark.skipif(
     spoken_digits.espeak_binary() is None,
@@ -58,7 +58,7 @@ def test_spoken_digits_folders_hold_out_voices_and_pair_by_label(tmp_path):
 def test_av_digits_trains_end_to_end(tmp_path, av_digits_folders):
   config = _point_at(get_config(), av_digits_folders)
   config.total_steps = 1000  # of 1,500: keeps the test near 2 minutes on an idle 2-core CPU
-  summary = loop.train(config, tmp_path / "run")
+  summary = experiment.train(config, tmp_path / "run")
   evals = summary["eval"]
   print(json.dumps({k: v for k, v in summary.items() if k != "step_cache"}, indent=1))
   # Chance is 10% for both; the numbers of a full run are in docs/data.md.

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from imp import configs, flag_errors
+from imp import flag_errors
+from imp.config import files as configs
 from imp.data import sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +43,8 @@ def test_bad_override_is_one_line_naming_the_key_with_exit_status_2(flags, expec
 
 
 @pytest.mark.parametrize("spec, expected", [
-    (f"{DIGITS}:nosuch", "unknown variant 'nosuch'; valid: 'smoke'."),
-    (f"{ROOT}/experiments/imp_moe_l.py:chips=x", "unknown variant 'chips=x'; valid: 'chips=N'."),
+    (f"{DIGITS}:nosuch", "unknown option 'nosuch'; valid: smoke (comma-separated)."),
+    (f"{ROOT}/experiments/imp_moe_l.py:chips=x", "chips='x' is not a valid int."),
     (f"{ROOT}/experiments/ablation_moe.py:moe5", "valid: dense, moe4, moe16"),
     (f"{ROOT}/experiments/nope.py", "no such file"),
 ])
@@ -85,7 +86,7 @@ def test_imp_and_every_experiment_load_from_another_folder(tmp_path):
   experiment that reads a sibling file (imp_b, m3sat, the ablations) loads by path."""
   script = tmp_path / "elsewhere.py"
   script.write_text(
-      "import sys\nfrom pathlib import Path\nimport imp, imp.main\nfrom imp import configs\n"
+      "import sys\nfrom pathlib import Path\nimport imp, imp.main\nfrom imp.config import files as configs\n"
       "print(Path(imp.__file__).resolve().parent)\n"
       "for path in sys.argv[1:]:\n  assert configs.from_file(path).total_steps > 0, path\n")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -2,14 +2,14 @@
 
 import pytest
 
-from imp.configs.digits import get_config
-from imp.train import loop
+from imp import experiment
+from imp.config.digits import get_config
 
 
 def _build(tmp_path, mutate):
   config = get_config("smoke")
   mutate(config)
-  return loop.build(config, tmp_path)
+  return experiment.build(config, tmp_path)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -47,7 +47,7 @@ def test_bad_config_names_key_and_valid_values(tmp_path, mutate, message):
 
 
 def test_default_config_builds(tmp_path):
-  exp = loop.build(get_config(), tmp_path)
+  exp = experiment.build(get_config(), tmp_path)
   assert exp.registry.names == ("digits_cls/base", "digits_cls/hires", "digits_label_nce/base",
                                 "digits_label_nce/hires")
   assert sum(exp.registry.weights) == pytest.approx(1.0)
@@ -58,4 +58,47 @@ def test_mesh_must_match_the_devices(tmp_path):
   config.mesh = dict(data=2)
   with pytest.raises(ValueError, match=r"config.mesh=\{'data': 2\} has 2 devices, but this run "
                                        r"has 1"):
-    loop.build(config, tmp_path)
+    experiment.build(config, tmp_path)
+
+
+def test_schema_declares_every_key_the_readers_accept():
+  """The schema is the one declaration: each section's readers accept exactly its keys."""
+  from imp.config import schema
+  from imp.evaluate import suite
+  from imp.model import ModelConfig, MoeConfig
+  from imp.plan import plan
+  from imp.tasks import registry
+  from imp.train import state
+
+  assert schema.keys_of("") == plan.CONFIG_KEYS
+  assert set(schema.keys_of("evals.*")) == set(suite._EVAL_KEYS)
+  assert set(schema.keys_of("tasks.*")) == set(registry._TASK_KEYS)
+  assert set(schema.keys_of("tasks.*.variants.*")) == set(registry._VARIANT_KEYS)
+  assert set(schema.keys_of("optimizer")) == set(state._OPTIMIZER_KEYS)
+  keys = {k.path for k in schema.all_keys()}
+  assert {f"model.{f}" for f in ModelConfig.__dataclass_fields__} <= keys
+  assert {f"model.moe.{f}" for f in MoeConfig.__dataclass_fields__} <= keys
+  assert all(k.doc for k in schema.all_keys()), [k.path for k in schema.all_keys() if not k.doc]
+  lines = schema.describe(get_config())
+  assert "total_steps = 4000  [int, default '(required)']  train steps (one task each under AGD)" \
+      in lines
+  assert any(line.startswith("tasks.digits_cls.variants.hires.batch_size = 16") for line in lines)
+  assert any(line.startswith("model.moe.num_experts = '(unset)'  [int, default 0]")
+             for line in lines)
+
+
+def test_experiment_arguments_share_one_parser():
+  from imp.config.variants import parse_arg
+
+  assert parse_arg("smoke, chips=8", "x.py", words=("smoke",), settings={"chips": int}) == {
+      "smoke": True, "chips": 8}
+  assert parse_arg(None, "x.py", words=("smoke",)) == {}
+  with pytest.raises(ValueError, match=r"x.py: unknown option 'big'; valid: smoke, "
+                                       r"chips=<int> \(comma-separated\)"):
+    parse_arg("big", "x.py", words=("smoke",), settings={"chips": int})
+  with pytest.raises(ValueError, match=r"x.py: mode='c'; valid: a, b"):
+    parse_arg("mode=c", "x.py", settings={"mode": ("a", "b")})
+  with pytest.raises(ValueError, match=r"options 'short', 'long' exclude each other"):
+    parse_arg("short,long", "x.py", words=("short", "long"), exclusive=(("short", "long"),))
+  with pytest.raises(ValueError, match=r"experiments/digits.py: unknown option 'smok'"):
+    get_config("smok")

@@ -350,9 +350,9 @@ def test_tokenizer_errors_name_the_key(tmp_path):
 def test_skip_count_reaches_the_training_log(tmp_path):
   import json
 
-  from imp.train import loop
+  from imp.train.train_log import TrainLog
 
-  log = loop._TrainLog(tmp_path)
+  log = TrainLog(tmp_path)
   log.add(0, "t/base", {"loss": np.float32(1.0), "nonfinite": np.float32(0.0)})
   line = log.write(1, {"size": 1, "hits": 0, "compile_share": 0.5}, data_skipped=3)
   log.writer.close()
@@ -366,8 +366,8 @@ def test_video_tasks_train_and_evaluate_through_the_loop(tmp_path):
   AGD loop, and the eval suite reads middle clips of `frames` frames."""
   import ml_collections
 
-  from imp.configs.digits import get_config
-  from imp.train import loop
+  from imp import experiment
+  from imp.config.digits import get_config
 
   root = tmp_path / "videos"
   for label, direction in (("brighten", 1), ("darken", -1)):
@@ -398,7 +398,7 @@ def test_video_tasks_train_and_evaluate_through_the_loop(tmp_path):
   config.evals = ml_collections.ConfigDict({"clips": dict(
       dataset="clips", modality="video", resolution=4, frames=4, text_length=16, batch_size=4,
       zero_shot=True, linear_probe=False, classifier=True)})
-  summary = loop.train(config, tmp_path / "run")
+  summary = experiment.train(config, tmp_path / "run")
   assert set(summary["task_steps"]) == {"clips_cls/base", "clips_nce/base"}
   assert summary["nonfinite_skipped_steps"] == 0
   for key in ("clips/zero_shot_top1", "clips/classifier_top1"):

@@ -18,15 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN = """
 import jax, numpy as np, sys
-from imp.configs.digits import get_config
-from imp.train import loop
+from imp.config.digits import get_config
+from imp import experiment
 config = get_config("smoke")
 config.total_steps, config.eval_every, config.log_every = 6, 0, 3
 config.model.depth, config.model.width, config.model.mlp_dim = 1, 32, 64
 config.evals, config.checkpoint_best_metric = {}, None
 config.mesh = dict(data=-1)
-loop.train(config, sys.argv[1])
-exp = loop.build(config, sys.argv[1])
+experiment.train(config, sys.argv[1])
+exp = experiment.build(config, sys.argv[1])
 state, _ = exp.checkpointer.restore(exp.state)
 exp.checkpointer.close()
 leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
@@ -84,8 +84,8 @@ def test_mesh_shape_resolution_and_errors():
 # and where every parameter and optimizer-state leaf lives after a restore.
 TRAIN_MOE = """
 import json, sys, jax, numpy as np
-from imp.configs.digits import get_config
-from imp.train import loop
+from imp.config.digits import get_config
+from imp import experiment
 out, meshes = sys.argv[1], json.loads(sys.argv[2])
 for i, (mesh, rules) in enumerate(meshes):
   config = get_config("smoke")
@@ -97,8 +97,8 @@ for i, (mesh, rules) in enumerate(meshes):
     task.variants = dict(base=task.variants.base.to_dict())
   config.mesh, config.mesh_rules = mesh, rules
   workdir = f"{out}/{i}"
-  loop.train(config, workdir)
-  exp = loop.build(config, workdir)
+  experiment.train(config, workdir)
+  exp = experiment.build(config, workdir)
   state, _ = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
   exp.checkpointer.close()
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
@@ -169,7 +169,7 @@ def test_moe_on_sharded_meshes_matches_one_device(tmp_path):
 COMPILE_MOE = """
 import json, sys, jax
 from experiments.imp_moe_b import get_config
-from imp.train import dry_run
+from imp.plan import dry_run
 config = get_config()
 config.model.update(dict(width=64, depth=2, num_heads=4, mlp_dim=128, embed_dim=32,
                          remat_policy="none"))

@@ -52,16 +52,26 @@ def test_attributes_derive_table2_from_the_requested_outputs():
 
 
 def test_eval_requests_get_the_task_that_produced_the_output():
-  tasks = (("cls", Request(classify=(("image", "d"),), task="cls")),
-           ("nce", Request(embed=("image", "text"), task="nce")))
-  model = IMPModel(ModelConfig(), heads=(("d", 10),), tasks=tasks)
+  """The plan routes an eval request's modalities; the model only reads the routes."""
+  from imp.plan.routing import route_eval
+  from imp.train.step import as_task
+
+  tasks = (("cls", as_task(Request(classify=(("image", "d"),)), 0)),
+           ("nce", as_task(Request(embed=("image", "text")), 1)))
+  model = IMPModel(ModelConfig(), heads=(("d", 10),), num_tasks=2)
+
+  def condition(request, modality):
+    return model.condition_of(route_eval(request, tasks), modality)
+
   zero_shot = Request(embed=("image",), features=("image",))
-  assert model.condition_of(zero_shot, "image").task == 1  # the NCE task embeds images
-  assert model.condition_of(Request(features=("image",)), "image").task == 0  # classifies
-  text = model.condition_of(Request(embed=("text",)), "text")
+  assert condition(zero_shot, "image").task == 1  # the NCE task embeds images
+  assert condition(Request(features=("image",)), "image").task == 0  # classifies
+  text = condition(Request(embed=("text",)), "text")
   assert text.task == 1 and text.attributes[:8] == (1, 0, 0, 1, 0, 1, 0, 0)
-  with pytest.raises(ValueError, match="request task 'mlm' is not in the model's task table"):
-    model.condition_of(Request(embed=("text",), task="mlm"), "text")
+  # A training request carries its own route; an unrouted one is task 0 with its own roles.
+  assert model.condition_of(tasks[1][1], "text") == text
+  alone = model.condition_of(Request(embed=("text",)), "text")
+  assert alone.task == 0 and alone.attributes[:8] == (0, 1, 0, 0, 0, 1, 0, 1)
 
 
 # ---- Gate inputs -----------------------------------------------------------------------------
@@ -199,9 +209,11 @@ def test_perceiver_maps_every_modality_to_the_same_latents_and_fuses_them():
                                    condition="modality", attention="qkv"))
   config = ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, moe=moe,
                        front_end="perceiver", perceiver_latents=5, perceiver_bands=3)
-  request = Request(classify=(("image", "av"),), fuse=("image", "audio"), task="av")
+  from imp.train.step import as_task
+
+  request = as_task(Request(classify=(("image", "av"),), fuse=("image", "audio")), 0)
   model = IMPModel(config, heads=(("av", 10),), modalities=("audio", "image", "text"),
-                   tasks=(("av", request),))
+                   num_tasks=1)
   inputs = {"image": image, "audio": audio, "text": text}
   variables = model.init(jax.random.PRNGKey(0), inputs, model.init_request())
   out, state = model.apply(variables, inputs, request, mutable=["intermediates"])

@@ -11,10 +11,10 @@ from experiments.fashion_mnist import get_config as fashion_mnist
 from experiments.imp_b import get_config as imp_b
 from experiments.imp_moe_b import get_config as imp_moe_b
 from experiments.imp_moe_l import get_config as imp_moe_l
-from imp.analysis.param_count import count_params
+from imp import experiment
 from imp.data.idx_source import FASHION_MNIST_DIR
 from imp.model import IMPModel, ModelConfig
-from imp.train import loop
+from imp.plan.param_count import count_params
 
 
 def _abstract_params(config, modalities=("image", "text"), heads=(("imagenet", 1000),)):
@@ -90,12 +90,12 @@ def test_imp_moe_b_without_prepared_data_fails_clearly(tmp_path):
   config = imp_moe_b()
   config.datasets.imagenet.data_dir = str(tmp_path / "tfds")
   with pytest.raises(ValueError, match=r"datasets.imagenet.tfds_name='imagenet2012'"):
-    loop.build(config, tmp_path / "work")
+    experiment.build(config, tmp_path / "work")
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_experiment_trains(tmp_path):
-  summary = loop.train(fashion_mnist("smoke"), tmp_path)
+  summary = experiment.train(fashion_mnist("smoke"), tmp_path)
   assert summary["steps"] == 8 and len(summary["task_steps"]) >= 2
   assert 0.0 <= summary["eval"]["fashion/zero_shot_top1"] <= 1.0

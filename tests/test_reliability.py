@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from conftest import tiny_digits_config as _small
 
+from imp import experiment
 from imp.data import transforms
-from imp.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _final_params(config, workdir):
-  exp = loop.build(config, workdir)
+  exp = experiment.build(config, workdir)
   state, _ = exp.checkpointer.restore(exp.state)
   exp.checkpointer.close()
   return jax.device_get(state)
@@ -31,10 +31,10 @@ def _assert_bit_identical(a, b):
 
 
 def test_resumed_run_is_bit_identical_to_a_straight_run(tmp_path):
-  straight = loop.train(_small(), tmp_path / "straight")
-  first = loop.train(_small(), tmp_path / "resumed", stop_after=6)
+  straight = experiment.train(_small(), tmp_path / "straight")
+  first = experiment.train(_small(), tmp_path / "resumed", stop_after=6)
   assert first["steps"] == 6 and first["stopped_early"]
-  second = loop.train(_small(), tmp_path / "resumed")
+  second = experiment.train(_small(), tmp_path / "resumed")
   assert second["steps_this_run"] == 6 and straight["steps_this_run"] == 12
   _assert_bit_identical(_final_params(_small(), tmp_path / "straight"),
                         _final_params(_small(), tmp_path / "resumed"))
@@ -48,7 +48,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     return out * np.nan if image.sum() % 7 == 0 else out
 
   monkeypatch.setattr(transforms, "normalize_image", poisoned)  # evaluation images too
-  summary = loop.train(_small(total_steps=10), tmp_path)
+  summary = experiment.train(_small(total_steps=10), tmp_path)
   assert summary["steps"] == 10
   assert summary["nonfinite_skipped_steps"] > 0
   records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -60,16 +60,16 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_nonfinite_stop_policy_names_task_and_step(tmp_path, monkeypatch):
   monkeypatch.setattr(transforms, "normalize_image", lambda image: image * np.nan)
-  with pytest.raises(loop.NonFiniteError, match=r"non-finite loss or gradient in task "
+  with pytest.raises(experiment.NonFiniteError, match=r"non-finite loss or gradient in task "
                                                 r"'digits_\w+/\w+' at step 0 \(config.nonfinite"
                                                 r".policy='stop'\)"):
-    loop.train(_small(**{"nonfinite": dict(policy="stop")}), tmp_path)
+    experiment.train(_small(**{"nonfinite": dict(policy="stop")}), tmp_path)
 
 
 def test_resume_with_a_different_model_lists_the_mismatched_parameters(tmp_path):
-  loop.train(_small(total_steps=2), tmp_path)
+  experiment.train(_small(total_steps=2), tmp_path)
   with pytest.raises(ValueError, match=r"does not fit this config's model") as error:
-    loop.train(_small(total_steps=4, **{"model.width": 16}), tmp_path)
+    experiment.train(_small(total_steps=4, **{"model.width": 16}), tmp_path)
   message = str(error.value)
   assert "params/encoder/layers/mlp/wi/kernel: checkpoint (1, 32, 64) vs config (1, 16, 64)" in (
       message)
@@ -124,26 +124,26 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, how):
 
 
 def test_run_killed_before_its_final_evaluation_evaluates_on_rerun(tmp_path, monkeypatch):
-  straight = loop.train(_small(total_steps=4), tmp_path / "straight")
-  real_run = loop.EvalSuite.run
+  straight = experiment.train(_small(total_steps=4), tmp_path / "straight")
+  real_run = experiment.EvalSuite.run
 
   def killed(self, infer):  # the process dies after the final save, inside the evaluation
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(loop.EvalSuite, "run", killed)
+  monkeypatch.setattr(experiment.EvalSuite, "run", killed)
   with pytest.raises(KeyboardInterrupt):
-    loop.train(_small(total_steps=4), tmp_path / "killed")
-  monkeypatch.setattr(loop.EvalSuite, "run", real_run)
-  rerun = loop.train(_small(total_steps=4), tmp_path / "killed")
+    experiment.train(_small(total_steps=4), tmp_path / "killed")
+  monkeypatch.setattr(experiment.EvalSuite, "run", real_run)
+  rerun = experiment.train(_small(total_steps=4), tmp_path / "killed")
   assert rerun["steps_this_run"] == 0 and not rerun["stopped_early"]
   assert straight["eval"] and rerun["eval"] == straight["eval"]
   # Rerunning the command of a finished run keeps its results too.
-  assert loop.train(_small(total_steps=4), tmp_path / "straight")["eval"] == straight["eval"]
+  assert experiment.train(_small(total_steps=4), tmp_path / "straight")["eval"] == straight["eval"]
 
 
 def test_best_checkpoint_is_kept_beside_the_newest(tmp_path):
   config = _small(total_steps=8, eval_every=4, checkpoint_keep=1)
-  summary = loop.train(config, tmp_path)
+  summary = experiment.train(config, tmp_path)
   assert summary["steps"] == 8
   assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["8"]
   best = [p.name for p in (tmp_path / "checkpoints_best").iterdir() if p.name.isdigit()]

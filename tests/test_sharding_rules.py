@@ -10,8 +10,8 @@ from imp.model import ModelConfig
 from imp.parallel.distributed import distributed_settings
 from imp.parallel.mesh import MESH_AXES, make_mesh
 from imp.parallel.rules import RULES, get_rules, param_shardings, spec_for, state_shardings
+from imp.plan import dry_run
 from imp.tasks import Task, Variant
-from imp.train import dry_run
 from imp.train.state import TrainState
 
 # data 2, fsdp 2, expert 4, tensor 1: shape checks only, no devices needed.

@@ -130,3 +130,27 @@ def test_signature_distinguishes_shapes_and_dtypes():
   b = {"image": np.zeros((2, 16, 16, 1), np.float32), "label": np.zeros(2, np.int32)}
   c = {"image": np.zeros((2, 8, 8, 1), np.float16), "label": np.zeros(2, np.int32)}
   assert signature(a) == signature(dict(a)) != signature(b) != signature(c) != signature(a)
+
+
+def test_xla_compile_counter_rises_on_a_real_compile():
+  """The witness behind `xla_compiles_after_warmup == 0` counts: a fresh jitted function (a
+  constant no earlier program has) compiles once, and running it again compiles nothing."""
+  offset = float(np.random.default_rng().integers(1, 2**30))  # a program no cache holds
+  fresh = jax.jit(lambda x: x * 3.0 + offset)
+  x = np.ones((5, 7), np.float32)
+  before = xla_compiles()
+  jax.block_until_ready(fresh(x))
+  after_first = xla_compiles()
+  assert after_first > before
+  jax.block_until_ready(fresh(x))
+  assert xla_compiles() == after_first  # served by jit's own cache
+  jax.block_until_ready(fresh(np.ones((6, 7), np.float32)))  # a new shape compiles again
+  assert xla_compiles() > after_first
+  # A StepCache miss is a real compile too, and its hit is not.
+  cache = StepCache()
+  start = xla_compiles()
+  program = cache.compiled("fresh", lambda: lambda y: y - offset, (x,))
+  assert xla_compiles() == start + 1 and cache.misses == 1
+  cache.compiled("fresh", lambda: lambda y: y - offset, (x,))
+  np.testing.assert_allclose(program(x), x - offset)
+  assert xla_compiles() == start + 1 and cache.hits == 1

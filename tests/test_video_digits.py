@@ -72,14 +72,14 @@ def test_video_digits_smoke_run_end_to_end(tmp_path):
   (chance 10%): an untrained model fails that bar, because its zero-initialised classifier
   predicts one class and its zero-shot is chance. Here it gave 40%/51% (classifier, middle
   clip / 3 clips) and 40%/46% (zero-shot); the full run's figures are in docs/evaluation.md."""
-  from imp.train import loop
+  from imp import experiment
 
   config = get_config("smoke")
   config.datasets.videos.directory = moving_digits.main(["--output", str(tmp_path / "md")])
   config.datasets.spoken.directory = spoken_digits.main(
       ["--output", str(tmp_path / "av"), "--train-voices", "en", "en-us", "--test-voices",
        "en-029", "--speeds", "165", "--pitches", "50"])["spoken"]
-  summary = loop.train(config, tmp_path / "run")
+  summary = experiment.train(config, tmp_path / "run")
   print(json.dumps(summary["eval"], indent=1))
   assert set(summary["task_steps"]) == {"video_cls/base", "video_text_nce/base",
                                         "video_audio_nce/base"}

@@ -1,1 +1,2 @@
-"""Analysis of trained models and runs: expert utilisation (and, later, task interference)."""
+"""Analysis of trained models and runs: expert utilisation, task interference and affinity,
+run plots, the ablation runner."""

@@ -1,7 +1,7 @@
 r"""The papers' ablations at small scale: run every (variant, seed) of a study, tabulate mean ± std.
 
 A study is an `experiments/ablation_<study>.py` config whose `get_config("<variant>[,short]")`
-selects one arm. Every run is an ordinary `imp.train.loop.train` into its own workdir
+selects one arm. Every run is an ordinary `imp.experiment.train` into its own workdir
 (`<root>/<study>/<variant>/seed<k>`); a finished run (its `summary.json` exists) is read, not
 rerun, so an interrupted sweep continues where it stopped.
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imp.configs import from_file as config_from_file  # noqa: F401  (callers use this name)
+from imp.config.files import from_file as config_from_file  # noqa: F401  (callers use this name)
 
 REPO = Path(__file__).resolve().parents[2]
 # study -> (variants in table order, result columns: (eval result name, header)).
@@ -50,14 +50,19 @@ def load_config(study: str, arg: str):
 
 
 def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
-              short: bool = False, budget: str = "") -> dict[str, list[dict[str, Any]]]:
+              short: bool = False, budget: str = "", *,
+              train: Callable[..., dict[str, Any]] | None = None,
+              ) -> dict[str, list[dict[str, Any]]]:
   """Trains (or reads) every variant x seed; returns variant -> [summary per seed].
 
   budget: "" (the study's steps), "short" or "long" (experiments/ablation_objectives.BUDGETS);
   `short=True` is budget="short". Runs of different budgets need different roots.
+  train: (config, workdir) -> summary, e.g. `imp.experiment.train` (passed in: analysis
+  does not import the training loop).
   """
   budget = "short" if short else budget
-  from imp.train import loop  # JAX starts only when runs do
+  if train is None:
+    raise TypeError("run_study needs train=, e.g. imp.experiment.train.")
 
   variants, _ = STUDIES[study]
   out: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -69,7 +74,7 @@ def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
         config = load_config(study, variant + (f",{budget}" if budget else ""))
         config.seed = int(seed)
         start = time.perf_counter()
-        summary = loop.train(config, workdir)
+        summary = train(config, workdir)
         print(f"{study}/{variant}/seed{seed}: {time.perf_counter() - start:.0f}s "
               f"{json.dumps(summary['eval'])}", flush=True)
       out[variant].append(json.loads(done.read_text()))
@@ -124,12 +129,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   import jax
 
+  from imp import experiment  # the command composes the layers, as imp.main does
+
   jax.config.update("jax_compilation_cache_dir",
                     args.compile_cache or str(Path(args.root) / "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   seeds = [int(s) for s in args.seeds.split(",")]
   for study in STUDIES if args.study == "all" else [args.study]:
-    results = run_study(study, args.root, seeds, short=args.short, budget=args.budget)
+    results = run_study(study, args.root, seeds, short=args.short, budget=args.budget,
+                        train=experiment.train)
     text = table(study, results)
     (Path(args.root) / f"{study}.md").write_text(text + "\n")
     print(f"\n## {study}\n\n{text}\n", flush=True)

@@ -163,15 +163,15 @@ def analyse(config: Any, workdir: str, *, batches: int, selections: Mapping[str,
   import jax
 
   from imp.data import task_dataset
-  from imp.train import loop
-  from imp.train.step import StepSpec, make_loss_fn
+  from imp.run.restore import restore_latest
+  from imp.train.step import make_loss_fn
 
-  exp, state = loop.restore_latest(config, workdir)
+  exp, state = restore_latest(config, workdir)
   exp.checkpointer.close()
   params, rng = state.params, jax.random.PRNGKey(seed)
   grads, losses, first = {}, {}, {}
   for index, task in enumerate(exp.registry):
-    loss_fn = make_loss_fn(exp.model, StepSpec.from_task(task))
+    loss_fn = make_loss_fn(exp.model, exp.plan.specs[task.name])
     total = jax.jit(lambda p, b, r, f=loss_fn: f(p, b, r)[0])
     losses[task.name] = total
     grad = jax.jit(jax.grad(total))

@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   import argparse
 
   from imp.analysis import ablations
-  from imp.train import loop
+  from imp.data import load_sources
+  from imp.plan.plan import build_plan, facts_of_sources
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True, help="experiment config file[:arg]")
@@ -129,9 +130,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   records = read_metrics(workdir / "metrics.jsonl")
   images = {"loss_curves": plot_loss_curves(loss_curves(records), out / "loss_curves.png")}
   summary = json.loads((workdir / "summary.json").read_text())
-  exp = loop.build(config, workdir)  # the registry and the seeded sampler of this run
-  schedule = [exp.sampler.task_index(t) for t in range(int(summary["steps"]))]
-  names = [t.name for t in exp.registry]
+  # The registry and the seeded sampler of this run.
+  plan = build_plan(config, facts_of_sources(load_sources(config.datasets)))
+  schedule = [plan.sampler.task_index(t) for t in range(int(summary["steps"]))]
+  names = [t.name for t in plan.registry]
   images["task_counts"] = plot_task_counts(cumulative_counts(schedule, len(names)), names,
                                            out / "task_counts.png")
   add_to_tensorboard(workdir, images, int(summary["steps"]))

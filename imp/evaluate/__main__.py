@@ -38,13 +38,15 @@ def markdown_table(results: Mapping[str, float], step: int) -> str:
 
 def evaluate_and_write(config, workdir: str | Path) -> dict[str, float]:
   """The suite on the latest checkpoint; writes evaluation.json and evaluation.md."""
-  from imp.train import loop
+  from imp.evaluate.suite import EvalSuite
+  from imp.run.infer import infer_fn
+  from imp.run.restore import restore_latest
 
-  exp, state = loop.restore_latest(config, workdir)
+  run, state = restore_latest(config, workdir)
   try:
-    results = exp.suite.run(loop.infer_fn(exp, state.params))
+    results = EvalSuite(config.evals, run.sources).run(infer_fn(run, state.params))
   finally:
-    exp.checkpointer.close()
+    run.checkpointer.close()
   step, workdir = int(state.step), Path(workdir)
   (workdir / "evaluation.json").write_text(
       json.dumps({"step": step, "results": results}, indent=2) + "\n")
@@ -55,11 +57,11 @@ def evaluate_and_write(config, workdir: str | Path) -> dict[str, float]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from imp.train import loop
+  from imp.plan import ConfigError
 
   try:
     evaluate_and_write(_CONFIG.value, _WORKDIR.value)
-  except (loop.ConfigError, FileNotFoundError) as e:
+  except (ConfigError, FileNotFoundError) as e:
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(2)
   print((Path(_WORKDIR.value) / "evaluation.md").read_text())

@@ -15,7 +15,7 @@ the middle clip); the model runs on every clip and the per-video output is the m
 logits (classifier), of the pooled features (linear probe).
 
 The suite never touches parameters: it calls `infer(request, batch)`, which the training loop
-backs with compiled programs.
+backs with compiled programs; `programs()` lists them, so a run compiles them before step 1.
 """
 
 from __future__ import annotations
@@ -196,30 +196,74 @@ class EvalSuite:
       return outputs
     return clip_mean(outputs, clips, normalize=key.startswith("embedding/"))
 
-  @classmethod
-  def _text_embeddings(cls, infer: Infer, tokens: np.ndarray, batch_size: int) -> np.ndarray:
-    """[n, dim] text embeddings of int32 tokens [n, length], in padded fixed-shape batches."""
+  @staticmethod
+  def _text_batches(tokens: np.ndarray, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """int32 tokens [n, length] as padded fixed-shape batches with a `mask` of real rows."""
     batches = []
     for start in range(0, len(tokens), batch_size):
       chunk = tokens[start:start + batch_size]
       pad = np.zeros((batch_size - len(chunk), tokens.shape[1]), tokens.dtype)
       batches.append({"text": np.concatenate([chunk, pad]),
                       "mask": np.arange(batch_size) < len(chunk)})
-    return cls._outputs(infer, Request(embed=("text",)), batches, "embedding/text")
+    return batches
 
-  def _embeddings(self, infer: Infer, entry: _Entry, modality: str) -> np.ndarray:
-    """[examples, dim] embeddings of the test split's examples, in split order."""
-    if modality != "text":
-      batches = self._split(entry, entry.test_split, modality)
-      return self._outputs(infer, Request(embed=(modality,)), batches, f"embedding/{modality}")
+  @classmethod
+  def _text_embeddings(cls, infer: Infer, tokens: np.ndarray, batch_size: int) -> np.ndarray:
+    """[n, dim] text embeddings of int32 tokens [n, length], in padded fixed-shape batches."""
+    return cls._outputs(infer, Request(embed=("text",)), cls._text_batches(tokens, batch_size),
+                        "embedding/text")
+
+  def _text_tokens(self, entry: _Entry) -> np.ndarray:
+    """[n, length] tokens of the test split's text (its "text" field, else label text)."""
     data, tokenizer = entry.source.split(entry.test_split), entry.source.tokenizer
     if "text" in data.fields:
       texts = [t.decode() if isinstance(t, bytes) else str(t) for t in data.fields["text"]]
     else:  # label text: the class name in the first template
       names, template = entry.source.class_names, entry.source.label_templates[0]
       texts = [template.format(names[int(y)]) for y in data.fields["label"]]
-    tokens = np.stack([tokenizer.encode(t, entry.text_length) for t in texts])
-    return self._text_embeddings(infer, tokens, entry.batch_size)
+    return np.stack([tokenizer.encode(t, entry.text_length) for t in texts])
+
+  def _head_batches(self, e: _Entry):
+    """The classifier's test batches: a fused head reads every modality of `fuse` from the
+    same examples' batches."""
+    if not e.fuse:
+      return self._split(e, e.test_split)
+    return [{k: v for part in parts for k, v in part.items()} for parts in zip(
+        *[self._split(e, e.test_split, f) for f in e.fuse], strict=True)]
+
+  def programs(self) -> list[tuple[Request, dict[str, np.ndarray]]]:
+    """(Request, first batch without `mask`) of every inference program `run` calls, so a
+    run can compile them all before step 1 (builds the eval batches, as `run` would)."""
+    out = []
+
+    def add(request: Request, batches) -> None:
+      out.append((request, {k: v for k, v in next(iter(batches)).items() if k != "mask"}))
+
+    for e in self.entries:
+      m = e.modality
+      if e.zero_shot or e.linear_probe:
+        add(Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+            self._split(e, e.test_split))
+      if e.zero_shot:
+        prompts = prompt_tokens(e.source, e.text_length, e.templates)
+        add(Request(embed=("text",)),
+            self._text_batches(prompts.reshape(-1, prompts.shape[-1]), e.batch_size))
+      if e.classifier:
+        add(Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse), self._head_batches(e))
+      for pair in e.retrieval:
+        for modality in pair:
+          if modality == "text":
+            add(Request(embed=("text",)), self._text_batches(self._text_tokens(e), e.batch_size))
+          else:
+            add(Request(embed=(modality,)), self._split(e, e.test_split, modality))
+    return out
+
+  def _embeddings(self, infer: Infer, entry: _Entry, modality: str) -> np.ndarray:
+    """[examples, dim] embeddings of the test split's examples, in split order."""
+    if modality != "text":
+      batches = self._split(entry, entry.test_split, modality)
+      return self._outputs(infer, Request(embed=(modality,)), batches, f"embedding/{modality}")
+    return self._text_embeddings(infer, self._text_tokens(entry), entry.batch_size)
 
   def _retrieval(self, infer: Infer, entry: _Entry) -> dict[str, float]:
     results = {}
@@ -251,9 +295,7 @@ class EvalSuite:
         results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
             zero_shot_predictions(embeddings, class_emb), test.labels)
       if e.classifier:  # the trained head of the dataset on the held-out split
-        # A fused head reads every modality of `fuse` from the same examples' batches.
-        batches = ([{k: v for part in parts for k, v in part.items()} for parts in zip(
-            *[self._split(e, e.test_split, f) for f in e.fuse], strict=True)] if e.fuse else test)
+        batches = self._head_batches(e)
         head_request = Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
         logits = self._outputs(infer, head_request, batches, f"logits/{e.head}")
         results[f"{e.name}/classifier_top1"] = top1_accuracy(logits.argmax(-1), test.labels)

@@ -2,8 +2,8 @@
 
 The model knows modalities and head names, never tasks: a step passes a `Request` saying which
 outputs it needs, and only those submodules run (so only their parameters get gradients).
-For conditional MoE routing (imp.model.conditions) the model is also given a task table:
-each training task's name and Request, from which it derives task ids and token attributes.
+For conditional MoE routing (imp.model.conditions) a Request carries each modality's task id
+and token attributes (`Request.routes`), which the plan computes (imp/plan/routing.py).
 
 Front ends (`model.front_end`): "patch" embeds each modality with its own patch/token embedder
 (IMP); "perceiver" standardises any modality and maps it to a fixed number of latents with one
@@ -177,18 +177,19 @@ class Request:
     classify: (modality, head name) pairs: logits of that head on that modality.
     embed: modalities to project into the common space.
     features: modalities whose pooled encoder features to return.
-    task: name of the training task this request serves (a key of the model's task table),
-      for task and attribute routing; None for evaluation (see `IMPModel.condition_of`).
     fuse: modalities whose tokens are concatenated on the sequence axis into ONE encoder
       pass whose pooled output feeds the `classify` heads (M3SAT); with fewer than two, each
       modality is encoded alone (IMP).
+    routes: (modality, task id, attribute bits) of the tokens of each modality, for task and
+      attribute routing (Uni-Perceiver-MoE); the plan fills them in (imp/plan/routing.py). A
+      modality without a route has task id 0 and the attributes of this request's own roles.
   """
 
   classify: tuple[tuple[str, str], ...] = ()
   embed: tuple[str, ...] = ()
   features: tuple[str, ...] = ()
-  task: str | None = None
   fuse: tuple[str, ...] = ()
+  routes: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -216,15 +217,13 @@ class IMPModel(nn.Module):
     config: ModelConfig.
     heads: (head name, number of classes) of every classifier, e.g. one per dataset.
     modalities: modalities the model embeds (one projection head each).
-    tasks: (task name, its Request) of every training task, in config order; the index is
-      the task id of task routing, and the Request gives the task's inputs and targets for
-      attribute routing.
+    num_tasks: rows of the task embedding of task routing (the task ids Requests carry).
   """
 
   config: ModelConfig
   heads: Sequence[tuple[str, int]] = ()
   modalities: Sequence[str] = ("image", "text")
-  tasks: Sequence[tuple[str, Request]] = ()
+  num_tasks: int = 0
 
   def setup(self):
     c = self.config
@@ -247,7 +246,7 @@ class IMPModel(nn.Module):
                            c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth)
     if c.moe.num_experts and not c.moe.data_dependent:
       self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
-                                       num_tasks=len(self.tasks))
+                                       num_tasks=self.num_tasks)
     # Zero-initialised heads start at uniform predictions (as big_vision does).
     if c.heads.batch_norm:
       self.classifiers = {name: ClassifierHead(classes, c.heads.momentum, c.heads.epsilon)
@@ -265,40 +264,14 @@ class IMPModel(nn.Module):
         "log_logit_scale", nn.initializers.constant(math.log(c.logit_scale_init)), ())
 
   def condition_of(self, request: Request, modality: str) -> TokenCondition:
-    """Task id and attributes of `modality`'s tokens under `request`.
-
-    A training request names its task. An evaluation request names none; it gets the task
-    that produced the same output in training: for an embedded modality, the first task (in
-    config order) that embeds it; otherwise the first that classifies it, else the first
-    that reads it; a classifier output first looks for the task that trains the same head.
-    With no task table, attributes come from the request itself and the task
-    id is 0.
-    """
-    names = [name for name, _ in self.tasks]
-    if request.task is not None:
-      if request.task not in names:
-        raise ValueError(f"request task {request.task!r} is not in the model's task table: "
-                         f"{names}.")
-      index = names.index(request.task)
-    else:
-      index = self._eval_task(request, modality)
-    source = self.tasks[index][1] if index >= 0 else request
-    inputs, targets = roles_of(source.classify, source.embed, source.features,
-                               source.fuse if source.classify else ())
-    return TokenCondition(modality, max(index, 0), token_attributes(inputs, targets, modality))
-
-  def _eval_task(self, request: Request, modality: str) -> int:
-    tables = [r for _, r in self.tasks]
-    classifies = lambda r: modality in [m for m, _ in r.classify] + list(  # noqa: E731
-        r.fuse if r.classify else ())
-    same_head = lambda r: bool(set(request.classify) & set(r.classify))  # noqa: E731
-    tests = ([lambda r: modality in r.embed] if modality in request.embed else []) + [
-        same_head, classifies, lambda r: modality in r.modalities]
-    for test in tests:
-      for i, r in enumerate(tables):
-        if test(r):
-          return i
-    return -1
+    """Task id and attributes of `modality`'s tokens under `request`: its route, else task 0
+    and the attributes of the request's own roles (the model never looks a task up)."""
+    for routed, task_id, attributes in request.routes:
+      if routed == modality:
+        return TokenCondition(modality, task_id, tuple(attributes))
+    inputs, targets = roles_of(request.classify, request.embed, request.features,
+                               request.fuse if request.classify else ())
+    return TokenCondition(modality, 0, token_attributes(inputs, targets, modality))
 
   def _tokens(self, modality: str, x: Array, train: bool,
               drop_token: float) -> tuple[Array, Array]:

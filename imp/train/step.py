@@ -19,7 +19,7 @@ parameter are left exactly as they were.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from imp.model import IMPModel, Request
+from imp.model.conditions import roles_of, token_attributes
 from imp.model.heads import BATCH_STATS, with_running_stats
 from imp.objectives import get_objective
 from imp.tasks import Task
@@ -46,33 +47,33 @@ class StepSpec:
   drop_token: float = 0.0
   loss_weight: float = 1.0
   args: tuple[tuple[str, Any], ...] = ()
-  task: str | None = None  # the task entry: its id and attributes route conditional MoEs
+  task: str | None = None  # the task entry (None: a step no task table knows, id 0)
+  task_id: int = 0  # the entry's index in config order: the id task-routed MoEs read
 
   @classmethod
-  def from_task(cls, task: Task) -> StepSpec:
+  def from_task(cls, task: Task, task_id: int = 0) -> StepSpec:
+    """The spec of `task`; `task_id` is its entry's index (imp.plan gives every spec its own)."""
     return cls(task.objective, task.dataset, task.modalities, task.variant.drop_token,
-               task.loss_weight, task.args, task=task.entry)
-
-  @property
-  def label(self) -> str:
-    """E.g. "digits_cls (softmax on image)", for logs and tables."""
-    drop = f", DropToken {self.drop_token:g}" if self.drop_token else ""
-    return f"{self.task or self.head} ({self.objective} on {'+'.join(self.modalities)}{drop})"
+               task.loss_weight, task.args, task=task.entry, task_id=task_id)
 
   @property
   def request(self) -> Request:
     needs = get_objective(self.objective).needs(self.head, self.modalities, **dict(self.args))
     # A classification task over several modalities classifies them encoded together (M3SAT).
     fuse = self.modalities if needs.classify and len(self.modalities) > 1 else ()
-    return Request(classify=needs.classify, embed=needs.embed, task=self.task, fuse=fuse)
+    request = Request(classify=needs.classify, embed=needs.embed, fuse=fuse)
+    # A training step routes its tokens as its own task (task id, its inputs and targets).
+    return request if self.task is None else as_task(request, self.task_id)
 
 
-def task_table(tasks: Iterable[Task]) -> tuple[tuple[str, Request], ...]:
-  """(task entry, its Request) of every task entry, in order: the model's task table."""
-  table: dict[str, Request] = {}
-  for task in tasks:
-    table.setdefault(task.entry, StepSpec.from_task(task).request)
-  return tuple(table.items())
+def as_task(request: Request, task_id: int) -> Request:
+  """`request` with the tokens of every modality routed as task `task_id`, with the attributes
+  of the request's own inputs and targets (Uni-Perceiver-MoE eq. 7-9)."""
+  inputs, targets = roles_of(request.classify, request.embed, request.features,
+                             request.fuse if request.classify else ())
+  modalities = dict.fromkeys(request.modalities + request.fuse)
+  return dataclasses.replace(request, routes=tuple(
+      (m, task_id, token_attributes(inputs, targets, m)) for m in modalities))
 
 
 def params_read_by(fn: Callable[..., Any], params: Any, *args: Any) -> Any:

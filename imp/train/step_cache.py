@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -50,16 +51,6 @@ def signature(tree: Any) -> Signature:
       for path, x in leaves))
 
 
-def _mib(n: int) -> str:
-  return f"{n / 2**20:.1f} MiB"
-
-
-def program_label(name: Hashable) -> str:
-  """A person's name for a program key: ("train", spec) -> "train <spec.label>"."""
-  parts = name if isinstance(name, tuple) else (name,)
-  return " ".join(getattr(p, "label", None) or str(p) for p in parts)
-
-
 @dataclasses.dataclass
 class CompileRecord:
   key: Hashable
@@ -82,17 +73,22 @@ class StepCache:
     self.misses = 0
     self.compiles: list[CompileRecord] = []
     self._log = logger or logging.getLogger("imp.step_cache")
+    self._lock = threading.Lock()  # imp.plan.programs compiles from several threads
+    # Seconds that concurrent compiles overlapped (imp.plan.programs.compile_all): compile
+    # time is wall time, so shares of the run's wall stay below 100%.
+    self.overlap_seconds = 0.0
 
   def __len__(self) -> int:
     return len(self._compiled)
 
   @property
   def compile_seconds(self) -> float:
-    return sum(r.seconds for r in self.compiles)
+    return sum(r.seconds for r in self.compiles) - self.overlap_seconds
 
   def compiled(self, name: Hashable, build: Callable[[], Callable], args: Sequence[Any],
                *, donate_argnums: tuple[int, ...] = (), sig: Signature | None = None,
-               in_shardings: Any = None, out_shardings: Any = None) -> Any:
+               in_shardings: Any = None, out_shardings: Any = None,
+               on_lowered: Callable[[Any], None] | None = None) -> Any:
     """The compiled program for (name, signature(args)); compiles it on first sight.
 
     Args:
@@ -103,29 +99,36 @@ class StepCache:
       sig: a precomputed signature of `args`, to skip recomputing it on the hot path.
       in_shardings, out_shardings: as `jax.jit` (pytree prefixes of the arguments and
         results); None lets the compiler choose from the arguments' own shardings.
+      on_lowered: called with the `jax.stages.Lowered` program on a miss (its cost analysis
+        before XLA optimises it: imp.plan.programs' FLOPs correction).
     """
     key = (name, signature(args) if sig is None else sig)
     program = self._compiled.get(key)
     if program is not None:
-      self.hits += 1
+      with self._lock:
+        self.hits += 1
       return program
-    self.misses += 1
     start = time.perf_counter()
     shardings = {k: v for k, v in (("in_shardings", in_shardings),
                                     ("out_shardings", out_shardings)) if v is not None}
-    program = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(
-        *args).compile()
+    lowered = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(*args)
+    program = lowered.compile()
     seconds = time.perf_counter() - start
-    temp, memory = None, "memory not reported by this backend"
+    if on_lowered is not None:
+      on_lowered(lowered)
+    temp = None
     with contextlib.suppress(Exception):  # some backends do not report memory
-      analysis = program.memory_analysis()
-      temp = int(analysis.temp_size_in_bytes)
-      memory = (f"per device: arguments {_mib(analysis.argument_size_in_bytes)}, outputs "
-                f"{_mib(analysis.output_size_in_bytes)}, temporaries {_mib(temp)}")
-    self.compiles.append(CompileRecord(key[0], seconds, temp))
-    self._log.info("compiled %s in %.1f s; %s", program_label(name), seconds, memory)
-    self._compiled[key] = program
+      temp = int(program.memory_analysis().temp_size_in_bytes)
+    with self._lock:
+      self.misses += 1
+      self.compiles.append(CompileRecord(key[0], seconds, temp))
+      self._compiled[key] = program
+    self._log.debug("compiled %s in %.2fs (temp memory %s bytes)", name, seconds, temp)
     return program
+
+  def __contains__(self, key: tuple[Hashable, Signature]) -> bool:
+    """Whether (name, signature) is compiled."""
+    return key in self._compiled
 
   def stats(self, wall_seconds: float | None = None) -> dict[str, float]:
     out = {"size": len(self), "hits": self.hits, "misses": self.misses,

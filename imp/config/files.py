@@ -1,5 +1,5 @@
-"""Experiment configs that ship inside the package (the default experiment), and how one
-experiment file reads another."""
+"""Reading experiment files by path: `--config path[:arg]`, and one experiment file reading
+another."""
 
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ the batch (64 tokens, same tokens per batch), so four compiled steps alternate.
 
 import ml_collections
 
+from imp.config.variants import parse_arg
+
 TEMPLATES = ("{}", "the digit {}", "a handwritten {}", "the number {}", "a drawing of a {}")
 
 
@@ -71,11 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      zero_shot=True, linear_probe=True),
   })
 
-  if arg == "smoke":
+  if parse_arg(arg, "experiments/digits.py", words=("smoke",)):
     config.total_steps = 40
     config.log_every = 10
     config.eval_every = 40
     config.checkpoint_every = 20
-  elif arg:
-    raise ValueError(f"experiments/digits.py: unknown variant {arg!r}; valid: 'smoke'.")
   return config

@@ -1,0 +1,245 @@
+"""Every config key, declared once: its type, default and a one-line meaning.
+
+`KEYS` is the schema: one `Key` per setting, with `*` standing for a name the experiment
+chooses (a dataset, task entry, variant or eval entry). The parts that read a section check
+its keys against the schema's lists (`keys_of`), and `python -m imp.main --mode=describe`
+prints every key with its value, default and meaning (`describe`). A section marked `open`
+takes further keys that its reader validates (a data source's settings, an objective's or a
+router's arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+REQUIRED = "(required)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+  """One config setting: `path` (dotted, `*` for a chosen name), type, default, meaning."""
+
+  path: str
+  type: str
+  default: Any
+  doc: str
+
+
+def _section(prefix: str, rows: tuple[tuple[str, str, Any, str], ...]) -> list[Key]:
+  return [Key(f"{prefix}{name}", kind, default, doc) for name, kind, default, doc in rows]
+
+
+KEYS: list[Key] = [
+    *_section("", (
+        ("seed", "int", REQUIRED, "seeds parameters, the task schedule and the data order"),
+        ("total_steps", "int", REQUIRED, "train steps (one task each under AGD)"),
+        ("log_every", "int", REQUIRED, "steps between metric writes (console, JSONL, TensorBoard)"),
+        ("eval_every", "int", REQUIRED, "steps between evaluations (0: only at the end)"),
+        ("checkpoint_every", "int", REQUIRED, "steps between checkpoints (and always at the end)"),
+        ("checkpoint_keep", "int", REQUIRED, "newest checkpoints kept"),
+        ("checkpoint_best_metric", "str|None", None, "also keep the best checkpoint by this "
+         "eval result"),
+        ("checkpoint_best_mode", "str", "max", "max | min: which value of the metric is best"),
+        ("compilation_cache_dir", "str", "", "JAX's persistent cache: '' = <workdir>/"
+         "compilation_cache, 'off', or a directory"),
+        ("mesh_rules", "str|None", None, "logical-axis rules preset: fsdp (default) | expert | "
+         "replicated"),
+        ("restore_step", "int|None", None, "resume from this checkpoint step instead of the "
+         "newest intact one (an unreadable newest one is set aside)"),
+        ("device_memory_limit", "int|None", None, "bytes per device a program may use; None: "
+         "the device's own memory (a bigger program stops the run before step 1)"),
+        ("datasets", "dict", REQUIRED, "dataset name -> its source and settings"),
+        ("tasks", "dict", REQUIRED, "task entry -> dataset, objective, modalities, variants"),
+        ("sampling", "dict", {}, "how tasks are drawn"),
+        ("model", "dict", REQUIRED, "the model (imp.model.ModelConfig)"),
+        ("optimizer", "dict", REQUIRED, "optimizer and learning-rate schedule"),
+        ("input", "dict", REQUIRED, "grain input pipelines"),
+        ("evals", "dict", {}, "eval entry -> what to evaluate on which dataset"),
+        ("nonfinite", "dict", {}, "the NaN/Inf guard's policy"),
+        ("mesh", "dict", {}, "device mesh axis -> size (-1: the remaining devices)"),
+        ("dry_run", "dict", {}, "what the dry run declares in place of opening data"),
+    )),
+    *_section("nonfinite.", (
+        ("policy", "str", "skip", "skip | stop: a non-finite loss or gradient skips the update "
+         "or stops the run"),
+        ("max_consecutive", "int", 20, "more consecutive skipped steps stop the run"),
+    )),
+    *_section("sampling.", (
+        ("weighting", "str", "size", "size | sqrt | uniform | explicit: task weights"),
+        ("schedule", "str", "agd", "agd (one task per step) | weighted_sum (every task, one "
+         "update on the weighted sum, M3SAT)"),
+    )),
+    *_section("input.", (
+        ("num_threads", "int", REQUIRED, "grain reader threads per task pipeline"),
+        ("prefetch", "int", REQUIRED, "batches prefetched per task pipeline"),
+    )),
+    *_section("mesh.", (
+        ("data", "int", 1, "data-parallel devices"),
+        ("fsdp", "int", 1, "devices parameters and batches are sharded over"),
+        ("expert", "int", 1, "devices experts are split over"),
+        ("tensor", "int", 1, "devices a layer's width is split over"),
+    )),
+    *_section("optimizer.", (
+        ("name", "str", "adam", "adam | adamw"),
+        ("learning_rate", "float", REQUIRED, "peak learning rate"),
+        ("warmup_steps", "int", 0, "linear warm-up steps"),
+        ("schedule", "str", "cosine", "cosine | constant after the warm-up"),
+        ("end_lr_fraction", "float", 0.0, "cosine's final learning rate / peak"),
+        ("grad_clip_norm", "float|None", None, "global gradient-norm clip"),
+        ("weight_decay", "float", 0.0, "decoupled weight decay (adamw)"),
+        ("b1", "float", 0.9, "Adam beta1"),
+        ("b2", "float", 0.999, "Adam beta2"),
+        ("eps", "float", 1e-8, "Adam epsilon"),
+    )),
+    *_section("datasets.*.", (
+        ("source", "str", REQUIRED, "a registered source: sklearn_digits, tfds, idx, arrayrecord, "
+         "paired, ... (its own settings follow; open section)"),
+        ("label_templates", "tuple[str]", None, "prompt templates with one {} for the class name"),
+        ("augment", "dict", {}, "translate, random_resized_crop, flip"),
+        ("tokenizer", "dict|None", None, "byte (default) | sentencepiece model_file"),
+        ("on_error", "str", "fail", "fail | skip: a bad example stops the run or is skipped"),
+        ("clip_fps", "float|None", None, "frames per second video clips are sampled at"),
+    )),
+    *_section("tasks.*.", (
+        ("dataset", "str", REQUIRED, "a key of config.datasets (also its classifier head)"),
+        ("objective", "str", REQUIRED, "softmax | bce | nce | sum (imp.objectives)"),
+        ("modalities", "tuple[str]", REQUIRED, "image | video | audio | text, what it reads"),
+        ("variants", "dict", REQUIRED, "variant name -> input signature, or auto=dict(...)"),
+        ("weight", "float|None", None, "explicit sampling weight (sampling.weighting=explicit)"),
+        ("loss_weight", "float", 1.0, "multiplies the task's loss"),
+        ("args", "dict", {}, "the objective's arguments (open section)"),
+    )),
+    *_section("tasks.*.variants.*.", (
+        ("batch_size", "int", REQUIRED, "examples per step"),
+        ("resolution", "int|(int, int)|None", None, "image / video frame height and width"),
+        ("frames", "int", 1, "video frames per example"),
+        ("drop_token", "float", 0.0, "fraction of non-text tokens DropToken drops in training"),
+        ("text_length", "int|None", None, "text tokens per example"),
+        ("spectrogram", "(int, int)|None", None, "audio (time, mel) bins"),
+    )),
+    *_section("evals.*.", (
+        ("dataset", "str", REQUIRED, "a key of config.datasets"),
+        ("modality", "str", "image", "the modality evaluated"),
+        ("resolution", "int|(int, int)|None", None, "input resolution"),
+        ("frames", "int", 1, "video frames per clip"),
+        ("spectrogram", "(int, int)|None", None, "audio (time, mel) bins"),
+        ("text_length", "int", 16, "text tokens of prompts and captions"),
+        ("train_split", "str", "train", "the linear probe's training split"),
+        ("test_split", "str", "test", "the held-out split"),
+        ("batch_size", "int", 128, "examples per inference batch (the last is padded)"),
+        ("zero_shot", "bool", True, "zero-shot classification against prompt embeddings"),
+        ("linear_probe", "bool", True, "logistic regression on frozen features (+ raw baseline)"),
+        ("templates", "tuple[str]|None", None, "prompt templates (default: the dataset's)"),
+        ("retrieval", "tuple[(str, str)]", (), "modality pairs for Recall@1/5/10 both ways"),
+        ("retrieval_positives", "str", "pair", "pair | label"),
+        ("classifier", "bool", False, "top-1 of the dataset's trained head"),
+        ("clips", "int", 1, "evenly spaced clips per test video, outputs averaged"),
+        ("fuse", "tuple[str]", (), "modalities the classifier reads encoded together (M3SAT)"),
+    )),
+    *_section("dry_run.datasets.*.", (
+        ("train_examples", "int", REQUIRED, "train split size (sampling weights)"),
+        ("num_classes", "int", REQUIRED, "classes (0: no classifier head)"),
+        ("modalities", "tuple[str]", REQUIRED, "modalities an example provides"),
+    )),
+]
+
+_MODEL_DOCS = {
+    "width": "token width D", "depth": "encoder layers", "num_heads": "attention heads",
+    "mlp_dim": "FFN hidden width", "embed_dim": "common embedding width (contrastive)",
+    "scan_layers": "roll the layers with nn.scan (one compiled body)",
+    "remat_policy": "none | full | ...: rematerialisation of each layer",
+    "vision_patch": "(time, height, width) of a vision patch",
+    "vision_base_grid": "patch grid the vision positions are learned at",
+    "vision_channels": "image channels", "audio_patch": "(time, mel) of an audio patch",
+    "audio_base_grid": "patch grid the audio positions are learned at",
+    "text_vocab_size": "text embedding rows (>= every tokenizer's ids)",
+    "text_max_length": "text positions", "logit_scale_init": "initial contrastive logit scale",
+    "logit_scale_max": "contrastive logit scale cap", "moe": "Mixture-of-Experts (model.moe.*)",
+    "front_end": "patch | perceiver", "perceiver_latents": "latents of the perceiver front end",
+    "perceiver_bands": "Fourier bands of the perceiver front end",
+    "dtype": "computation dtype", "param_dtype": "parameter dtype",
+    "heads": "classifier heads: batch_norm (Linear then BatchNorm, M3SAT), momentum, epsilon",
+    "layer_scale": "LayerScale's initial gamma per residual branch (None: off)",
+    "stochastic_depth": "drop rate of each residual branch in training (0: off)",
+    "perceiver_max_freq": "modality -> the Fourier features' max frequency (default: axis length)",
+    "perceiver_freq_base": "modality -> base of log-spaced Fourier bands (default: linear)",
+}
+_MOE_DOCS = {
+    "num_experts": "experts per MoE layer (0: dense)",
+    "every": "the last layer of every block of `every` layers is MoE",
+    "router": "expert_choice | top_k", "router_args": "the router's arguments (open section)",
+    "hidden_dim": "expert hidden width (default: model.mlp_dim)",
+    "group_size": "example | batch | tokens per routing group",
+    "dispatch": "gather | einsum (all-to-all on a mesh)",
+    "condition": "router input: token | context | modality | task | attribute",
+    "condition_dim": "width of data-independent condition embeddings (default: model width)",
+    "ffn": "MoE layers have expert FFNs", "attention": "none | shared | qkv: MoE in attention",
+    "renormalize_gates": "top-k gates renormalised over the k chosen experts (False: raw softmax)",
+}
+
+
+def _dataclass_keys(prefix: str, cls: type, docs: Mapping[str, str]) -> list[Key]:
+  out = []
+  for f in dataclasses.fields(cls):
+    default = (f.default if f.default is not dataclasses.MISSING else
+               f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
+    if dataclasses.is_dataclass(default):
+      default = {}
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    out.append(Key(prefix + f.name, kind, default, docs.get(f.name, "")))
+  return out
+
+
+def all_keys() -> list[Key]:
+  """KEYS plus model.* and model.moe.*, read off ModelConfig and MoeConfig (their fields are
+  the declaration: type and default in one place)."""
+  from imp.model import ModelConfig, MoeConfig
+
+  return KEYS + _dataclass_keys("model.", ModelConfig, _MODEL_DOCS) + _dataclass_keys(
+      "model.moe.", MoeConfig, _MOE_DOCS)
+
+
+def keys_of(section: str) -> tuple[str, ...]:
+  """The key names directly under `section` ("" for the top level, "tasks.*" for an entry)."""
+  prefix = f"{section}." if section else ""
+  return tuple(k.path[len(prefix):] for k in KEYS
+               if k.path.startswith(prefix) and "." not in k.path[len(prefix):])
+
+
+def _value_at(config: Any, path: str) -> list[tuple[str, Any]]:
+  """(concrete path, value) of every match of `path` in `config` (`*`: every name)."""
+  found = [("", config)]
+  for part in path.split("."):
+    nxt = []
+    for where, node in found:
+      if not isinstance(node, Mapping) and not hasattr(node, "keys"):
+        continue
+      names = list(node.keys()) if part == "*" else [part]
+      for name in names:
+        if name in node:
+          nxt.append((f"{where}.{name}" if where else name, node[name]))
+    found = nxt
+  return found
+
+
+def describe(config: Any) -> list[str]:
+  """One line per key: path = value (default ...): meaning; `*` keys once per entry."""
+  lines = []
+  keys = all_keys()
+  parents = {k.path.rsplit(".", 1)[0] for k in keys if "." in k.path}
+  parents |= {p.rsplit(".", 1)[0] for p in parents if p.endswith(".*")}
+  for key in keys:
+    if key.path in parents:
+      continue  # a section: its keys follow, one line each
+    matches = _value_at(config, key.path)
+    if not matches:
+      if "*" in key.path:
+        continue
+      matches = [(key.path, "(unset)")]
+    for path, value in matches:
+      if hasattr(value, "to_dict"):
+        value = value.to_dict()
+      lines.append(f"{path} = {value!r}  [{key.type}, default {key.default!r}]  {key.doc}")
+  return lines

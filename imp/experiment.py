@@ -1,0 +1,87 @@
+"""An experiment end to end: training with the default end-of-run hooks, and evaluation.
+
+The layer above `imp.train`, `imp.evaluate` and `imp.analysis` (beside `imp.main`): it passes
+the eval suite and the expert-usage heatmap into the AGD loop as hooks, so the loop imports
+neither.
+
+  from imp import experiment
+  summary = experiment.train(config, workdir)      # train (or resume), evaluate, plot
+  results = experiment.evaluate(config, workdir)   # the eval suite on the latest checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
+from imp.evaluate import EvalSuite
+from imp.plan.plan import ConfigError
+from imp.run.infer import infer_fn
+from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
+from imp.train import loop
+from imp.train.train_log import NonFiniteError
+
+log = logging.getLogger("imp")
+
+__all__ = ["ConfigError", "EvalSuite", "NonFiniteError", "build", "compilation_cache",
+           "default_hooks", "evaluate", "task_iterators", "train"]
+
+def default_hooks(run: Run) -> loop.Hooks:
+  """The eval suite of config.evals, and the MoE expert-usage heatmap at the end."""
+  suite = EvalSuite(run.config.evals, run.sources)
+  usage = ExpertUsage()  # MoE router probabilities per task/modality
+
+  def on_metrics(task: str, means: dict, steps: int) -> None:
+    for name, value in means.items():
+      if name.endswith("/router_prob"):  # moe/<modality>/router_prob: [layers, experts]
+        usage.add(f"{task} {name.split('/')[1]}", value, count=steps)
+
+  def on_close(workdir: Path) -> None:
+    if usage:
+      log.info("expert usage heatmap: %s",
+               plot_expert_usage(usage.means(), workdir / "moe_expert_usage.png",
+                                 label="mean router probability"))
+
+  return loop.Hooks(evaluate=suite.run, eval_programs=suite.programs,
+                    metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close)
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
+  """The run of a config without training (plan, sources, state), its evals validated too.
+
+  Raises:
+    ConfigError: naming the bad key, file or task and what would be valid.
+  """
+  run = open_run(config, workdir)
+  try:
+    loop.check_best_metric(config, default_hooks(run))
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return run
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          stop_after: int | None = None) -> dict[str, Any]:
+  """`imp.train.loop.train` with the default hooks (see there)."""
+  return loop.train(config, workdir, hooks=default_hooks, stop_after=stop_after)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+  """Runs the eval suite on the latest checkpoint in `workdir`; writes eval.json."""
+  with compilation_cache(config, workdir):
+    run, state = restore_latest(config, workdir)
+    try:
+      results = EvalSuite(config.evals, run.sources).run(infer_fn(run, state.params))
+    finally:
+      run.checkpointer.close()
+  if jax.process_index() == 0:
+    (run.workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+  return results

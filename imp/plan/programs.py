@@ -1,0 +1,323 @@
+"""Every program of a run, lowered and compiled before step 1, with its cost and memory.
+
+  programs = [train program per task (or the weighted sum)] + [eval program per (request,
+             batch shape) the eval suite runs]
+  -> compile_all: lower + compile each through the StepCache (threads: XLA compiles in
+     parallel while Python traces the next) -> one ProgramReport each
+  -> table_lines (the console), write_json (<workdir>/programs.json), check_memory (stop
+     before step 1 when one does not fit a device)
+
+FLOPs: XLA's cost analysis counts the body of a while loop once, and `model.scan_layers`
+rolls the encoder into one. `ProgramReport.gflops` is corrected for the trip count: the
+program is also *lowered* (traced, not compiled) with the layers unrolled, and the compiled
+program's count is scaled by unrolled / scanned of the two lowered modules' counts, so every
+layer is counted (tests/test_programs.py checks it against a compiled unrolled model).
+Memory per device is XLA's memory analysis of the compiled program: arguments, outputs,
+temporaries, and the arguments donated to outputs (the train state), which count once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from imp.model import IMPModel
+from imp.parallel.rules import Rules, under_rules
+from imp.plan.plan import ConfigError, Plan
+from imp.plan.routing import route_eval
+from imp.train.placement import abstract_state
+from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
+from imp.train.step_cache import StepCache, signature
+
+GIB = 1024**3
+COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
+
+
+class ProgramMemoryError(ConfigError):
+  """A program needs more memory per device than the device (or config.device_memory_limit)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+  """One program to compile.
+
+  Attributes:
+    name: what the table shows ("train <task>", "eval <request>").
+    kind: "train" or "eval".
+    key: the StepCache name.
+    args: abstract (or concrete) arguments fixing the signature.
+    build: the pure function to compile, given the model (scanned or unrolled) and the
+      matching arguments; `make_args(model)` gives an unrolled model's arguments.
+    donate: argnums whose buffers the program reuses (the train state).
+    in_shardings, out_shardings: as jax.jit; None lets XLA choose.
+  """
+
+  name: str
+  kind: str
+  key: Hashable
+  args: tuple[Any, ...]
+  build: Callable[[IMPModel, tuple[Any, ...]], Callable]
+  make_args: Callable[[IMPModel], tuple[Any, ...]]
+  donate: tuple[int, ...] = ()
+  in_shardings: Any = None
+  out_shardings: Any = None
+
+  @property
+  def signature(self) -> tuple:
+    """The StepCache signature: of the batch argument(s) for train programs (as the loop keys
+    them), of every argument for eval programs (as `imp.run.infer` keys them)."""
+    return signature(self.args[1] if self.kind == "train" else self.args)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramReport:
+  """One compiled program: its compile time, FLOPs and memory per device.
+
+  Attributes:
+    name, kind: as ProgramSpec.
+    batch: field -> global shape of its batch argument(s).
+    compile_seconds: lower + compile wall time (concurrent compiles overlap).
+    count_seconds: the FLOPs correction's two lowerings (scanned and unrolled).
+    gflops: GFLOPs per device and call, every scanned layer counted (None if not reported).
+    gflops_xla: XLA's own count of the compiled program (a scanned body once).
+    argument_bytes, output_bytes, temp_bytes, alias_bytes: XLA's memory analysis per device.
+    xla_peak_bytes: the analysis' `peak_memory_in_bytes` where reported (buffer liveness
+      considered; `peak_bytes` instead assumes everything is live at once, an upper bound).
+    collectives: HLO collective op -> count (e.g. all-to-all of an expert-sharded MoE).
+  """
+
+  name: str
+  kind: str
+  batch: dict[str, tuple[int, ...]]
+  compile_seconds: float
+  count_seconds: float
+  gflops: float | None
+  gflops_xla: float | None
+  argument_bytes: int | None
+  output_bytes: int | None
+  temp_bytes: int | None
+  alias_bytes: int | None
+  collectives: dict[str, int] = dataclasses.field(default_factory=dict)
+  xla_peak_bytes: int | None = None  # XLA's own peak figure, where the backend reports one
+
+  @property
+  def peak_bytes(self) -> int | None:
+    """Arguments + outputs + temporaries, donated buffers counted once."""
+    if self.argument_bytes is None:
+      return None
+    return (self.argument_bytes + self.output_bytes - (self.alias_bytes or 0)
+            + (self.temp_bytes or 0))
+
+
+def _first(analysis: Any) -> Any:
+  return analysis[0] if isinstance(analysis, list | tuple) and analysis else analysis
+
+
+def _flops(staged: Any) -> float | None:
+  try:
+    cost = _first(staged.cost_analysis()) or {}
+  except (NotImplementedError, AttributeError):
+    return None
+  return float(cost["flops"]) if "flops" in cost else None
+
+
+def collective_counts(hlo_text: str) -> dict[str, int]:
+  """Collective ops in optimized HLO text, counted by their instruction (`= f32[..] op(`);
+  async pairs (`all-to-all-start`/`-done`) count once."""
+  return {op: len(re.findall(rf"\s{op}(?:-start)?\(", hlo_text)) for op in COLLECTIVES}
+
+
+def _batch_fields(spec: ProgramSpec, task_names: Sequence[str] = ()) -> dict[str, tuple]:
+  batch = spec.args[1]
+  if isinstance(batch, dict):
+    return {k: tuple(v.shape) for k, v in batch.items()}
+  return {f"{t}/{k}": tuple(v.shape) for t, b in zip(task_names, batch, strict=True)
+          for k, v in b.items()}
+
+
+def train_specs(plan: Plan) -> list[ProgramSpec]:
+  """The plan's train programs (arguments: the abstract state and batches)."""
+  specs = []
+  for program in plan.programs:
+    def build(model, args, key=program.key):
+      maker = make_train_step if key[0] == "train" else make_weighted_sum_step
+      return maker(model, plan.tx, key[1], *args)
+
+    def make_args(model, program=program):
+      return (abstract_state(model, plan.tx, plan.config.seed), plan.batch_of(program))
+
+    specs.append(ProgramSpec(
+        name=f"train {program.name}", kind="train", key=program.key,
+        args=(plan.state, plan.batch_of(program)), build=build, make_args=make_args,
+        donate=(0,), in_shardings=plan.in_shardings, out_shardings=plan.out_shardings))
+  return specs
+
+
+def infer_key(request: Any) -> Hashable:
+  return ("infer", request)
+
+
+def eval_specs(plan: Plan, params: Any, programs: Sequence[tuple[Any, Mapping[str, Any]]],
+               ) -> list[ProgramSpec]:
+  """Eval programs: (Request, example batch) pairs -> the inference programs that serve them."""
+  specs, seen = [], set()
+  for request, batch in programs:
+    request = route_eval(request, plan.task_table)  # as imp.run.infer routes it
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    key = (infer_key(request), signature((params, batch)))
+    if key in seen:
+      continue
+    seen.add(key)
+
+    def make_args(model, batch=batch):
+      return (abstract_state(model, plan.tx, plan.config.seed).params, batch)
+
+    specs.append(ProgramSpec(
+        name="eval " + describe_request(request), kind="eval", key=infer_key(request),
+        args=(params, batch), build=lambda model, args, r=request: make_infer_step(model, r),
+        make_args=make_args))
+  return specs
+
+
+def describe_request(request: Any) -> str:
+  parts = [f"classify {h}({m})" for m, h in request.classify]
+  parts += [f"embed {m}" for m in request.embed] + [f"features {m}" for m in request.features]
+  return ", ".join(parts) + (f" fused {'+'.join(request.fuse)}" if request.fuse else "")
+
+
+def _unrolled(model: IMPModel) -> IMPModel | None:
+  if not model.config.scan_layers:
+    return None
+  return model.clone(config=dataclasses.replace(model.config, scan_layers=False))
+
+
+def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
+                 ) -> ProgramReport:
+  mesh, rules = plan.mesh, plan.rules
+  lowered_flops = []
+  start = time.perf_counter()
+  program = cache.compiled(
+      spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules), spec.args,
+      donate_argnums=spec.donate, sig=spec.signature if spec.kind == "train" else None,
+      in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
+      on_lowered=lambda lowered: lowered_flops.append(_flops(lowered)))
+  seconds = time.perf_counter() - start
+  compiled_flops = _flops(program)
+  flops = compiled_flops
+  count_start = time.perf_counter()
+  unrolled = _unrolled(plan.model)
+  if unrolled is not None and compiled_flops is not None:
+    # The trip-count correction: unrolled / scanned, both counted on the lowered modules (the
+    # scanned one is the module just compiled; None if the cache already held the program).
+    scanned = (lowered_flops[0] if lowered_flops else
+               _lower_flops(spec, plan.model, spec.args, rules, mesh))
+    rolled_out = _lower_flops(spec, unrolled, spec.make_args(unrolled), rules, mesh)
+    if scanned and rolled_out:
+      flops = compiled_flops * rolled_out / scanned
+  count_seconds = time.perf_counter() - count_start
+  memory = None
+  with contextlib.suppress(NotImplementedError):  # some backends do not report memory
+    memory = _first(program.memory_analysis())
+  size = lambda name: None if memory is None else int(getattr(memory, name))  # noqa: E731
+  return ProgramReport(
+      name=spec.name, kind=spec.kind, batch=_batch_fields(spec, task_names),
+      compile_seconds=round(seconds, 2), count_seconds=round(count_seconds, 2),
+      gflops=None if flops is None else flops / 1e9,
+      gflops_xla=None if compiled_flops is None else compiled_flops / 1e9,
+      argument_bytes=size("argument_size_in_bytes"), output_bytes=size("output_size_in_bytes"),
+      temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
+      collectives=collective_counts(program.as_text()),
+      xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None)
+
+
+def _lower_flops(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, mesh: Any,
+                 ) -> float | None:
+  """FLOPs of `spec` for `model`, from the lowered (not compiled) module."""
+  fn = under_rules(spec.build(model, args), mesh, rules)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+  return _flops(jax.jit(fn).lower(*abstract))
+
+
+def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,
+                workers: int = 4) -> list[ProgramReport]:
+  """Compiles every spec into `cache` (`workers` at a time); one report each, in order."""
+  task_names = {p.name: p.tasks for p in plan.programs}
+  names = lambda s: task_names.get(s.name.removeprefix("train "), ())  # noqa: E731
+  if workers <= 1 or len(specs) <= 1:
+    return [_compile_one(s, plan, cache, names(s)) for s in specs]
+  start, recorded = time.perf_counter(), len(cache.compiles)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    reports = list(pool.map(lambda s: _compile_one(s, plan, cache, names(s)), specs))
+  summed = sum(r.seconds for r in cache.compiles[recorded:])
+  cache.overlap_seconds += max(0.0, summed - (time.perf_counter() - start))
+  return reports
+
+
+def _gib(n: int | None) -> str:
+  return "n/a" if n is None else f"{n / GIB:.3f}"
+
+
+def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = None,
+                ) -> list[str]:
+  """The compile-before-step-1 table, one program a line (memory in GiB per device)."""
+  width = max([len(r.name) for r in reports] + [7])
+  lines = [f"{'program':<{width}} {'compile s':>9} {'GFLOPs':>10} {'args GiB':>9} "
+           f"{'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"]
+  for r in reports:
+    flops = "n/a" if r.gflops is None else f"{r.gflops:.3f}"
+    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {flops:>10} "
+                 f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
+                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9}")
+  total = sum(r.compile_seconds for r in reports)
+  lines.append(f"{len(reports)} programs, {total:.1f}s compiling"
+               + (f" ({wall_seconds:.1f}s wall)" if wall_seconds is not None else "")
+               + "; GFLOPs per device and call, every scanned layer counted; peak = args + "
+               "out + temp, donated state once")
+  return lines
+
+
+def write_json(reports: Sequence[ProgramReport], path: str | Path, **facts: Any) -> Path:
+  """programs.json: {"programs": [one dict per program], **facts}."""
+  rows = [dict(dataclasses.asdict(r), peak_bytes=r.peak_bytes) for r in reports]
+  path = Path(path)
+  path.write_text(json.dumps(dict(facts, programs=rows), indent=2) + "\n")
+  return path
+
+
+def device_memory() -> int | None:
+  """Bytes of memory of this process's first device, None where the backend does not say."""
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except (NotImplementedError, RuntimeError):
+    return None
+  limit = stats.get("bytes_limit")
+  return int(limit) if limit else None
+
+
+def check_memory(reports: Sequence[ProgramReport], limit: int | float | None = None) -> None:
+  """Raises ProgramMemoryError naming every program over `limit` (or the device's memory)."""
+  device = device_memory()
+  budget = limit if limit is not None else device
+  if budget is None:
+    return
+  where = (f"config.device_memory_limit={limit}" if limit is not None else
+           f"the {jax.local_devices()[0].device_kind} device's {device / GIB:.2f} GiB")
+  over = [r for r in reports if r.peak_bytes is not None and r.peak_bytes > budget]
+  if over:
+    listed = "; ".join(f"{r.name} needs {r.peak_bytes / GIB:.2f} GiB (args "
+                       f"{_gib(r.argument_bytes)} + out {_gib(r.output_bytes)} + temp "
+                       f"{_gib(r.temp_bytes)} GiB)" for r in over)
+    raise ProgramMemoryError(
+        f"{len(over)} of {len(reports)} programs do not fit in device memory, more than "
+        f"{where} ({budget / GIB:.2f} GiB per device): {listed}. Nothing was trained. Shard "
+        "more (config.mesh fsdp/expert, config.mesh_rules='fsdp'), rematerialise "
+        "(config.model.remat_policy='full') or lower the variants' batch_size.")

@@ -1,0 +1,37 @@
+"""Inference programs of a run: `infer(request, batch)` for the eval suite and analysis.
+
+Each (Request, batch signature) is one program in the run's StepCache, keyed as
+`imp.plan.programs` compiles it before step 1, so an evaluation during training compiles
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from imp.model import Request
+from imp.parallel.rules import under_rules
+from imp.plan.programs import infer_key
+from imp.plan.routing import route_eval
+from imp.run.restore import Run
+from imp.train.step import make_infer_step
+
+Infer = Callable[[Request, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def infer_fn(run: Run, params: Any) -> Infer:
+  """`infer(request, batch) -> outputs` (host arrays), backed by the run's step cache."""
+
+  def infer(request: Request, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    request = route_eval(request, run.plan.task_table)  # the task ids conditional MoEs read
+    program = run.cache.compiled(
+        infer_key(request),
+        lambda: under_rules(make_infer_step(run.model, request), run.mesh, run.rules),
+        (params, batch))
+    return jax.device_get(program(params, batch))
+
+  return infer

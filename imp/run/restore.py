@@ -1,0 +1,136 @@
+"""A run opened from its config: the plan, the data sources, the state, the checkpointer.
+
+  open_run(config, workdir): sources -> DatasetFacts -> Plan -> sharded state -> Run
+  restore_latest(config, workdir): open_run + the latest checkpoint (evaluation, analysis)
+
+`imp.train.loop` trains a Run; `imp.evaluate` and `imp.analysis` restore one. None of them
+builds a run another way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
+
+from imp.data import DataSource, TaskIterators, load_sources, task_dataset
+from imp.parallel.distributed import check_same_config
+from imp.parallel.mesh import process_rows
+from imp.plan.plan import ConfigError, Plan, build_plan, facts_of_sources
+from imp.train.checkpoint import Checkpointer
+from imp.train.placement import init_sharded_state
+from imp.train.state import TrainState
+from imp.train.step_cache import StepCache
+
+
+@dataclasses.dataclass
+class Run:
+  """A plan with its data and its (freshly initialised) state."""
+
+  plan: Plan
+  workdir: Path
+  sources: dict[str, DataSource]
+  state: TrainState
+  cache: StepCache
+  checkpointer: Checkpointer
+
+  # The plan's parts, for callers that read them off the run.
+  config = property(lambda self: self.plan.config)
+  registry = property(lambda self: self.plan.registry)
+  sampler = property(lambda self: self.plan.sampler)
+  model = property(lambda self: self.plan.model)
+  tx = property(lambda self: self.plan.tx)
+  mesh = property(lambda self: self.plan.mesh)
+  rules = property(lambda self: self.plan.rules)
+  shardings = property(lambda self: self.plan.shardings)
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
+  """Opens the sources, plans the run and initialises its state in its shardings.
+
+  Raises:
+    ConfigError: naming the bad key, file or task and what would be valid.
+  """
+  check_same_config(config.to_json_best_effort(sort_keys=True))  # every process, before step 1
+  try:
+    sources = load_sources(config.datasets)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  plan = build_plan(config, facts_of_sources(sources))
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  state = init_sharded_state(plan.model, plan.tx, config.seed, plan.shardings)
+  checkpointer = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
+                              keep=config.checkpoint_keep,
+                              best_metric=config.get("checkpoint_best_metric"),
+                              best_mode=config.get("checkpoint_best_mode", "max"),
+                              restore_step=config.get("restore_step"))
+  return Run(plan=plan, workdir=workdir, sources=sources, state=state, cache=StepCache(),
+             checkpointer=checkpointer)
+
+
+def restore(run: Run) -> tuple[TrainState, dict[str, Any]] | None:
+  """The latest checkpoint of `run` in its shardings, or None; a checkpoint that does not fit
+  the config is a ConfigError."""
+  try:
+    return run.checkpointer.restore(run.state, shardings=run.shardings)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str | Path,
+                   ) -> tuple[Run, TrainState]:
+  """Opens the run and restores its latest checkpoint (for evaluation and analysis; the
+  caller closes `run.checkpointer`)."""
+  run = open_run(config, workdir)
+  restored = restore(run)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {run.checkpointer.directory}; train first.")
+  return run, restored[0]
+
+
+def task_iterators(run: Run) -> TaskIterators:
+  """One seeded grain pipeline per task variant; this process reads its rows of each batch."""
+  config = run.config
+  seeds = np.random.SeedSequence(config.seed).spawn(len(run.registry))
+  return TaskIterators({
+      t.name: task_dataset(run.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
+                           num_threads=config.input.num_threads, prefetch=config.input.prefetch,
+                           rows=process_rows(run.plan.mesh, t.variant.batch_size))
+      for t, s in zip(run.registry, seeds, strict=True)})
+
+
+@contextlib.contextmanager
+def compilation_cache(config: ml_collections.ConfigDict, workdir: str | Path):
+  """JAX's persistent compilation cache on disk, for the duration of a run.
+
+  A restarted or resumed run then loads its compiled steps instead of compiling them again
+  (JAX stores programs whose compile took at least jax_persistent_cache_min_compile_time_secs).
+  config.compilation_cache_dir: unset or "" for <workdir>/compilation_cache, "off" for no
+  cache, or a directory (shared between runs of one machine and JAX version). The previous
+  process-wide setting is restored on exit.
+  """
+  setting = config.get("compilation_cache_dir") or ""
+  if not isinstance(setting, str):
+    raise ConfigError(f"config.compilation_cache_dir={setting!r} must be a directory, '' "
+                      "(<workdir>/compilation_cache) or 'off'.")
+  path = None if setting == "off" else str(Path(setting or Path(workdir) / "compilation_cache"))
+  previous = jax.config.jax_compilation_cache_dir
+  if path == previous:
+    yield path
+    return
+  jax_compilation_cache.reset_cache()  # JAX opens the cache once; a new directory needs a reset
+  jax.config.update("jax_compilation_cache_dir", path)
+  try:
+    yield path
+  finally:
+    jax_compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", previous)

@@ -1,0 +1,114 @@
+"""The training log: step metrics buffered on the device, per-task means written every
+`log_every` steps, the NaN/Inf guard's skips counted and config.nonfinite applied."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from imp.train.metric_writers import MetricWriter
+
+# (task name, metric name -> mean since the last write, steps of that task since then)
+OnMetrics = Callable[[str, Mapping[str, np.ndarray], int], None]
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped on a non-finite loss or gradient (config.nonfinite)."""
+
+
+def mean_by_task(pending: list[tuple[str, dict]]) -> dict[str, dict[str, np.ndarray]]:
+  """task -> metric -> mean over the steps since the last write (arrays keep their shape)."""
+  values = jax.device_get([m for _, m in pending])
+  collected: dict[str, dict[str, list]] = collections.defaultdict(
+      lambda: collections.defaultdict(list))
+  for (task, _), metrics in zip(pending, values, strict=True):
+    for name, value in metrics.items():
+      collected[task][name].append(np.asarray(value))
+  return {task: {name: np.mean(v, axis=0) for name, v in metrics.items()}
+          for task, metrics in collected.items()}
+
+
+def flatten(means: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+  """Scalars for the writers: per-layer MoE metrics become ".../l<layer>[/e<expert>]"."""
+  flat = {}
+  for task, metrics in means.items():
+    for name, value in metrics.items():
+      for index in np.ndindex(value.shape):
+        suffix = "".join(f"/{p}{i}" for p, i in zip("le", index, strict=False))
+        flat[f"{task}/{name}{suffix}"] = float(value[index])
+  return flat
+
+
+class TrainLog:
+  """Buffers step metrics on the device and writes per-task means every `log_every` steps.
+
+  Metrics stay device arrays until a write, so logging forces no host sync per step.
+  `on_metrics` (an end-of-run hook's collector, e.g. expert usage) sees every write's means.
+  """
+
+  def __init__(self, workdir: Path, on_metrics: OnMetrics | None = None):
+    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    self.on_metrics = on_metrics
+    self.pending: list[tuple[str, dict]] = []
+    self.steps: list[int] = []
+    self.skipped = 0  # steps whose update the NaN/Inf guard skipped
+    self.consecutive = 0
+    self.first_skip: tuple[int, str] | None = None  # (step, task) of the latest skip run
+
+  def add(self, step: int, task_name: str, metrics: dict) -> None:
+    self.steps.append(step)
+    self.pending.append((task_name, metrics))
+
+  def _count_skips(self) -> None:
+    flags = jax.device_get([m["nonfinite"] for _, m in self.pending])
+    previous = None
+    for step, (task_name, _), flag in zip(self.steps, self.pending, flags, strict=True):
+      if step == previous:  # a weighted-sum step logs every task: count the step once
+        continue
+      previous = step
+      if flag:
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive == 1:
+          self.first_skip = (step, task_name)
+      else:
+        self.consecutive = 0
+
+  def write(self, step: int, cache_stats: dict[str, float], data_skipped: int = 0) -> str:
+    """Writes the buffered means (and the count of skipped bad examples); returns the line."""
+    self._count_skips()
+    means = mean_by_task(self.pending)
+    if self.on_metrics is not None:
+      for task_name, metrics in means.items():
+        self.on_metrics(task_name, metrics, sum(t == task_name for t, _ in self.pending))
+    self.pending.clear()
+    self.steps.clear()
+    scalars = flatten(means)
+    self.writer.write(step, dict(scalars, **{f"step_cache/{k}": v
+                                             for k, v in cache_stats.items()},
+                                 **{"data/skipped_examples": data_skipped}))
+    line = "  ".join(f"{k}={v:.3f}" for k, v in sorted(scalars.items())
+                     if k.endswith(("/loss", "/accuracy")))
+    return (f"step {step}: {line}  (step cache: {cache_stats['size']} programs, "
+            f"{cache_stats['hits']} hits, {100 * cache_stats['compile_share']:.1f}% of wall "
+            "compiling)" + (f"  ({data_skipped} bad examples skipped)" if data_skipped else ""))
+
+  def check_nonfinite(self, settings: Mapping, checkpoint: tuple[int | None, Path]) -> None:
+    """Applies config.nonfinite after a write; `checkpoint` is (latest step, directory)."""
+    policy, limit = settings.get("policy", "skip"), int(settings.get("max_consecutive", 20))
+    if policy == "stop" and self.skipped:
+      why = "config.nonfinite.policy='stop'"
+    elif self.consecutive > limit:
+      why = (f"{self.consecutive} consecutive skipped steps > "
+             f"config.nonfinite.max_consecutive={limit}")
+    else:
+      return
+    step, task = self.first_skip
+    raise NonFiniteError(
+        f"non-finite loss or gradient in task {task!r} at step {step} ({why}). The guard kept "
+        "the parameters of those steps unchanged; the latest checkpoint is step "
+        f"{checkpoint[0]} in {checkpoint[1]}.")
