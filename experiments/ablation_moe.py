@@ -15,8 +15,8 @@ in training, 2.0 in evaluation), each expert as wide as the dense FFN, so FLOPs 
 
 import ml_collections
 
-from imp.config.files import sibling
 from imp.config.digits import get_config as digits_config
+from imp.config.files import sibling
 
 _objectives = sibling("ablation_objectives", __file__)
 small, variant_and_steps = _objectives.small, _objectives.variant_and_steps

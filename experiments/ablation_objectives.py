@@ -16,8 +16,8 @@ Measured by zero-shot top-1 and the linear probe on frozen features (held-out 36
 
 import ml_collections
 
-from imp.config.variants import parse_arg
 from imp.config.digits import get_config as digits_config
+from imp.config.variants import parse_arg
 
 STEPS = 200
 # Budgets a variant name may carry after a comma: "agd" (200 steps), "agd,short" (12 steps,

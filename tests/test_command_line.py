@@ -86,8 +86,8 @@ def test_imp_and_every_experiment_load_from_another_folder(tmp_path):
   experiment that reads a sibling file (imp_b, m3sat, the ablations) loads by path."""
   script = tmp_path / "elsewhere.py"
   script.write_text(
-      "import sys\nfrom pathlib import Path\nimport imp, imp.main\nfrom imp.config import files as configs\n"
-      "print(Path(imp.__file__).resolve().parent)\n"
+      "import sys\nfrom pathlib import Path\nimport imp, imp.main\n"
+      "from imp.config import files as configs\nprint(Path(imp.__file__).resolve().parent)\n"
       "for path in sys.argv[1:]:\n  assert configs.from_file(path).total_steps > 0, path\n")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   files = sorted(str(p) for p in (ROOT / "experiments").glob("*.py"))
