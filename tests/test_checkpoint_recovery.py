@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import tiny_digits_config
 
-from imp.train import checksums, loop
+from imp import experiment
+from imp.train import checksums
 from imp.train.checkpoint import CheckpointError
 
 
@@ -22,12 +23,12 @@ def _config(**overrides):
 def finished_run(tmp_path_factory):
   """A finished 8-step run (checkpoints 4 and 8) and its final parameters."""
   workdir = tmp_path_factory.mktemp("straight")
-  loop.train(_config(), workdir)
+  experiment.train(_config(), workdir)
   return workdir, _params(_config(), workdir)
 
 
 def _params(config, workdir):
-  exp = loop.build(config, workdir)
+  exp = experiment.build(config, workdir)
   state, _ = exp.checkpointer.restore(exp.state)
   exp.checkpointer.close()
   return jax.device_get(state.params)
@@ -74,7 +75,7 @@ def test_corrupt_newest_checkpoint_is_set_aside_and_the_older_one_restored(
   workdir = _copy(finished_run, tmp_path)
   corrupt, reason = CORRUPTIONS[how]
   corrupt(workdir / "checkpoints" / "8")
-  exp = loop.build(_config(), workdir)
+  exp = experiment.build(_config(), workdir)
   with caplog.at_level(logging.WARNING, logger="imp.checkpoint"):
     state, meta = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
   exp.checkpointer.close()
@@ -96,14 +97,14 @@ def test_training_resumes_past_a_corrupt_checkpoint_to_the_straight_runs_paramet
     finished_run, tmp_path):
   workdir = _copy(finished_run, tmp_path)
   _flip_bytes(_array_files(workdir / "checkpoints" / "8")[-1], 0)
-  summary = loop.train(_config(), workdir)
+  summary = experiment.train(_config(), workdir)
   assert summary["steps_this_run"] == 4 and summary["steps"] == 8  # resumed from step 4
   jax.tree.map(np.testing.assert_array_equal, finished_run[1], _params(_config(), workdir))
 
 
 def test_restore_step_picks_a_checkpoint_by_hand(finished_run, tmp_path):
   workdir = _copy(finished_run, tmp_path)
-  exp = loop.build(_config(restore_step=4), workdir)
+  exp = experiment.build(_config(restore_step=4), workdir)
   state, _ = exp.checkpointer.restore(exp.state)
   exp.checkpointer.close()
   assert int(state.step) == 4
@@ -111,15 +112,15 @@ def test_restore_step_picks_a_checkpoint_by_hand(finished_run, tmp_path):
 
 def test_restore_step_that_does_not_exist_names_the_valid_steps(finished_run, tmp_path):
   workdir = _copy(finished_run, tmp_path)
-  with pytest.raises(loop.ConfigError, match=r"config.restore_step=5: no checkpoint of step 5 "
+  with pytest.raises(experiment.ConfigError, match=r"config.restore_step=5: no checkpoint of step 5 "
                      r"in .*; valid: 4, 8\."):
-    loop.train(_config(restore_step=5), workdir)
+    experiment.train(_config(restore_step=5), workdir)
 
 
 def test_restore_step_of_a_corrupt_checkpoint_stops_and_moves_nothing(finished_run, tmp_path):
   workdir = _copy(finished_run, tmp_path)
   (workdir / "checkpoints" / "8" / "meta" / "metadata").write_text("[")
-  exp = loop.build(_config(restore_step=8), workdir)
+  exp = experiment.build(_config(restore_step=8), workdir)
   with pytest.raises(CheckpointError, match=r"config.restore_step=8: .* is unreadable: "
                      r"meta/metadata: JSONDecodeError.*Other steps: 4\."):
     exp.checkpointer.restore(exp.state)

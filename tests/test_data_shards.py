@@ -14,6 +14,7 @@ from test_tfds_source import _load as load_tfds
 from test_tfds_source import data_dir  # noqa: F401  (the TFDS fixture)
 
 from imp.data import load_source, prepare, task_dataset
+from imp.data.images import write_image
 from imp.data.pipeline import _example_fn
 from imp.data.sources import ArraySplit, DataSource
 from imp.tasks import Task, Variant
@@ -71,7 +72,7 @@ def _array_record(tmp_path):
   for c, name in enumerate(NAMES):
     os.makedirs(root / name)
     for i in range(7):  # every image different: its value encodes (class, i)
-      prepare.write_netpbm(str(root / name / f"{i}.pgm"), np.full((8, 8), 10 * c + i, np.uint8))
+      write_image(str(root / name / f"{i}.png"), np.full((8, 8), 10 * c + i, np.uint8))
   out = tmp_path / "prep"
   prepare.main(["image_folder", "--input", str(root), "--output", str(out),
                 "--test-fraction", "0"])

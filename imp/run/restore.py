@@ -57,8 +57,8 @@ def open_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   Raises:
     ConfigError: naming the bad key, file or task and what would be valid.
   """
-  check_same_config(config.to_json_best_effort(sort_keys=True))  # every process, before step 1
   try:
+    check_same_config(config.to_json_best_effort(sort_keys=True))  # every process, before step 1
     sources = load_sources(config.datasets)
   except ConfigError:
     raise
