@@ -21,9 +21,8 @@ import ml_collections
 
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
 from imp.evaluate import EvalSuite
-from imp.parallel.mesh import data_parallel_size, process_rows
 from imp.plan.plan import ConfigError
-from imp.run.infer import infer_fn
+from imp.run.infer import eval_rows, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
 from imp.train import loop
 from imp.train.train_log import NonFiniteError
@@ -53,20 +52,6 @@ def default_hooks(run: Run) -> loop.Hooks:
                     metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close,
                     eval_seconds=lambda: dict(suite.seconds))
 
-
-def eval_rows(run: Run):
-  """global eval batch size -> this process's [start, stop) of its rows (the eval programs
-  split a batch over the data-parallel devices, so its size must be a multiple of them)."""
-  devices = data_parallel_size(run.mesh)
-
-  def rows(batch_size: int) -> tuple[int, int]:
-    if batch_size % devices:
-      raise ValueError(f"an eval batch_size of {batch_size} does not split over the {devices} "
-                       "data-parallel devices of config.mesh; use a multiple of "
-                       f"{devices}.")
-    return process_rows(run.mesh, batch_size)
-
-  return rows
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:

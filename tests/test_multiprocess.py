@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import tiny_digits_config
 
-from imp.train import loop
+from imp import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "local.sh"
@@ -48,7 +48,7 @@ def _run(processes, devices, workdir, *args, timeout=1200):
 
 
 def _state(workdir, config=None):
-  exp = loop.build(config or tiny_digits_config(total_steps=8), workdir)
+  exp = experiment.build(config or tiny_digits_config(total_steps=8), workdir)
   state, _ = exp.checkpointer.restore(exp.state)
   exp.checkpointer.close()
   return jax.device_get(state)

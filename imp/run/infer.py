@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from imp.model import Request
-from imp.parallel.mesh import put_batch
+from imp.parallel.mesh import data_parallel_size, process_rows, put_batch
 from imp.parallel.rules import under_rules
 from imp.plan.programs import eval_shardings, infer_key
 from imp.plan.routing import route_eval
@@ -43,3 +43,18 @@ def infer_fn(run: Run, params: Any) -> Infer:
     return jax.device_get(program(params, batch))
 
   return infer
+
+
+def eval_rows(run: Run) -> Callable[[int], tuple[int, int]]:
+  """global eval batch size -> this process's [start, stop) of its rows (the eval programs
+  split a batch over the data-parallel devices, so its size must be a multiple of them)."""
+  devices = data_parallel_size(run.mesh)
+
+  def rows(batch_size: int) -> tuple[int, int]:
+    if batch_size % devices:
+      raise ValueError(f"an eval batch_size of {batch_size} does not split over the {devices} "
+                       "data-parallel devices of config.mesh; use a multiple of "
+                       f"{devices}.")
+    return process_rows(run.mesh, batch_size)
+
+  return rows
