@@ -22,7 +22,7 @@ import ml_collections
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
 from imp.evaluate import EvalSuite
 from imp.plan.plan import ConfigError
-from imp.run.infer import infer_fn
+from imp.run.infer import eval_rows, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
 from imp.train import loop
 from imp.train.train_log import NonFiniteError
@@ -34,7 +34,7 @@ __all__ = ["ConfigError", "EvalSuite", "NonFiniteError", "build", "compilation_c
 
 def default_hooks(run: Run) -> loop.Hooks:
   """The eval suite of config.evals, and the MoE expert-usage heatmap at the end."""
-  suite = EvalSuite(run.config.evals, run.sources)
+  suite = EvalSuite(run.config.evals, run.sources, rows=eval_rows(run))
   usage = ExpertUsage()  # MoE router probabilities per task/modality
 
   def on_metrics(task: str, means: dict, steps: int) -> None:
@@ -49,7 +49,9 @@ def default_hooks(run: Run) -> loop.Hooks:
                                  label="mean router probability"))
 
   return loop.Hooks(evaluate=suite.run, eval_programs=suite.programs,
-                    metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close)
+                    metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close,
+                    eval_seconds=lambda: dict(suite.seconds))
+
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
@@ -79,7 +81,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   with compilation_cache(config, workdir):
     run, state = restore_latest(config, workdir)
     try:
-      results = EvalSuite(config.evals, run.sources).run(infer_fn(run, state.params))
+      results = EvalSuite(config.evals, run.sources, rows=eval_rows(run)).run(
+          infer_fn(run, state.params))
     finally:
       run.checkpointer.close()
   if jax.process_index() == 0:

@@ -79,6 +79,13 @@ def _suite(directory: str, clips) -> EvalSuite:
   return EvalSuite(evals, {"clips": source})
 
 
+def _collect(suite: EvalSuite, entry, request: Request, key: str) -> np.ndarray:
+  """Output `key` per test video of the suite's streamed test split (with its raw inputs)."""
+  outputs = [k for k in ("embedding/video", "features/video", "logits/clips") if k == key]
+  stream = suite._stream(entry, "test", raw=True)
+  return suite._collect(fake_infer, request, [stream], outputs, "test")[key]
+
+
 def test_multi_clip_average_hand_computed(tmp_path):
   directory = _videos(tmp_path)
   # Clips of 4 frames 2 apart (16 fps at clip_fps 8) span 7 of 17 frames: slack 10. One clip
@@ -86,24 +93,25 @@ def test_multi_clip_average_hand_computed(tmp_path):
   # 30, 80, 130.
   single, multi = _suite(directory, 1), _suite(directory, 3)
   entry_1, entry_3 = single.entries[0], multi.entries[0]
-  emb_1 = single._embeddings(fake_infer, entry_1, "video")
-  emb_3 = multi._embeddings(fake_infer, entry_3, "video")
+  emb_1 = _collect(single, entry_1, Request(embed=("video",)), "embedding/video")
+  emb_3 = _collect(multi, entry_3, Request(embed=("video",)), "embedding/video")
   # Unit vectors at 0.3, 0.8 and 1.3 rad average to the direction 0.8 (their lengths differ:
   # the clips count equally because each is normalised first). One clip passes through as is.
   np.testing.assert_allclose(emb_3, [[np.cos(0.8), np.sin(0.8)]] * 2, rtol=1e-5)
   np.testing.assert_allclose(emb_1, [[81 * np.cos(0.8), 81 * np.sin(0.8)]] * 2, rtol=1e-5)
-  test_1, test_3 = single._split(entry_1, "test"), multi._split(entry_3, "test")
+  test_3 = multi._stream(entry_3, "test")
   assert test_3.clips == 3 and sum(int(b["mask"].sum()) for b in test_3) == 6
-  features = multi._outputs(fake_infer, Request(features=("video",)), test_3, "features/video")
+  features = _collect(multi, entry_3, Request(features=("video",)), "features/video")
   np.testing.assert_allclose(features, [[80.0, (30**2 + 80**2 + 130**2) / 3]] * 2, rtol=1e-5)
   # The mean over clips is the middle clip here (the frame values are linear in time).
-  np.testing.assert_allclose(test_3.raw, test_1.raw, atol=1e-6)
+  np.testing.assert_allclose(_collect(multi, entry_3, Request(features=("video",)), "raw"),
+                             _collect(single, entry_1, Request(features=("video",)), "raw"),
+                             atol=1e-6)
   # Logit of class "low" (id 1; classes sort as high, low) per clip: (m - 80)^2 / 500 - 2, so
   # -2 for the middle clip alone but (3 - 2 + 3) / 3 = 4/3 > 0 averaged over three clips.
-  logits = multi._outputs(fake_infer, Request(classify=(("video", "clips"),)), test_3,
-                          "logits/clips")
+  logits = _collect(multi, entry_3, Request(classify=(("video", "clips"),)), "logits/clips")
   np.testing.assert_allclose(logits[:, 1], [4 / 3, 4 / 3], rtol=1e-5)
-  labels = list(test_1.labels)
+  labels = list(_collect(single, entry_1, Request(features=("video",)), "label"))
   assert sorted(labels) == [0, 1]
   assert single.run(fake_infer)["clips/classifier_top1"] == 0.5  # everything predicted "high"
   assert multi.run(fake_infer)["clips/classifier_top1"] == 0.5  # everything predicted "low"

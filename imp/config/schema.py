@@ -137,6 +137,8 @@ KEYS: list[Key] = [
         ("classifier", "bool", False, "top-1 of the dataset's trained head"),
         ("clips", "int", 1, "evenly spaced clips per test video, outputs averaged"),
         ("fuse", "tuple[str]", (), "modalities the classifier reads encoded together (M3SAT)"),
+        ("raw_probe", "bool", True, "the raw-input baseline probe beside the linear probe "
+         "(holds [examples, raw dim] of both splits)"),
     )),
     *_section("dry_run.datasets.*.", (
         ("train_examples", "int", REQUIRED, "train split size (sampling weights)"),

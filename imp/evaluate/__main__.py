@@ -39,12 +39,13 @@ def markdown_table(results: Mapping[str, float], step: int) -> str:
 def evaluate_and_write(config, workdir: str | Path) -> dict[str, float]:
   """The suite on the latest checkpoint; writes evaluation.json and evaluation.md."""
   from imp.evaluate.suite import EvalSuite
-  from imp.run.infer import infer_fn
+  from imp.run.infer import eval_rows, infer_fn
   from imp.run.restore import restore_latest
 
   run, state = restore_latest(config, workdir)
   try:
-    results = EvalSuite(config.evals, run.sources).run(infer_fn(run, state.params))
+    results = EvalSuite(config.evals, run.sources, rows=eval_rows(run)).run(
+        infer_fn(run, state.params))
   finally:
     run.checkpointer.close()
   step, workdir = int(state.step), Path(workdir)

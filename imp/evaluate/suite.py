@@ -14,29 +14,43 @@ the middle clip); the model runs on every clip and the per-video output is the m
 (`clip_mean`): of the L2-normalised embeddings, re-normalised (zero-shot, retrieval), of the
 logits (classifier), of the pooled features (linear probe).
 
+Every split is streamed (`imp.data.eval_stream`): fixed-size batches, the last padded and
+masked, each batch's outputs reduced to the pooled features / embeddings / logits the metric
+needs before the next batch is read; no split's inputs are held. With `rows` (a process's
+[start, stop) of a global batch, `imp.parallel.mesh.process_rows`), each process reads only its
+rows; `infer` returns the whole batch's outputs (replicated), and labels and raw-baseline
+inputs are gathered across processes. `raw_probe=False` drops the raw-input baseline probe,
+whose [examples, pixels] matrix is the one thing that grows with the raw inputs.
+
 The suite never touches parameters: it calls `infer(request, batch)`, which the training loop
 backs with compiled programs; `programs()` lists them, so a run compiles them before step 1.
+`seconds` holds the wall seconds of each entry's latest evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
-from imp.data import DataSource, eval_batches, prompt_tokens
+from imp.data import DataSource, prompt_tokens
+from imp.data.eval_stream import EvalStream
 from imp.evaluate import retrieval
 from imp.evaluate.linear_probe import linear_probe
 from imp.evaluate.zero_shot import class_embeddings, top1_accuracy, zero_shot_predictions
 from imp.model import Request
 
 Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
+Rows = Callable[[int], tuple[int, int]]  # global batch size -> this process's [start, stop)
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
               "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
-              "retrieval", "retrieval_positives", "classifier", "clips", "fuse")
+              "retrieval", "retrieval_positives", "classifier", "clips", "fuse", "raw_probe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +74,7 @@ class _Entry:
   classifier: bool = False
   clips: int = 1  # evenly spaced clips per video, outputs averaged over them
   fuse: tuple[str, ...] = ()  # modalities the `classifier` head reads encoded together (M3SAT)
+  raw_probe: bool = True  # the raw-input baseline probe beside the linear probe
 
 
 def clip_mean(outputs: np.ndarray, clips: int, normalize: bool) -> np.ndarray:
@@ -120,10 +135,20 @@ def _raw_name(entry: _Entry) -> str:
   return "raw_pixel_probe_top1" if entry.modality == "image" else "raw_input_probe_top1"
 
 
-class EvalSuite:
-  """Builds fixed-shape evaluation batches once; `run(infer)` returns flat metrics."""
+def _gather(local: np.ndarray, rows: tuple[int, int], batch_size: int) -> np.ndarray:
+  """This process's rows [stop - start, ...] of a global batch -> the batch's [batch_size, ...]
+  (every process's rows, in order); the identity where one process reads every row."""
+  if rows == (0, batch_size):
+    return local
+  from jax.experimental import multihost_utils  # only multi-process runs get here
+  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
-  def __init__(self, evals: Mapping[str, Mapping[str, Any]], sources: Mapping[str, DataSource]):
+
+class EvalSuite:
+  """Streams fixed-shape evaluation batches; `run(infer)` returns flat metrics."""
+
+  def __init__(self, evals: Mapping[str, Mapping[str, Any]], sources: Mapping[str, DataSource],
+               rows: Rows | None = None):
     self.entries = []
     for name, spec in evals.items():
       unknown = sorted(set(spec) - set(_EVAL_KEYS))
@@ -137,6 +162,11 @@ class EvalSuite:
       pairs, positives = _retrieval_settings(name, spec, sources[spec["dataset"]])
       modality = spec.get("modality", "image")
       clips = _clips_setting(name, spec, {modality, *(m for pair in pairs for m in pair)})
+      batch_size = spec.get("batch_size", 128)
+      if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+          batch_size < 1):
+        raise ValueError(f"evals.{name}.batch_size={batch_size!r}: must be an integer >= 1 "
+                         "(rows per inference batch; the last batch is padded).")
       self.entries.append(_Entry(
           name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
           resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
@@ -144,20 +174,21 @@ class EvalSuite:
           frames=int(spec.get("frames", 1)),
           text_length=int(spec.get("text_length", 16)),
           train_split=spec.get("train_split", "train"), test_split=spec.get("test_split", "test"),
-          batch_size=int(spec.get("batch_size", 128)), zero_shot=bool(spec.get("zero_shot", True)),
+          batch_size=int(batch_size), zero_shot=bool(spec.get("zero_shot", True)),
           linear_probe=bool(spec.get("linear_probe", True)),
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
           retrieval=pairs, retrieval_positives=positives,
           head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips,
-          fuse=tuple(spec.get("fuse") or ())))
+          fuse=tuple(spec.get("fuse") or ()), raw_probe=bool(spec.get("raw_probe", True))))
       if set(self.entries[-1].fuse) - set(self.entries[-1].source.modalities):
         raise ValueError(f"evals.{name}.fuse={spec['fuse']}: dataset {spec['dataset']!r} has "
                          f"modalities {self.entries[-1].source.modalities}.")
       if self.entries[-1].fuse and clips > 1:
         raise ValueError(f"evals.{name}: fuse={spec['fuse']} and clips={clips} cannot be "
                          "combined; a fused head is evaluated on one clip per video (clips=1).")
-    self._batches: dict[tuple[str, str, str], Any] = {}
+    self._rows = rows or (lambda batch_size: (0, batch_size))
     self._raw_probe: dict[str, float] = {}
+    self.seconds: dict[str, float] = {}
 
   @property
   def metric_names(self) -> tuple[str, ...]:
@@ -166,151 +197,158 @@ class EvalSuite:
     for e in self.entries:
       names += [f"{e.name}/zero_shot_top1"] if e.zero_shot else []
       names += [f"{e.name}/classifier_top1"] if e.classifier else []
-      names += ([f"{e.name}/linear_probe_top1", f"{e.name}/{_raw_name(e)}"]
-                if e.linear_probe else [])
+      names += [f"{e.name}/linear_probe_top1"] if e.linear_probe else []
+      names += [f"{e.name}/{_raw_name(e)}"] if e.linear_probe and e.raw_probe else []
       names += [f"{e.name}/retrieval/{src}_to_{dst}/R@{k}" for a, b in e.retrieval
                 for src, dst in ((a, b), (b, a)) for k in retrieval.RECALL_KS]
     return tuple(names)
 
-  def _split(self, entry: _Entry, split: str, modality: str | None = None):
+  def _stream(self, entry: _Entry, split: str, modality: str | None = None,
+              raw: bool = False) -> EvalStream:
     modality = modality or entry.modality
-    key = (entry.name, split, modality)
-    if key not in self._batches:
-      self._batches[key] = eval_batches(entry.source, split, modality=modality,
-                                        resolution=entry.resolution,
-                                        batch_size=entry.batch_size,
-                                        spectrogram=entry.spectrogram, frames=entry.frames,
-                                        clips=entry.clips if modality == "video" else 1,
-                                        where=f"evals.{entry.name}.clips")
-    return self._batches[key]
+    return EvalStream(entry.source, split, modality=modality, resolution=entry.resolution,
+                      batch_size=entry.batch_size, spectrogram=entry.spectrogram,
+                      frames=entry.frames, clips=entry.clips if modality == "video" else 1,
+                      text_length=entry.text_length, raw=raw,
+                      where=f"evals.{entry.name}.clips", rows=self._entry_rows(entry))
 
-  @staticmethod
-  def _outputs(infer: Infer, request: Request, batches, key: str) -> np.ndarray:
-    """Output `key` per example [examples, ...]: concatenated over batches without padded rows,
-    then averaged over each video's clips (`clip_mean`; embeddings normalised)."""
-    parts = [np.asarray(infer(request, {k: v for k, v in b.items() if k != "mask"})[key])[b["mask"]]
-             for b in batches]
-    outputs = np.concatenate(parts)
-    clips = getattr(batches, "clips", 1)
-    if clips == 1:
-      return outputs
-    return clip_mean(outputs, clips, normalize=key.startswith("embedding/"))
+  def _entry_rows(self, entry: _Entry) -> tuple[int, int]:
+    try:
+      return self._rows(entry.batch_size)
+    except ValueError as e:
+      raise ValueError(f"evals.{entry.name}.batch_size={entry.batch_size}: {e}") from e
 
-  @staticmethod
-  def _text_batches(tokens: np.ndarray, batch_size: int) -> list[dict[str, np.ndarray]]:
-    """int32 tokens [n, length] as padded fixed-shape batches with a `mask` of real rows."""
-    batches = []
-    for start in range(0, len(tokens), batch_size):
-      chunk = tokens[start:start + batch_size]
-      pad = np.zeros((batch_size - len(chunk), tokens.shape[1]), tokens.dtype)
-      batches.append({"text": np.concatenate([chunk, pad]),
-                      "mask": np.arange(batch_size) < len(chunk)})
-    return batches
+  def _collect(self, infer: Infer, request: Request, streams: Sequence[EvalStream],
+               keys: Sequence[str], desc: str) -> dict[str, np.ndarray]:
+    """Outputs `keys` per example [examples, ...] of the streams' examples (several streams:
+    the same examples' modalities, read together for a fused head), plus "label" [examples]
+    and, where the first stream reads it, "raw" [examples, dim]. Padded rows are dropped and
+    a video's clips averaged (`clip_mean`; embeddings normalised) before the next batch."""
+    first = streams[0]
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*keys, "label", "raw")}
+    bar = tqdm(total=first.num_batches, desc=desc, unit="batch", leave=False, disable=None,
+               dynamic_ncols=True)
+    for batches in zip(*streams, strict=True):
+      mask = batches[0]["mask"]
+      outputs = infer(request, {s.modality: b[s.modality] for s, b in
+                                zip(streams, batches, strict=True)})
+      for k in keys:
+        parts[k].append(np.asarray(outputs[k])[mask])
+      for k in ("label", "raw"):
+        if k in batches[0]:
+          parts[k].append(_gather(batches[0][k], first.rows, first.batch_size)[mask])
+      bar.update(1)
+    bar.close()
+    out = {k: np.concatenate(v) for k, v in parts.items() if v}
+    clips = first.clips
+    if clips > 1:  # rows are clips, video-major: one output per video
+      out = {k: v[::clips] if k == "label" else
+             clip_mean(v, clips, normalize=k.startswith("embedding/")) for k, v in out.items()}
+    return out
 
-  @classmethod
-  def _text_embeddings(cls, infer: Infer, tokens: np.ndarray, batch_size: int) -> np.ndarray:
-    """[n, dim] text embeddings of int32 tokens [n, length], in padded fixed-shape batches."""
-    return cls._outputs(infer, Request(embed=("text",)), cls._text_batches(tokens, batch_size),
-                        "embedding/text")
+  def _text_embeddings(self, infer: Infer, tokens: np.ndarray, entry: _Entry) -> np.ndarray:
+    """[n, dim] text embeddings of int32 tokens [n, length] (prompts, held in memory), in
+    padded fixed-shape batches of which each process passes its rows."""
+    batch_size = entry.batch_size
+    start, stop = self._entry_rows(entry)
+    parts = []
+    for first in range(0, len(tokens), batch_size):
+      chunk = tokens[first:first + batch_size]
+      batch = np.concatenate([chunk, np.zeros((batch_size - len(chunk), tokens.shape[1]),
+                                              tokens.dtype)])
+      outputs = infer(Request(embed=("text",)), {"text": batch[start:stop]})
+      parts.append(np.asarray(outputs["embedding/text"])[:len(chunk)])
+    return np.concatenate(parts)
 
-  def _text_tokens(self, entry: _Entry) -> np.ndarray:
-    """[n, length] tokens of the test split's text (its "text" field, else label text)."""
-    data, tokenizer = entry.source.split(entry.test_split), entry.source.tokenizer
-    if "text" in data.fields:
-      texts = [t.decode() if isinstance(t, bytes) else str(t) for t in data.fields["text"]]
-    else:  # label text: the class name in the first template
-      names, template = entry.source.class_names, entry.source.label_templates[0]
-      texts = [template.format(names[int(y)]) for y in data.fields["label"]]
-    return np.stack([tokenizer.encode(t, entry.text_length) for t in texts])
+  def _head_streams(self, e: _Entry) -> list[EvalStream]:
+    """The classifier's test streams: a fused head reads every modality of `fuse` from the
+    same examples."""
+    return [self._stream(e, e.test_split, f) for f in (e.fuse or (e.modality,))]
 
-  def _head_batches(self, e: _Entry):
-    """The classifier's test batches: a fused head reads every modality of `fuse` from the
-    same examples' batches."""
-    if not e.fuse:
-      return self._split(e, e.test_split)
-    return [{k: v for part in parts for k, v in part.items()} for parts in zip(
-        *[self._split(e, e.test_split, f) for f in e.fuse], strict=True)]
-
-  def programs(self) -> list[tuple[Request, dict[str, np.ndarray]]]:
-    """(Request, first batch without `mask`) of every inference program `run` calls, so a
-    run can compile them all before step 1 (builds the eval batches, as `run` would)."""
+  def programs(self) -> list[tuple[Request, dict[str, jax.ShapeDtypeStruct]]]:
+    """(Request, global batch signature) of every inference program `run` calls, so a run can
+    compile them all before step 1 (transforms one example of each split to get its shape)."""
     out = []
-
-    def add(request: Request, batches) -> None:
-      out.append((request, {k: v for k, v in next(iter(batches)).items() if k != "mask"}))
-
     for e in self.entries:
       m = e.modality
       if e.zero_shot or e.linear_probe:
-        add(Request(embed=(m,) if e.zero_shot else (), features=(m,)),
-            self._split(e, e.test_split))
+        out.append((Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+                    self._stream(e, e.test_split).spec()))
       if e.zero_shot:
         prompts = prompt_tokens(e.source, e.text_length, e.templates)
-        add(Request(embed=("text",)),
-            self._text_batches(prompts.reshape(-1, prompts.shape[-1]), e.batch_size))
+        out.append((Request(embed=("text",)), {"text": jax.ShapeDtypeStruct(
+            (e.batch_size, prompts.shape[-1]), prompts.dtype)}))
       if e.classifier:
-        add(Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse), self._head_batches(e))
+        out.append((Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse),
+                    {k: v for s in self._head_streams(e) for k, v in s.spec().items()}))
       for pair in e.retrieval:
         for modality in pair:
-          if modality == "text":
-            add(Request(embed=("text",)), self._text_batches(self._text_tokens(e), e.batch_size))
-          else:
-            add(Request(embed=(modality,)), self._split(e, e.test_split, modality))
+          out.append((Request(embed=(modality,)),
+                      self._stream(e, e.test_split, modality).spec()))
     return out
-
-  def _embeddings(self, infer: Infer, entry: _Entry, modality: str) -> np.ndarray:
-    """[examples, dim] embeddings of the test split's examples, in split order."""
-    if modality != "text":
-      batches = self._split(entry, entry.test_split, modality)
-      return self._outputs(infer, Request(embed=(modality,)), batches, f"embedding/{modality}")
-    return self._text_embeddings(infer, self._text_tokens(entry), entry.batch_size)
 
   def _retrieval(self, infer: Infer, entry: _Entry) -> dict[str, float]:
     results = {}
-    labels = None
     for a, b in entry.retrieval:
-      emb_a, emb_b = self._embeddings(infer, entry, a), self._embeddings(infer, entry, b)
+      emb = {m: self._collect(infer, Request(embed=(m,)), [self._stream(entry, entry.test_split,
+                                                                        m)],
+                              [f"embedding/{m}"], f"eval {entry.name} {m}")
+             for m in (a, b)}
       if entry.retrieval_positives == "pair":
-        positives = retrieval.pair_positives(len(emb_a))
+        positives = retrieval.pair_positives(len(emb[a][f"embedding/{a}"]))
       else:
-        if labels is None:
-          labels = np.asarray(entry.source.split(entry.test_split).fields["label"])
+        labels = emb[a]["label"]
         positives = retrieval.label_positives(labels, labels)
-      for name, value in retrieval.bidirectional_recall(emb_a, emb_b, positives, (a, b)).items():
+      for name, value in retrieval.bidirectional_recall(
+          emb[a][f"embedding/{a}"], emb[b][f"embedding/{b}"], positives, (a, b)).items():
         results[f"{entry.name}/retrieval/{name}"] = value
+    return results
+
+  def _entry(self, infer: Infer, e: _Entry) -> dict[str, float]:
+    results = {}
+    m = e.modality
+    raw = e.linear_probe and e.raw_probe and e.name not in self._raw_probe
+    test = {}
+    if e.zero_shot or e.linear_probe:  # one pass over the test split for both
+      keys = [f"embedding/{m}"] * e.zero_shot + [f"features/{m}"] * e.linear_probe
+      test = self._collect(infer, Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+                           [self._stream(e, e.test_split, raw=raw)], keys,
+                           f"eval {e.name} {e.test_split}")
+    if e.zero_shot:
+      prompts = prompt_tokens(e.source, e.text_length, e.templates)  # [C, T, L]
+      classes, templates, length = prompts.shape
+      text = self._text_embeddings(infer, prompts.reshape(-1, length), e)
+      class_emb = class_embeddings(text.reshape(classes, templates, -1))
+      results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
+          zero_shot_predictions(test[f"embedding/{m}"], class_emb), test["label"])
+    if e.classifier:  # the trained head of the dataset on the held-out split
+      head_request = Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
+      head = self._collect(infer, head_request, self._head_streams(e), [f"logits/{e.head}"],
+                           f"eval {e.name} classifier")
+      results[f"{e.name}/classifier_top1"] = top1_accuracy(
+          head[f"logits/{e.head}"].argmax(-1), head["label"])
+    if e.linear_probe:
+      train = self._collect(infer, Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+                            [self._stream(e, e.train_split, raw=raw)], [f"features/{m}"],
+                            f"eval {e.name} {e.train_split}")
+      train_x, test_x = train[f"features/{m}"], test[f"features/{m}"]
+      if np.isfinite(train_x).all() and np.isfinite(test_x).all():
+        probe = linear_probe(train_x, train["label"], test_x, test["label"]).accuracy
+      else:  # a diverged model: report it, do not crash the run
+        probe = float("nan")
+      results[f"{e.name}/linear_probe_top1"] = probe
+      if raw:  # computed once: the raw inputs do not change during training
+        self._raw_probe[e.name] = linear_probe(train["raw"], train["label"], test["raw"],
+                                               test["label"]).accuracy
+      if e.raw_probe:
+        results[f"{e.name}/{_raw_name(e)}"] = self._raw_probe[e.name]
+    results.update(self._retrieval(infer, e))
     return results
 
   def run(self, infer: Infer) -> dict[str, float]:
     results = {}
     for e in self.entries:
-      m = e.modality
-      request = Request(embed=(m,) if e.zero_shot else (), features=(m,))
-      test = self._split(e, e.test_split)
-      if e.zero_shot:
-        embeddings = self._outputs(infer, request, test, f"embedding/{m}")
-        prompts = prompt_tokens(e.source, e.text_length, e.templates)  # [C, T, L]
-        classes, templates, length = prompts.shape
-        text = self._text_embeddings(infer, prompts.reshape(-1, length), e.batch_size)
-        class_emb = class_embeddings(text.reshape(classes, templates, -1))
-        results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
-            zero_shot_predictions(embeddings, class_emb), test.labels)
-      if e.classifier:  # the trained head of the dataset on the held-out split
-        batches = self._head_batches(e)
-        head_request = Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
-        logits = self._outputs(infer, head_request, batches, f"logits/{e.head}")
-        results[f"{e.name}/classifier_top1"] = top1_accuracy(logits.argmax(-1), test.labels)
-      if e.linear_probe:
-        train = self._split(e, e.train_split)
-        train_x = self._outputs(infer, request, train, f"features/{m}")
-        test_x = self._outputs(infer, request, test, f"features/{m}")
-        if np.isfinite(train_x).all() and np.isfinite(test_x).all():
-          probe = linear_probe(train_x, train.labels, test_x, test.labels).accuracy
-        else:  # a diverged model: report it, do not crash the run
-          probe = float("nan")
-        results[f"{e.name}/linear_probe_top1"] = probe
-        if e.name not in self._raw_probe:
-          self._raw_probe[e.name] = linear_probe(train.raw, train.labels, test.raw,
-                                                 test.labels).accuracy
-        results[f"{e.name}/{_raw_name(e)}"] = self._raw_probe[e.name]
-      results.update(self._retrieval(infer, e))
+      start = time.perf_counter()
+      results.update(self._entry(infer, e))
+      self.seconds[e.name] = round(time.perf_counter() - start, 3)
     return results

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 
 from imp.model import IMPModel
+from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
 from imp.parallel.rules import Rules, under_rules
 from imp.plan.plan import ConfigError, Plan
 from imp.plan.routing import route_eval
@@ -173,6 +174,11 @@ def eval_specs(plan: Plan, params: Any, programs: Sequence[tuple[Any, Mapping[st
   for request, batch in programs:
     request = route_eval(request, plan.task_table)  # as imp.run.infer routes it
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    rows, devices = next(iter(batch.values())).shape[0], data_parallel_size(plan.mesh)
+    if rows % devices:
+      raise ConfigError(f"eval program {describe_request(request)}: a batch of {rows} rows does "
+                        f"not split over the {devices} data-parallel devices of config.mesh; "
+                        f"set evals.<entry>.batch_size to a multiple of {devices}.")
     key = (infer_key(request), signature((params, batch)))
     if key in seen:
       continue
@@ -184,8 +190,16 @@ def eval_specs(plan: Plan, params: Any, programs: Sequence[tuple[Any, Mapping[st
     specs.append(ProgramSpec(
         name="eval " + describe_request(request), kind="eval", key=infer_key(request),
         args=(params, batch), build=lambda model, args, r=request: make_infer_step(model, r),
-        make_args=make_args))
+        make_args=make_args, **eval_shardings(plan)))
   return specs
+
+
+def eval_shardings(plan: Plan) -> dict[str, Any]:
+  """An eval program's shardings: parameters as in training, every batch field split on rows
+  over the data-parallel devices, outputs replicated (each process gets the whole batch's
+  outputs; imp.run.infer keys and calls the programs with these)."""
+  return {"in_shardings": (plan.shardings.params, batch_sharding(plan.mesh)),
+          "out_shardings": replicated(plan.mesh)}
 
 
 def describe_request(request: Any) -> str:

@@ -56,6 +56,7 @@ class Hooks:
     metric_names: the results `evaluate` returns (config.checkpoint_best_metric is one).
     on_metrics: sees every metrics write's per-task means.
     on_close: (workdir) at the end of the run, on process 0 (writes plots).
+    eval_seconds: () -> wall seconds of each eval entry's latest evaluation (summary.json).
   """
 
   evaluate: Callable[[Infer], dict[str, float]] | None = None
@@ -63,6 +64,7 @@ class Hooks:
   metric_names: tuple[str, ...] = ()
   on_metrics: OnMetrics | None = None
   on_close: Callable[[Path], None] | None = None
+  eval_seconds: Callable[[], dict[str, float]] = dict
 
 
 def check_best_metric(config: ml_collections.ConfigDict, hooks: Hooks) -> None:
@@ -250,6 +252,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       "data_skipped_examples": {n: s.skips.count for n, s in run.sources.items()
                                 if s.skips.count},
       "eval": evals,
+      "eval_seconds": hooks.eval_seconds(),  # per eval entry, its latest evaluation
   }
   train_log.writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
                                  "data_wait_share": summary["data_wait_share"] or 0.0},
