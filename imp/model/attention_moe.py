@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from imp.model import logical
+from imp.model.attention import attend
 from imp.model.moe import ROUTERS, Metrics, Routing, _expert_kernel, _group
 
 Array = jax.Array
@@ -78,6 +79,7 @@ class MoeSelfAttention(nn.Module):
   router_kwargs: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
   group_size: str | int = "example"
   dispatch: str = "gather"
+  attention_impl: str = "xla"
 
   def _route(self, name: str, gate: Array, mask: Array, train: bool) -> tuple[Routing, Metrics]:
     router = ROUTERS[self.router](self.num_experts, **dict(self.router_kwargs), name=name)
@@ -110,11 +112,8 @@ class MoeSelfAttention(nn.Module):
       out = routed_linear(routings[p], LinearExperts(self.num_experts, d, name=name), xg,
                           self.dispatch)
       proj[p] = out.reshape(b, n, self.num_heads, head_dim)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", proj["q"], proj["k"]) / jnp.sqrt(head_dim).astype(
-        x.dtype)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
-    attended = jnp.einsum("bhqk,bkhd->bqhd", weights, proj["v"]).reshape(b, n, d)
+    attended = attend(proj["q"], proj["k"], proj["v"], mask,
+                      impl=self.attention_impl).reshape(b, n, d)
     if "o" in routings:
       out = routed_linear(routings["o"], LinearExperts(self.num_experts, d, name="out"),
                           _group(attended, self.group_size), self.dispatch).reshape(b, n, d)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from imp.model import logical
+from imp.model.attention import attend
 from imp.model.attention_moe import ATTENTION_ROUTERS, MoeSelfAttention
 from imp.model.conditions import GateInput, get_condition
 from imp.model.moe import ROUTERS, MoeMlp
@@ -93,6 +94,7 @@ class SelfAttention(nn.Module):
 
   width: int
   num_heads: int
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array) -> Array:
@@ -104,10 +106,7 @@ class SelfAttention(nn.Module):
         (self.num_heads, head_dim), kernel_init=logical.kernel("embed", "heads", "kv"),
         bias_init=logical.zeros("heads", "kv"), name=name)
     q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, N, heads, head_dim]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = attend(q, k, v, mask, impl=self.attention_impl)  # [B, N, heads, head_dim]
     return nn.DenseGeneral(self.width, axis=(-2, -1), kernel_init=logical.kernel(
         "heads", "kv", "embed"), bias_init=logical.zeros("embed"), name="out")(out)
 
@@ -236,6 +235,7 @@ class EncoderBlock(nn.Module):
   train: bool = False
   layer_scale: float | None = None
   stochastic_depth: float = 0.0
+  attention_impl: str = "xla"
 
   def _residual(self, y: Array, name: str) -> Array:
     """A residual branch's output [B, N, D] after LayerScale and stochastic depth."""
@@ -257,19 +257,20 @@ class EncoderBlock(nn.Module):
     metrics = None
     h = logical.layer_norm("ln_attn")(x)
     if moe is not None and moe.attention != "none":
-      gate = GateInput(moe.condition, name="attn_gate")(h, mask, condition)
+      gate = GateInput(moe.condition, self.attention_impl, name="attn_gate")(h, mask, condition)
       y, metrics = MoeSelfAttention(
           self.width, self.num_heads, moe.num_experts, routers=moe.attention,
           router=moe.router, router_kwargs=moe.layer_router_args, group_size=moe.group_size,
-          dispatch=moe.dispatch, name="attn")(h, mask, gate, train=self.train)
+          dispatch=moe.dispatch, attention_impl=self.attention_impl, name="attn")(
+              h, mask, gate, train=self.train)
     else:
-      y = SelfAttention(self.width, self.num_heads, name="attn")(h, mask)
+      y = SelfAttention(self.width, self.num_heads, self.attention_impl, name="attn")(h, mask)
     x = x + checkpoint_name(self._residual(y, "attn"), "attn_out")
     h = logical.layer_norm("ln_mlp")(x)
     if moe is None or not moe.ffn:
       y = Mlp(self.width, self.mlp_dim, name="mlp")(h)
     else:
-      gate = GateInput(moe.condition, name="gate")(h, mask, condition)
+      gate = GateInput(moe.condition, self.attention_impl, name="gate")(h, mask, condition)
       y, ffn_metrics = MoeMlp(
           num_experts=moe.num_experts, hidden_dim=moe.hidden_dim or self.mlp_dim,
           router=moe.router, router_kwargs=moe.layer_router_args,
@@ -293,12 +294,13 @@ class BlockGroup(nn.Module):
   train: bool = False
   layer_scale: float | None = None
   stochastic_depth: float = 0.0
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, condition: Array | None = None,
                segments: Array | None = None) -> tuple[Array, dict]:
     residual = dict(train=self.train, layer_scale=self.layer_scale,
-                    stochastic_depth=self.stochastic_depth)
+                    stochastic_depth=self.stochastic_depth, attention_impl=self.attention_impl)
     for i in range(self.moe.every - 1):
       x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, **residual,
                           name=f"dense_{i}")(x, mask)
@@ -321,6 +323,7 @@ class Encoder(nn.Module):
     moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
     layer_scale: LayerScale's initial gamma, or None (off); see the module docstring.
     stochastic_depth: the uniform drop rate of every block's residual branches (0: off).
+    attention_impl: a key of imp.model.attention.ATTENTION_IMPLS (`model.attention_impl`).
   """
 
   width: int
@@ -332,6 +335,7 @@ class Encoder(nn.Module):
   moe: MoeConfig | None = None
   layer_scale: float | None = None
   stochastic_depth: float = 0.0
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
@@ -347,7 +351,7 @@ class Encoder(nn.Module):
     check_residual_options(self.layer_scale, self.stochastic_depth)
     unit = EncoderBlock if moe is None else BlockGroup
     kwargs = {"train": train, "layer_scale": self.layer_scale,
-              "stochastic_depth": self.stochastic_depth}
+              "stochastic_depth": self.stochastic_depth, "attention_impl": self.attention_impl}
     if moe is not None:
       kwargs["moe"] = moe
     length = self.depth if moe is None else self.depth // moe.every

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
+from imp.model.attention import check_attention_impl
 from imp.model.conditions import (
     StaticCondition,
     TokenCondition,
@@ -99,6 +100,9 @@ class ModelConfig:
       Tables 13-15: 1); a modality not listed uses each axis's length.
     perceiver_freq_base: {modality: base} for log-spaced Fourier bands (the Perceiver code
       M3SAT follows); a modality not listed gets linearly spaced bands.
+    attention_impl: the implementation of every attention (encoder, attention experts,
+      Perceiver, context pool): a key of imp.model.attention.ATTENTION_IMPLS ("xla", or
+      "cudnn" on a GPU).
   """
 
   width: int = 64
@@ -126,6 +130,7 @@ class ModelConfig:
   perceiver_bands: int = 6
   perceiver_max_freq: tuple[tuple[str, float], ...] = ()
   perceiver_freq_base: tuple[tuple[str, float], ...] = ()
+  attention_impl: str = "xla"
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -139,6 +144,7 @@ class ModelConfig:
     check_residual_options(values.get("layer_scale"), values.get("stochastic_depth", 0.0))
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
+    check_attention_impl(values.get("attention_impl", "xla"))
     if values.get("front_end", "patch") not in FRONT_ENDS:
       raise ValueError(f"model.front_end={values['front_end']!r} is not known; valid: "
                        f"{', '.join(FRONT_ENDS)}.")
@@ -234,7 +240,8 @@ class IMPModel(nn.Module):
       self.front = PerceiverFrontEnd(
           c.width, c.perceiver_latents, c.num_heads, c.mlp_dim, c.perceiver_bands,
           tuple((m, c.raw_dim(m)) for m in sorted(self.modalities)), c.vision_patch,
-          c.audio_patch, c.text_vocab_size, c.perceiver_max_freq, c.perceiver_freq_base)
+          c.audio_patch, c.text_vocab_size, c.perceiver_max_freq, c.perceiver_freq_base,
+          c.attention_impl)
       families = set()
     if "vision" in families:
       embedders["vision"] = VisionEmbedder(c.width, c.vision_patch, c.vision_base_grid)
@@ -244,7 +251,8 @@ class IMPModel(nn.Module):
       embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length)
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
-                           c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth)
+                           c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth,
+                           c.attention_impl)
     if c.moe.num_experts and not c.moe.data_dependent:
       self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
                                        num_tasks=len(self.tasks))

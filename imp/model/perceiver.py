@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
+from imp.model.attention import attend
 from imp.model.conditions import MODALITY_IDS, modality_id
 from imp.model.embedders import patchify
 from imp.model.encoder import EncoderBlock
@@ -99,6 +100,7 @@ class PerceiverFrontEnd(nn.Module):
   text_vocab_size: int
   max_freq: tuple[tuple[str, float], ...] = ()
   freq_base: tuple[tuple[str, float], ...] = ()
+  attention_impl: str = "xla"
 
   @property
   def input_dim(self) -> int:
@@ -151,11 +153,13 @@ class PerceiverFrontEnd(nn.Module):
                  name="key")(kv_in)
     v = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
                  name="value")(kv_in)
-    weights = jax.nn.softmax(jnp.einsum("ld,btd->blt", q, k) / math.sqrt(self.width), axis=-1)
-    attended = jnp.einsum("blt,btd->bld", weights, v)
+    # One head of width D (M3SAT), every input element visible.
+    attended = attend(jnp.broadcast_to(q, (b, *q.shape))[:, :, None], k[:, :, None],
+                      v[:, :, None], impl=self.attention_impl)[:, :, 0]  # [B, L, D]
     z = latents[None] + nn.Dense(self.width, kernel_init=logical.kernel("kv", "embed"),
                                  bias_init=logical.zeros("embed"), name="cross_out")(attended)
     # The latent self-attention layer of Figure 5, a dense pre-LN block.
     mask = jnp.ones((b, self.num_latents), bool)
-    z, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, name="latent_block")(z, mask)
+    z, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim,
+                        attention_impl=self.attention_impl, name="latent_block")(z, mask)
     return z, mask
