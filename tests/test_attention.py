@@ -5,8 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imp.model import IMPModel, ModelConfig, MoeConfig, Request
-from imp.model import attention_moe, conditions, encoder, perceiver
+from imp.model import (
+  IMPModel,
+  ModelConfig,
+  MoeConfig,
+  Request,
+  attention_moe,
+  conditions,
+  encoder,
+  perceiver,
+)
 from imp.model.attention import attend, check_attention_impl
 
 RNG = np.random.default_rng(0)

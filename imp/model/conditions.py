@@ -175,13 +175,14 @@ class AttentionPool(nn.Module):
   """Attention pooling with one learned query: x [B, N, D], mask [B, N] -> [B, D]."""
 
   attention_impl: str = "xla"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array) -> Array:
     d = x.shape[-1]
-    query = self.param("query", logical.normal(0.02, "embed"), (d,))
+    query = self.param("query", logical.normal(0.02, "embed"), (d,), self.param_dtype)
     keys = nn.Dense(d, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                    name="key")(x)
+                    dtype=x.dtype, param_dtype=self.param_dtype, name="key")(x)
     # One head of width D; the values are the tokens themselves.
     q = jnp.broadcast_to(query.astype(x.dtype), (x.shape[0], 1, 1, d))
     return attend(q, keys[:, :, None], x[:, :, None], mask, impl=self.attention_impl)[:, 0, 0]
@@ -196,13 +197,14 @@ class GateInput(nn.Module):
 
   condition: str = "token"
   attention_impl: str = "xla"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, static: Array | None = None) -> Array:
     if get_condition(self.condition).data_dependent:
       if self.condition == "token":
         return x
-      pooled = AttentionPool(self.attention_impl, name="pool")(x, mask)
+      pooled = AttentionPool(self.attention_impl, self.param_dtype, name="pool")(x, mask)
       return jnp.concatenate([x, jnp.broadcast_to(pooled[:, None], x.shape)], axis=-1)
     if static is None or static.shape[:2] != x.shape[:2]:
       raise ValueError(f"model.moe.condition={self.condition!r} needs a condition of shape "

@@ -101,6 +101,8 @@ class PerceiverFrontEnd(nn.Module):
   max_freq: tuple[tuple[str, float], ...] = ()
   freq_base: tuple[tuple[str, float], ...] = ()
   attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @property
   def input_dim(self) -> int:
@@ -143,23 +145,26 @@ class PerceiverFrontEnd(nn.Module):
     seq = jnp.concatenate([raw.astype(jnp.float32),
                            jnp.broadcast_to(jnp.asarray(extra), (b, t, extra.shape[1]))], -1)
     latents = self.param("latents", logical.normal(0.02, "latents", "embed"),
-                         (self.num_latents, self.width))
-    kv_in = logical.layer_norm("ln_inputs")(
+                         (self.num_latents, self.width), self.param_dtype)
+    norm = lambda name: logical.layer_norm(name, self.dtype, self.param_dtype)  # noqa: E731
+    kv_in = norm("ln_inputs")(
         nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
-                 bias_init=logical.zeros("embed"), name="input_proj")(seq))
-    q = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                 name="query")(logical.layer_norm("ln_latents")(latents))
-    k = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                 name="key")(kv_in)
-    v = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                 name="value")(kv_in)
+                 bias_init=logical.zeros("embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="input_proj")(seq))
+    proj = lambda name: nn.Dense(  # noqa: E731
+        self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"), dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    q = proj("query")(norm("ln_latents")(latents))
+    k, v = proj("key")(kv_in), proj("value")(kv_in)
     # One head of width D (M3SAT), every input element visible.
     attended = attend(jnp.broadcast_to(q, (b, *q.shape))[:, :, None], k[:, :, None],
                       v[:, :, None], impl=self.attention_impl)[:, :, 0]  # [B, L, D]
-    z = latents[None] + nn.Dense(self.width, kernel_init=logical.kernel("kv", "embed"),
-                                 bias_init=logical.zeros("embed"), name="cross_out")(attended)
+    z = latents[None].astype(self.dtype) + nn.Dense(
+        self.width, kernel_init=logical.kernel("kv", "embed"), bias_init=logical.zeros("embed"),
+        dtype=self.dtype, param_dtype=self.param_dtype, name="cross_out")(attended)
     # The latent self-attention layer of Figure 5, a dense pre-LN block.
     mask = jnp.ones((b, self.num_latents), bool)
     z, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim,
-                        attention_impl=self.attention_impl, name="latent_block")(z, mask)
+                        attention_impl=self.attention_impl, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="latent_block")(z, mask)
     return z, mask
