@@ -108,8 +108,9 @@ class ModelConfig:
       the heads ("float32" or "bfloat16"). Softmax, LayerNorm and BatchNorm statistics, router
       probabilities, pooled features, normalised embeddings (hence the contrastive logits),
       head logits and the losses stay float32 whatever it is.
-    param_dtype: the dtype parameters are stored in ("float32" or "bfloat16"); optimizer
-      moments are float32 either way (imp.train.optimizer).
+    param_dtype: the dtype parameters are stored in ("float32" or "bfloat16"), except the
+      contrastive temperature, the router kernels and BatchNorm heads (float32); the optimizer
+      moments are float32 either way (imp.train.state.float32_moments).
   """
 
   width: int = 64
