@@ -59,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       scan_layers=True, remat_policy="none",
       vision_patch=(1, 2, 2), vision_base_grid=(1, 4, 4), vision_channels=1,
       text_max_length=24,
+      dtype="float32", param_dtype="float32",  # precision policy: float32 | bfloat16
+      attention_impl="xla",  # xla | cudnn (GPU)
   )
   config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=100, schedule="cosine",
                           end_lr_fraction=0.0, grad_clip_norm=1.0)

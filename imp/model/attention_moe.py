@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from imp.model import logical
+from imp.model.attention import attend
 from imp.model.moe import ROUTERS, Metrics, Routing, _expert_kernel, _group
 
 Array = jax.Array
@@ -37,14 +38,16 @@ class LinearExperts(nn.Module):
 
   num_experts: int
   out_dim: int
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     g, e, c, d = x.shape
     if e != self.num_experts:
       raise ValueError(f"LinearExperts expects [G, {self.num_experts}, C, D]; got {x.shape}.")
-    w = self.param("kernel", _expert_kernel("expert", "embed", "mlp"), (e, d, self.out_dim))
-    b = self.param("bias", logical.zeros("expert", "mlp"), (e, self.out_dim))
+    w = self.param("kernel", _expert_kernel("expert", "embed", "mlp"), (e, d, self.out_dim),
+                   self.param_dtype)
+    b = self.param("bias", logical.zeros("expert", "mlp"), (e, self.out_dim), self.param_dtype)
     x = x.transpose(1, 0, 2, 3).reshape(e, g * c, d)  # expert axis first, as moe.Experts
     out = jnp.einsum("EXD,EDO->EXO", x, w.astype(x.dtype)) + b[:, None].astype(x.dtype)
     return out.reshape(e, g, c, self.out_dim).transpose(1, 0, 2, 3)
@@ -78,6 +81,9 @@ class MoeSelfAttention(nn.Module):
   router_kwargs: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
   group_size: str | int = "example"
   dispatch: str = "gather"
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   def _route(self, name: str, gate: Array, mask: Array, train: bool) -> tuple[Routing, Metrics]:
     router = ROUTERS[self.router](self.num_experts, **dict(self.router_kwargs), name=name)
@@ -107,20 +113,20 @@ class MoeSelfAttention(nn.Module):
         metrics.update(prefixed(f"attn_{p}_", m))
     proj = {}
     for p, name in zip("qkv", ("query", "key", "value"), strict=True):
-      out = routed_linear(routings[p], LinearExperts(self.num_experts, d, name=name), xg,
+      experts = LinearExperts(self.num_experts, d, self.param_dtype, name=name)
+      out = routed_linear(routings[p], experts, xg.astype(self.dtype),
                           self.dispatch)
       proj[p] = out.reshape(b, n, self.num_heads, head_dim)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", proj["q"], proj["k"]) / jnp.sqrt(head_dim).astype(
-        x.dtype)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
-    attended = jnp.einsum("bhqk,bkhd->bqhd", weights, proj["v"]).reshape(b, n, d)
+    attended = attend(proj["q"], proj["k"], proj["v"], mask,
+                      impl=self.attention_impl).reshape(b, n, d)
     if "o" in routings:
-      out = routed_linear(routings["o"], LinearExperts(self.num_experts, d, name="out"),
+      experts = LinearExperts(self.num_experts, d, self.param_dtype, name="out")
+      out = routed_linear(routings["o"], experts,
                           _group(attended, self.group_size), self.dispatch).reshape(b, n, d)
     else:
       out = nn.Dense(d, kernel_init=logical.kernel("mlp", "embed"),
-                     bias_init=logical.zeros("embed"), name="out")(attended)
+                     bias_init=logical.zeros("embed"), dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="out")(attended)
     aux = sum(v for k, v in metrics.items() if k.endswith("aux_loss"))
     metrics = {k: v for k, v in metrics.items() if not k.endswith("aux_loss")}
     metrics["aux_loss"] = jnp.asarray(aux, jnp.float32)

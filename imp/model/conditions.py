@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
+from imp.model.attention import attend
 
 Array = jax.Array
 
@@ -173,16 +174,18 @@ class StaticCondition(nn.Module):
 class AttentionPool(nn.Module):
   """Attention pooling with one learned query: x [B, N, D], mask [B, N] -> [B, D]."""
 
+  attention_impl: str = "xla"
+  param_dtype: str = "float32"
+
   @nn.compact
   def __call__(self, x: Array, mask: Array) -> Array:
     d = x.shape[-1]
-    query = self.param("query", logical.normal(0.02, "embed"), (d,))
+    query = self.param("query", logical.normal(0.02, "embed"), (d,), self.param_dtype)
     keys = nn.Dense(d, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                    name="key")(x)
-    logits = jnp.einsum("bnd,d->bn", keys, query.astype(keys.dtype)) / jnp.sqrt(d)
-    logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    return jnp.einsum("bn,bnd->bd", weights, x)
+                    dtype=x.dtype, param_dtype=self.param_dtype, name="key")(x)
+    # One head of width D; the values are the tokens themselves.
+    q = jnp.broadcast_to(query.astype(x.dtype), (x.shape[0], 1, 1, d))
+    return attend(q, keys[:, :, None], x[:, :, None], mask, impl=self.attention_impl)[:, 0, 0]
 
 
 class GateInput(nn.Module):
@@ -193,13 +196,15 @@ class GateInput(nn.Module):
   """
 
   condition: str = "token"
+  attention_impl: str = "xla"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, static: Array | None = None) -> Array:
     if get_condition(self.condition).data_dependent:
       if self.condition == "token":
         return x
-      pooled = AttentionPool(name="pool")(x, mask)
+      pooled = AttentionPool(self.attention_impl, self.param_dtype, name="pool")(x, mask)
       return jnp.concatenate([x, jnp.broadcast_to(pooled[:, None], x.shape)], axis=-1)
     if static is None or static.shape[:2] != x.shape[:2]:
       raise ValueError(f"model.moe.condition={self.condition!r} needs a condition of shape "

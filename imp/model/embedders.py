@@ -28,11 +28,13 @@ class GridPositions(nn.Module):
 
   base_grid: Sequence[int]
   width: int
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, grid: Sequence[int]) -> Array:
     axes = tuple(f"pos_{i}" for i in range(len(self.base_grid))) + ("embed",)
-    table = self.param("table", logical.normal(0.02, *axes), (*self.base_grid, self.width))
+    table = self.param("table", logical.normal(0.02, *axes), (*self.base_grid, self.width),
+                       self.param_dtype)
     if tuple(grid) == tuple(self.base_grid):
       return table
     return jax.image.resize(table, (*grid, self.width), method="linear")
@@ -68,6 +70,8 @@ class PatchEmbedder(nn.Module):
   width: int
   patch: Sequence[int]
   base_grid: Sequence[int]
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   def prepare(self, x: Array) -> Array:
     return x
@@ -77,8 +81,10 @@ class PatchEmbedder(nn.Module):
     x = self.prepare(x)
     patches, grid = patchify(x, self.patch)
     tokens = nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
-                      bias_init=logical.zeros("embed"), name="patch_proj")(patches)
-    tokens = tokens + GridPositions(self.base_grid, self.width, name="pos")(grid)
+                      bias_init=logical.zeros("embed"), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="patch_proj")(patches)
+    pos = GridPositions(self.base_grid, self.width, self.param_dtype, name="pos")(grid)
+    tokens = tokens + pos.astype(tokens.dtype)
     return tokens.reshape(x.shape[0], -1, self.width)
 
 
@@ -117,6 +123,8 @@ class TextEmbedder(nn.Module):
   width: int
   vocab_size: int
   max_length: int
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, ids: Array) -> Array:
@@ -124,7 +132,9 @@ class TextEmbedder(nn.Module):
     if length > self.max_length:
       raise ValueError(f"text length {length} exceeds model.text.max_length={self.max_length}.")
     embed = nn.Embed(
-        self.vocab_size, self.width, name="token",
+        self.vocab_size, self.width, name="token", dtype=self.dtype, param_dtype=self.param_dtype,
         embedding_init=logical.normal(0.02, "vocab", "embed"))
-    pos = GridPositions((self.max_length,), self.width, name="pos")((self.max_length,))
-    return embed(ids) + pos[:length]
+    pos = GridPositions((self.max_length,), self.width, self.param_dtype,
+                        name="pos")((self.max_length,))
+    tokens = embed(ids)
+    return tokens + pos[:length].astype(tokens.dtype)

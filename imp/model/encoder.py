@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from imp.model import logical
+from imp.model.attention import attend
 from imp.model.attention_moe import ATTENTION_ROUTERS, MoeSelfAttention
 from imp.model.conditions import GateInput, get_condition
 from imp.model.moe import ROUTERS, MoeMlp
@@ -93,6 +94,9 @@ class SelfAttention(nn.Module):
 
   width: int
   num_heads: int
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array) -> Array:
@@ -102,14 +106,13 @@ class SelfAttention(nn.Module):
     head_dim = self.width // self.num_heads
     proj = lambda name: nn.DenseGeneral(  # noqa: E731
         (self.num_heads, head_dim), kernel_init=logical.kernel("embed", "heads", "kv"),
-        bias_init=logical.zeros("heads", "kv"), name=name)
+        bias_init=logical.zeros("heads", "kv"), dtype=self.dtype, param_dtype=self.param_dtype,
+        name=name)
     q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, N, heads, head_dim]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = attend(q, k, v, mask, impl=self.attention_impl)  # [B, N, heads, head_dim]
     return nn.DenseGeneral(self.width, axis=(-2, -1), kernel_init=logical.kernel(
-        "heads", "kv", "embed"), bias_init=logical.zeros("embed"), name="out")(out)
+        "heads", "kv", "embed"), bias_init=logical.zeros("embed"), dtype=self.dtype,
+        param_dtype=self.param_dtype, name="out")(out)
 
 
 class Mlp(nn.Module):
@@ -117,14 +120,18 @@ class Mlp(nn.Module):
 
   width: int
   mlp_dim: int
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = nn.Dense(self.mlp_dim, kernel_init=logical.kernel("embed", "mlp"),
-                 bias_init=logical.zeros("mlp"), name="wi")(x)
+                 bias_init=logical.zeros("mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="wi")(x)
     h = nn.gelu(h)
     return nn.Dense(self.width, kernel_init=logical.kernel("mlp", "embed"),
-                    bias_init=logical.zeros("embed"), name="wo")(h)
+                    bias_init=logical.zeros("embed"), dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="wo")(h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,12 +243,16 @@ class EncoderBlock(nn.Module):
   train: bool = False
   layer_scale: float | None = None
   stochastic_depth: float = 0.0
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   def _residual(self, y: Array, name: str) -> Array:
     """A residual branch's output [B, N, D] after LayerScale and stochastic depth."""
     if self.layer_scale is not None:
       gamma = self.param(name + "_scale", nn.with_logical_partitioning(
-          nn.initializers.constant(self.layer_scale), ("embed",)), (y.shape[-1],))
+          nn.initializers.constant(self.layer_scale), ("embed",)), (y.shape[-1],),
+          self.param_dtype)
       y = y * gamma.astype(y.dtype)
     if self.train and self.stochastic_depth > 0.0:
       if not self.has_rng("stochastic_depth"):
@@ -255,25 +266,31 @@ class EncoderBlock(nn.Module):
                segments: Array | None = None) -> tuple[Array, dict | None]:
     moe = self.moe
     metrics = None
-    h = logical.layer_norm("ln_attn")(x)
+    h = logical.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
     if moe is not None and moe.attention != "none":
-      gate = GateInput(moe.condition, name="attn_gate")(h, mask, condition)
+      gate = GateInput(moe.condition, self.attention_impl, self.param_dtype,
+                       name="attn_gate")(h, mask, condition)
       y, metrics = MoeSelfAttention(
           self.width, self.num_heads, moe.num_experts, routers=moe.attention,
           router=moe.router, router_kwargs=moe.layer_router_args, group_size=moe.group_size,
-          dispatch=moe.dispatch, name="attn")(h, mask, gate, train=self.train)
+          dispatch=moe.dispatch, attention_impl=self.attention_impl, dtype=self.dtype,
+          param_dtype=self.param_dtype, name="attn")(h, mask, gate, train=self.train)
     else:
-      y = SelfAttention(self.width, self.num_heads, name="attn")(h, mask)
+      y = SelfAttention(self.width, self.num_heads, self.attention_impl, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="attn")(h, mask)
     x = x + checkpoint_name(self._residual(y, "attn"), "attn_out")
-    h = logical.layer_norm("ln_mlp")(x)
+    h = logical.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
     if moe is None or not moe.ffn:
-      y = Mlp(self.width, self.mlp_dim, name="mlp")(h)
+      y = Mlp(self.width, self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+              name="mlp")(h)
     else:
-      gate = GateInput(moe.condition, name="gate")(h, mask, condition)
+      gate = GateInput(moe.condition, self.attention_impl, self.param_dtype,
+                       name="gate")(h, mask, condition)
       y, ffn_metrics = MoeMlp(
           num_experts=moe.num_experts, hidden_dim=moe.hidden_dim or self.mlp_dim,
           router=moe.router, router_kwargs=moe.layer_router_args,
-          group_size=moe.group_size, dispatch=moe.dispatch, name="moe",
+          group_size=moe.group_size, dispatch=moe.dispatch, param_dtype=self.param_dtype,
+          name="moe",
       )(h, mask, gate_input=gate, train=self.train, segments=segments)
       if metrics is not None:
         ffn_metrics = dict(ffn_metrics, **{k: v for k, v in metrics.items() if k != "aux_loss"},
@@ -293,12 +310,16 @@ class BlockGroup(nn.Module):
   train: bool = False
   layer_scale: float | None = None
   stochastic_depth: float = 0.0
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, condition: Array | None = None,
                segments: Array | None = None) -> tuple[Array, dict]:
     residual = dict(train=self.train, layer_scale=self.layer_scale,
-                    stochastic_depth=self.stochastic_depth)
+                    stochastic_depth=self.stochastic_depth, attention_impl=self.attention_impl,
+                    dtype=self.dtype, param_dtype=self.param_dtype)
     for i in range(self.moe.every - 1):
       x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, **residual,
                           name=f"dense_{i}")(x, mask)
@@ -321,6 +342,9 @@ class Encoder(nn.Module):
     moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
     layer_scale: LayerScale's initial gamma, or None (off); see the module docstring.
     stochastic_depth: the uniform drop rate of every block's residual branches (0: off).
+    attention_impl: a key of imp.model.attention.ATTENTION_IMPLS (`model.attention_impl`).
+    dtype, param_dtype: computation and parameter dtypes (`model.dtype`, `model.param_dtype`);
+      LayerNorm statistics and the softmax stay float32, the routers compute in float32.
   """
 
   width: int
@@ -332,6 +356,9 @@ class Encoder(nn.Module):
   moe: MoeConfig | None = None
   layer_scale: float | None = None
   stochastic_depth: float = 0.0
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
@@ -347,7 +374,8 @@ class Encoder(nn.Module):
     check_residual_options(self.layer_scale, self.stochastic_depth)
     unit = EncoderBlock if moe is None else BlockGroup
     kwargs = {"train": train, "layer_scale": self.layer_scale,
-              "stochastic_depth": self.stochastic_depth}
+              "stochastic_depth": self.stochastic_depth, "attention_impl": self.attention_impl,
+              "dtype": self.dtype, "param_dtype": self.param_dtype}
     if moe is not None:
       kwargs["moe"] = moe
     length = self.depth if moe is None else self.depth // moe.every
@@ -356,6 +384,7 @@ class Encoder(nn.Module):
       unit = nn.remat(unit, policy=REMAT_POLICIES[self.remat_policy],
                       prevent_cse=not self.scan_layers)
     args = (self.width, self.num_heads, self.mlp_dim)
+    x = x.astype(self.dtype)
     if self.scan_layers:
       layers = nn.scan(
           unit, variable_axes={"params": 0},
@@ -368,4 +397,4 @@ class Encoder(nn.Module):
         x, m = unit(*args, **kwargs, name=f"layer_{i}")(x, mask, condition, segments)
         per_layer.append(m)
       metrics = None if moe is None else jax.tree.map(lambda *m: jnp.stack(m), *per_layer)
-    return logical.layer_norm("ln_final")(x), metrics or {}
+    return logical.layer_norm("ln_final", self.dtype, self.param_dtype)(x), metrics or {}

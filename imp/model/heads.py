@@ -106,11 +106,15 @@ class ClassifierHead(nn.Module):
   num_classes: int
   momentum: float = 0.1
   epsilon: float = 1e-5
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
+    # The linear layer follows the precision policy; BatchNorm and its statistics are float32.
     logits = nn.Dense(self.num_classes, kernel_init=logical.zeros("embed", "classes"),
-                      bias_init=logical.zeros("classes"), name="dense")(x)
+                      bias_init=logical.zeros("classes"), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="dense")(x)
     return HeadBatchNorm(self.momentum, self.epsilon, name="batch_norm")(logits, train=train)
 
 

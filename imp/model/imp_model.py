@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
+from imp.model.attention import check_attention_impl
 from imp.model.conditions import (
     StaticCondition,
     TokenCondition,
@@ -47,6 +48,7 @@ Array = jax.Array
 # Which embedder family reads each modality: an image is a one-frame video.
 EMBEDDER_OF = {"image": "vision", "video": "vision", "audio": "audio", "text": "text"}
 FRONT_ENDS = ("patch", "perceiver")
+DTYPES = ("float32", "bfloat16")
 
 
 def _per_modality(key: str, value: Any, low: float) -> tuple[tuple[str, float], ...]:
@@ -99,6 +101,16 @@ class ModelConfig:
       Tables 13-15: 1); a modality not listed uses each axis's length.
     perceiver_freq_base: {modality: base} for log-spaced Fourier bands (the Perceiver code
       M3SAT follows); a modality not listed gets linearly spaced bands.
+    attention_impl: the implementation of every attention (encoder, attention experts,
+      Perceiver, context pool): a key of imp.model.attention.ATTENTION_IMPLS ("xla", or
+      "cudnn" on a GPU).
+    dtype: the computation dtype of every embedder, encoder layer, expert, the Perceiver and
+      the heads ("float32" or "bfloat16"). Softmax, LayerNorm and BatchNorm statistics, router
+      probabilities, pooled features, normalised embeddings (hence the contrastive logits),
+      head logits and the losses stay float32 whatever it is.
+    param_dtype: the dtype parameters are stored in ("float32" or "bfloat16"), except the
+      contrastive temperature, the router kernels and BatchNorm heads (float32); the optimizer
+      moments are float32 either way (imp.train.state.float32_moments).
   """
 
   width: int = 64
@@ -126,6 +138,9 @@ class ModelConfig:
   perceiver_bands: int = 6
   perceiver_max_freq: tuple[tuple[str, float], ...] = ()
   perceiver_freq_base: tuple[tuple[str, float], ...] = ()
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -139,6 +154,11 @@ class ModelConfig:
     check_residual_options(values.get("layer_scale"), values.get("stochastic_depth", 0.0))
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
+    check_attention_impl(values.get("attention_impl", "xla"))
+    for key in ("dtype", "param_dtype"):
+      if values.get(key, "float32") not in DTYPES:
+        raise ValueError(f"model.{key}={values[key]!r} is not known; valid: "
+                         f"{', '.join(repr(d) for d in DTYPES)}.")
     if values.get("front_end", "patch") not in FRONT_ENDS:
       raise ValueError(f"model.front_end={values['front_end']!r} is not known; valid: "
                        f"{', '.join(FRONT_ENDS)}.")
@@ -206,8 +226,8 @@ class Request:
 
 def masked_mean(x: Array, mask: Array) -> Array:
   """Mean of [B, N, D] over real tokens (mask bool [B, N]) -> [B, D]."""
-  weights = mask.astype(x.dtype)[..., None]
-  return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+  weights = mask.astype(jnp.float32)[..., None]  # summed in float32 whatever x's dtype
+  return (x.astype(jnp.float32) * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
 
 
 class IMPModel(nn.Module):
@@ -233,32 +253,39 @@ class IMPModel(nn.Module):
       self.front = PerceiverFrontEnd(
           c.width, c.perceiver_latents, c.num_heads, c.mlp_dim, c.perceiver_bands,
           tuple((m, c.raw_dim(m)) for m in sorted(self.modalities)), c.vision_patch,
-          c.audio_patch, c.text_vocab_size, c.perceiver_max_freq, c.perceiver_freq_base)
+          c.audio_patch, c.text_vocab_size, c.perceiver_max_freq, c.perceiver_freq_base,
+          c.attention_impl, c.dtype, c.param_dtype)
       families = set()
     if "vision" in families:
-      embedders["vision"] = VisionEmbedder(c.width, c.vision_patch, c.vision_base_grid)
+      embedders["vision"] = VisionEmbedder(c.width, c.vision_patch, c.vision_base_grid,
+                                           dtype=c.dtype, param_dtype=c.param_dtype)
     if "audio" in families:
-      embedders["audio"] = AudioEmbedder(c.width, c.audio_patch, c.audio_base_grid)
+      embedders["audio"] = AudioEmbedder(c.width, c.audio_patch, c.audio_base_grid,
+                                         dtype=c.dtype, param_dtype=c.param_dtype)
     if "text" in families:
-      embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length)
+      embedders["text"] = TextEmbedder(c.width, c.text_vocab_size, c.text_max_length,
+                                       dtype=c.dtype, param_dtype=c.param_dtype)
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
-                           c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth)
+                           c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth,
+                           c.attention_impl, c.dtype, c.param_dtype)
     if c.moe.num_experts and not c.moe.data_dependent:
       self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
                                        num_tasks=self.num_tasks)
     # Zero-initialised heads start at uniform predictions (as big_vision does).
     if c.heads.batch_norm:
-      self.classifiers = {name: ClassifierHead(classes, c.heads.momentum, c.heads.epsilon)
+      self.classifiers = {name: ClassifierHead(classes, c.heads.momentum, c.heads.epsilon,
+                                               c.dtype, c.param_dtype)
                           for name, classes in self.heads}
     else:
       self.classifiers = {
           name: nn.Dense(classes, kernel_init=logical.zeros("embed", "classes"),
-                         bias_init=logical.zeros("classes"))
+                         bias_init=logical.zeros("classes"), dtype=c.dtype,
+                         param_dtype=c.param_dtype)
           for name, classes in self.heads}
     self.projections = {
         m: nn.Dense(c.embed_dim, kernel_init=logical.kernel("embed", "common"),
-                    bias_init=logical.zeros("common"))
+                    bias_init=logical.zeros("common"), dtype=c.dtype, param_dtype=c.param_dtype)
         for m in self.modalities}
     self.log_logit_scale = self.param(
         "log_logit_scale", nn.initializers.constant(math.log(c.logit_scale_init)), ())
@@ -355,7 +382,7 @@ class IMPModel(nn.Module):
       out[f"logits/{head}"] = self.classify(head, pooled[modality] if fused is None else fused,
                                             train)
     for modality in request.embed:
-      z = self.projections[modality](pooled[modality])
+      z = self.projections[modality](pooled[modality]).astype(jnp.float32)
       out[f"embedding/{modality}"] = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
     for modality in request.features:
       out[f"features/{modality}"] = pooled[modality]
@@ -368,8 +395,8 @@ class IMPModel(nn.Module):
     """Classifier `head` on pooled features [B, D] -> logits [B, C] (BatchNorm heads use the
     batch's statistics in training and the running ones otherwise)."""
     if self.config.heads.batch_norm:
-      return self.classifiers[head](pooled, train=train)
-    return self.classifiers[head](pooled)
+      return self.classifiers[head](pooled, train=train).astype(jnp.float32)
+    return self.classifiers[head](pooled).astype(jnp.float32)
 
   def init_request(self) -> Request:
     """A request that touches every parameter, for initialisation."""

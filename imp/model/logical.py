@@ -32,9 +32,10 @@ def normal(stddev: float, *axes: str):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=stddev), axes)
 
 
-def layer_norm(name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(name=name, scale_init=nn.with_logical_partitioning(
-      nn.initializers.ones_init(), ("embed",)), bias_init=zeros("embed"))
+def layer_norm(name: str, dtype: str = "float32", param_dtype: str = "float32") -> nn.LayerNorm:
+  # Flax keeps the statistics in at least float32 whatever `dtype` (the output's).
+  return nn.LayerNorm(name=name, dtype=dtype, param_dtype=param_dtype,
+                      scale_init=ones("embed"), bias_init=zeros("embed"))
 
 
 

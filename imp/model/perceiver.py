@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
+from imp.model.attention import attend
 from imp.model.conditions import MODALITY_IDS, modality_id
 from imp.model.embedders import patchify
 from imp.model.encoder import EncoderBlock
@@ -99,6 +100,9 @@ class PerceiverFrontEnd(nn.Module):
   text_vocab_size: int
   max_freq: tuple[tuple[str, float], ...] = ()
   freq_base: tuple[tuple[str, float], ...] = ()
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   @property
   def input_dim(self) -> int:
@@ -141,21 +145,26 @@ class PerceiverFrontEnd(nn.Module):
     seq = jnp.concatenate([raw.astype(jnp.float32),
                            jnp.broadcast_to(jnp.asarray(extra), (b, t, extra.shape[1]))], -1)
     latents = self.param("latents", logical.normal(0.02, "latents", "embed"),
-                         (self.num_latents, self.width))
-    kv_in = logical.layer_norm("ln_inputs")(
+                         (self.num_latents, self.width), self.param_dtype)
+    norm = lambda name: logical.layer_norm(name, self.dtype, self.param_dtype)  # noqa: E731
+    kv_in = norm("ln_inputs")(
         nn.Dense(self.width, kernel_init=logical.kernel("patch", "embed"),
-                 bias_init=logical.zeros("embed"), name="input_proj")(seq))
-    q = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                 name="query")(logical.layer_norm("ln_latents")(latents))
-    k = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                 name="key")(kv_in)
-    v = nn.Dense(self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"),
-                 name="value")(kv_in)
-    weights = jax.nn.softmax(jnp.einsum("ld,btd->blt", q, k) / math.sqrt(self.width), axis=-1)
-    attended = jnp.einsum("blt,btd->bld", weights, v)
-    z = latents[None] + nn.Dense(self.width, kernel_init=logical.kernel("kv", "embed"),
-                                 bias_init=logical.zeros("embed"), name="cross_out")(attended)
+                 bias_init=logical.zeros("embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="input_proj")(seq))
+    proj = lambda name: nn.Dense(  # noqa: E731
+        self.width, use_bias=False, kernel_init=logical.kernel("embed", "kv"), dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    q = proj("query")(norm("ln_latents")(latents))
+    k, v = proj("key")(kv_in), proj("value")(kv_in)
+    # One head of width D (M3SAT), every input element visible.
+    attended = attend(jnp.broadcast_to(q, (b, *q.shape))[:, :, None], k[:, :, None],
+                      v[:, :, None], impl=self.attention_impl)[:, :, 0]  # [B, L, D]
+    z = latents[None].astype(self.dtype) + nn.Dense(
+        self.width, kernel_init=logical.kernel("kv", "embed"), bias_init=logical.zeros("embed"),
+        dtype=self.dtype, param_dtype=self.param_dtype, name="cross_out")(attended)
     # The latent self-attention layer of Figure 5, a dense pre-LN block.
     mask = jnp.ones((b, self.num_latents), bool)
-    z, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, name="latent_block")(z, mask)
+    z, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim,
+                        attention_impl=self.attention_impl, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="latent_block")(z, mask)
     return z, mask

@@ -53,6 +53,22 @@ def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Sc
       end_value=peak * float(cfg.get("end_lr_fraction", 0.0)))
 
 
+def float32_moments(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` with its state (Adam's moments) in float32 whatever the parameters' dtype.
+
+  Under `model.param_dtype="bfloat16"` the inner optimizer sees float32 copies of the
+  gradients and parameters; the updates come back in each parameter's dtype.
+  """
+  up = lambda tree: jax.tree.map(  # noqa: E731
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+  def update(grads, state, params=None):
+    updates, state = tx.update(up(grads), state, None if params is None else up(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), updates, grads), state
+
+  return optax.GradientTransformation(lambda params: tx.init(up(params)), update)
+
+
 def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
   """Adam/AdamW with a warm-up + cosine schedule and global-norm gradient clipping."""
   unknown = sorted(set(cfg) - set(_OPTIMIZER_KEYS))
@@ -73,7 +89,7 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
   if cfg.get("grad_clip_norm"):
     parts.append(optax.clip_by_global_norm(float(cfg["grad_clip_norm"])))
   parts.append(OPTIMIZERS[name](learning_rate_schedule(cfg, total_steps), **kwargs))
-  return optax.chain(*parts)
+  return float32_moments(optax.chain(*parts))
 
 
 def init_state(model: IMPModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
