@@ -77,8 +77,8 @@ def _outputs(model, inputs, request, variables, train):
 def test_model_equals_the_einsum_path_with_masks_and_droptoken(monkeypatch, moe):
   config = ModelConfig(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8,
                        moe=MoeConfig.from_config(moe))
-  request = Request(embed=("image", "text"), features=("image", "text"), task="nce")
-  model = IMPModel(config, heads=(), tasks=(("nce", request),))
+  request = Request(embed=("image", "text"), features=("image", "text"))
+  model = IMPModel(config, heads=())
   text = jnp.asarray([[5, 6, 7, 0, 0], [8, 9, 0, 0, 0]], jnp.int32)  # padded: masked keys
   inputs = {"image": jnp.asarray(RNG.normal(size=(2, 8, 8, 1)), jnp.float32), "text": text}
   variables = model.init(jax.random.PRNGKey(0), inputs, model.init_request())
@@ -93,8 +93,8 @@ def test_model_equals_the_einsum_path_with_masks_and_droptoken(monkeypatch, moe)
 def test_perceiver_equals_the_einsum_path(monkeypatch):
   config = ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, embed_dim=8,
                        front_end="perceiver", perceiver_latents=5, perceiver_bands=3)
-  request = Request(embed=("image", "text"), features=("image", "text"), task="nce")
-  model = IMPModel(config, tasks=(("nce", request),))
+  request = Request(embed=("image", "text"), features=("image", "text"))
+  model = IMPModel(config)
   inputs = {"image": jnp.asarray(RNG.normal(size=(2, 8, 8, 1)), jnp.float32),
             "text": jnp.asarray([[5, 6, 0], [7, 0, 0]], jnp.int32)}
   variables = model.init(jax.random.PRNGKey(0), inputs, model.init_request())

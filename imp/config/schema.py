@@ -161,7 +161,10 @@ _MODEL_DOCS = {
     "logit_scale_max": "contrastive logit scale cap", "moe": "Mixture-of-Experts (model.moe.*)",
     "front_end": "patch | perceiver", "perceiver_latents": "latents of the perceiver front end",
     "perceiver_bands": "Fourier bands of the perceiver front end",
-    "dtype": "computation dtype", "param_dtype": "parameter dtype",
+    "dtype": "computation dtype: float32 | bfloat16 (softmax, norms, routers, logits and losses "
+    "stay float32)",
+    "param_dtype": "parameter dtype: float32 | bfloat16 (Adam moments stay float32)",
+    "attention_impl": "xla | cudnn (GPU): the implementation of jax.nn.dot_product_attention",
     "heads": "classifier heads: batch_norm (Linear then BatchNorm, M3SAT), momentum, epsilon",
     "layer_scale": "LayerScale's initial gamma per residual branch (None: off)",
     "stochastic_depth": "drop rate of each residual branch in training (0: off)",
