@@ -112,8 +112,8 @@ def test_restore_step_picks_a_checkpoint_by_hand(finished_run, tmp_path):
 
 def test_restore_step_that_does_not_exist_names_the_valid_steps(finished_run, tmp_path):
   workdir = _copy(finished_run, tmp_path)
-  with pytest.raises(experiment.ConfigError, match=r"config.restore_step=5: no checkpoint of step 5 "
-                     r"in .*; valid: 4, 8\."):
+  with pytest.raises(experiment.ConfigError,
+                     match=r"config.restore_step=5: no checkpoint of step 5 in .*; valid: 4, 8\."):
     experiment.train(_config(restore_step=5), workdir)
 
 

@@ -42,7 +42,8 @@ def test_unknown_source_and_bad_settings():
                                        r"valid sources: arrayrecord, idx, paired, "
                                        r"sklearn_digits, tfds"):
     load_source("x", dict(source="mnist"))
-  with pytest.raises(ValueError, match=r"datasets.x.colour is not a setting of source 'sklearn_digits'"):
+  with pytest.raises(ValueError,
+                     match=r"datasets.x.colour is not a setting of source 'sklearn_digits'"):
     load_source("x", dict(source="sklearn_digits", colour=True))
   with pytest.raises(ValueError, match=r"datasets.x.test_fraction=1.5 must be in \(0, 1\)"):
     load_source("x", dict(source="sklearn_digits", test_fraction=1.5))

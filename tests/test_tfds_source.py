@@ -246,5 +246,6 @@ def test_bad_and_empty_splits(data_dir):
     _load(data_dir, splits={"train": "train", "test": "test[50:]"})
   with pytest.raises(ValueError, match=r"datasets.tiny.splits is empty"):
     _load(data_dir, splits={})
-  with pytest.raises(ValueError, match=r"datasets.tiny.split is not a setting of source 'tfds'; valid settings: .*Did you mean datasets.tiny.splits"):
+  with pytest.raises(ValueError, match=r"datasets.tiny.split is not a setting of source 'tfds'; "
+                                       r"valid settings: .*Did you mean datasets.tiny.splits"):
     _load(data_dir, split={"train": "train"})
