@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from imp.train.train_log import NonFiniteError
 log = logging.getLogger("imp")
 
 __all__ = ["ConfigError", "EvalSuite", "NonFiniteError", "build", "compilation_cache",
-           "default_hooks", "evaluate", "task_iterators", "train"]
+           "default_hooks", "evaluate", "markdown_table", "task_iterators", "train"]
 
 def default_hooks(run: Run) -> loop.Hooks:
   """The eval suite of config.evals, and the MoE expert-usage heatmap at the end."""
@@ -77,7 +78,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-  """Runs the eval suite on the latest checkpoint in `workdir`; writes eval.json."""
+  """Runs the eval suite on the latest checkpoint in `workdir`; process 0 writes
+  <workdir>/evaluation.json ({"step", "results"}) and evaluation.md (a Markdown table)."""
   with compilation_cache(config, workdir):
     run, state = restore_latest(config, workdir)
     try:
@@ -86,5 +88,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     finally:
       run.checkpointer.close()
   if jax.process_index() == 0:
-    (run.workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    step = int(state.step)
+    (run.workdir / "evaluation.json").write_text(
+        json.dumps({"step": step, "results": results}, indent=2) + "\n")
+    (run.workdir / "evaluation.md").write_text(markdown_table(results, step))
   return results
+
+
+def markdown_table(results: Mapping[str, float], step: int) -> str:
+  """One row per result: entry, metric, value (accuracies and recalls in percent)."""
+  lines = [f"Evaluation of the checkpoint at step {step}.", "",
+           "| entry | metric | value (%) |", "| --- | --- | --- |"]
+  for name, value in results.items():
+    entry, _, metric = name.partition("/")
+    lines.append(f"| {entry} | {metric} | {100 * value:.2f} |")
+  return "\n".join(lines) + "\n"

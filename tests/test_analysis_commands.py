@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imp import experiment
 from imp.analysis import ablations
-from imp.evaluate.__main__ import markdown_table
+from imp.experiment import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,16 +68,14 @@ def test_ablation_configs_build(study):
 
 @pytest.mark.slow
 def test_commands_on_a_tiny_run(tmp_path):
-  from imp import experiment
   from imp.analysis import interference, plots
-  from imp.evaluate.__main__ import evaluate_and_write
 
   config_path = tmp_path / "tiny.py"
   config_path.write_text(TINY)
   workdir = tmp_path / "run"
   experiment.train(ablations.config_from_file(str(config_path)), workdir)
 
-  results = evaluate_and_write(ablations.config_from_file(str(config_path)), workdir)
+  results = experiment.evaluate(ablations.config_from_file(str(config_path)), workdir)
   saved = json.loads((workdir / "evaluation.json").read_text())
   assert saved["step"] == 6 and saved["results"] == results
   for k in (1, 5, 10):

@@ -12,9 +12,7 @@ both directions and the linear probe (logistic regression, L2 chosen by cross-va
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 from absl import app, flags
@@ -26,42 +24,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints/
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def markdown_table(results: Mapping[str, float], step: int) -> str:
-  """One row per result: entry, metric, value (accuracies and recalls in percent)."""
-  lines = [f"Evaluation of the checkpoint at step {step}.", "",
-           "| entry | metric | value (%) |", "| --- | --- | --- |"]
-  for name, value in results.items():
-    entry, _, metric = name.partition("/")
-    lines.append(f"| {entry} | {metric} | {100 * value:.2f} |")
-  return "\n".join(lines) + "\n"
-
-
-def evaluate_and_write(config, workdir: str | Path) -> dict[str, float]:
-  """The suite on the latest checkpoint; writes evaluation.json and evaluation.md."""
-  from imp.evaluate.suite import EvalSuite
-  from imp.run.infer import eval_rows, infer_fn
-  from imp.run.restore import restore_latest
-
-  run, state = restore_latest(config, workdir)
-  try:
-    results = EvalSuite(config.evals, run.sources, rows=eval_rows(run)).run(
-        infer_fn(run, state.params))
-  finally:
-    run.checkpointer.close()
-  step, workdir = int(state.step), Path(workdir)
-  (workdir / "evaluation.json").write_text(
-      json.dumps({"step": step, "results": results}, indent=2) + "\n")
-  (workdir / "evaluation.md").write_text(markdown_table(results, step))
-  return results
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from imp import experiment
   from imp.plan import ConfigError
 
   try:
-    evaluate_and_write(_CONFIG.value, _WORKDIR.value)
+    experiment.evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, FileNotFoundError) as e:
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(2)
