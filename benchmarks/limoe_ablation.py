@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import re
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import measure
+from imp.config import files as config_files
 from imp.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +39,6 @@ METRICS = ("spoken/classifier_top1", "av/retrieval/audio_to_image/R@1")
 MODALITIES = ("image", "audio")
 _FRACTION = re.compile(r"^[^/]+/[^/]+/moe/(\w+)/expert_fraction/l(\d+)/e(\d+)$")
 _DROPPED = re.compile(r"^[^/]+/[^/]+/moe/(\w+)/dropped_fraction/l(\d+)$")
-
-
-def _preset():
-  spec = importlib.util.spec_from_file_location("ablation_limoe", PRESET)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def usage_stats(metrics_path: Path, windows: int = 2) -> dict[str, float]:
@@ -73,7 +67,7 @@ def usage_stats(metrics_path: Path, windows: int = 2) -> dict[str, float]:
 
 
 def run(arms: list[str], seeds: list[int], data: str, cache: str) -> dict:
-  preset = _preset()
+  preset = config_files.load(PRESET)
   runs = []
   for seed in seeds:  # seed-major: every arm has a run before any arm has two
     for arm in arms:
@@ -132,10 +126,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
   text = table(results)
   print(text)
-  if DOC.exists() and "<!-- limoe -->" in DOC.read_text():
-    head, _, rest = DOC.read_text().partition("<!-- limoe -->")
-    _, _, tail = rest.partition("<!-- /limoe -->")
-    DOC.write_text(f"{head}<!-- limoe -->\n{text}\n<!-- /limoe -->{tail}")
+  measure.write_marked(DOC, "limoe", text)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -95,3 +96,13 @@ def machine() -> str:
   device = jax.devices()[0]
   return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPU cores, "
           f"JAX {jax.__version__} on {device.platform} ({device.device_kind})").replace("  ", " ")
+
+
+def write_marked(doc: Path, marker: str, text: str) -> None:
+  """Replaces what lies between `<!-- marker -->` and `<!-- /marker -->` in `doc` with
+  `text`; a doc without the marker is left as it is."""
+  if not doc.exists() or f"<!-- {marker} -->" not in doc.read_text():
+    return
+  head, _, rest = doc.read_text().partition(f"<!-- {marker} -->")
+  _, _, tail = rest.partition(f"<!-- /{marker} -->")
+  doc.write_text(f"{head}<!-- {marker} -->\n{text}\n<!-- /{marker} -->{tail}")

@@ -12,7 +12,6 @@ docs/routing_conditions.md (between the `<!-- table -->` markers).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import measure
+from imp.config import files as config_files
 from imp.experiment import train
 from imp.model.conditions import CONDITIONS
 
@@ -30,15 +31,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "routing_conditions.json"
 METRICS = ("digits/classifier_top1",)
 
 
-def _preset():
-  spec = importlib.util.spec_from_file_location("uniperceiver_moe_ti", PRESET)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def run_grid(conditions: list[str], seeds: list[int]) -> dict:
-  preset = _preset()
+  preset = config_files.load(PRESET)
   runs = []
   for condition in conditions:
     for seed in seeds:
@@ -79,10 +73,7 @@ def main() -> None:
   RESULTS.write_text(json.dumps(results, indent=1) + "\n")
   text = table(results)
   print(text)
-  if DOC.exists() and "<!-- table -->" in DOC.read_text():
-    head, _, rest = DOC.read_text().partition("<!-- table -->")
-    _, _, tail = rest.partition("<!-- /table -->")
-    DOC.write_text(f"{head}<!-- table -->\n{text}\n<!-- /table -->{tail}")
+  measure.write_marked(DOC, "table", text)
 
 
 if __name__ == "__main__":

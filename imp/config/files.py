@@ -15,10 +15,16 @@ def from_file(spec: str):
   path, sep, arg = spec.partition(":")
   if not Path(path).is_file():
     raise FileNotFoundError(f"--config={spec}: no such file {path!r}.")
-  module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load(path)
   return module.get_config(arg) if sep else module.get_config()
+
+
+def load(path: str | Path) -> ModuleType:
+  """The experiment file at `path`, executed as a module of its own (not in sys.modules)."""
+  spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def sibling(name: str, beside: str) -> ModuleType:
