@@ -17,18 +17,22 @@ FACTS = {"digits": DatasetFacts(1437, 10, ("image", "text"), 258)}
 
 
 def _config(**overrides):
-  config = tiny_digits_config(**overrides)
-  config.model.depth = 3  # three scanned layers: a body counted once would be far off
+  config = tiny_digits_config(**{"model.depth": 3, **overrides})  # a body counted once is far off
   config.tasks.digits_cls.variants = dict(base=dict(batch_size=8, resolution=8,
                                                     text_length=24))
   del config.tasks["digits_label_nce"]
   return config
 
 
-def test_gflops_count_every_scanned_layer():
-  """The corrected count of the scanned program matches XLA's count of the unrolled one."""
-  scanned = build_plan(_config(), FACTS)
-  unrolled = build_plan(_config(**{"model.scan_layers": False}), FACTS)
+MOE = {"model.depth": 6, "model.moe": {"num_experts": 2, "every": 2}}
+
+
+@pytest.mark.parametrize("overrides", [{}, MOE], ids=["dense", "moe"])
+def test_gflops_count_every_scanned_layer(overrides):
+  """The corrected count of the scanned program (extrapolated from a two-unit model) matches
+  XLA's count of the unrolled one: 3 scanned units, a layer each or two layers with MoE."""
+  scanned = build_plan(_config(**overrides), FACTS)
+  unrolled = build_plan(_config(**overrides, **{"model.scan_layers": False}), FACTS)
   (rolled,) = programs.compile_all(scanned, StepCache(), programs.train_specs(scanned))
   (flat,) = programs.compile_all(unrolled, StepCache(), programs.train_specs(unrolled))
   assert flat.gflops == flat.gflops_xla  # nothing to correct without a scan

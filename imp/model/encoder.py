@@ -300,6 +300,11 @@ class EncoderBlock(nn.Module):
     return x, metrics
 
 
+def layers_per_unit(moe: MoeConfig | None) -> int:
+  """Layers in the unit `nn.scan` repeats: `moe.every` in an MoE encoder, else 1."""
+  return moe.every if moe is not None and moe.num_experts else 1
+
+
 class BlockGroup(nn.Module):
   """`every` blocks, the last with an MoE FFN: the unit `nn.scan` repeats in an MoE encoder."""
 
@@ -378,7 +383,7 @@ class Encoder(nn.Module):
               "dtype": self.dtype, "param_dtype": self.param_dtype}
     if moe is not None:
       kwargs["moe"] = moe
-    length = self.depth if moe is None else self.depth // moe.every
+    length = self.depth // layers_per_unit(moe)
     if self.remat_policy != "none":
       # Under scan, CSE cannot merge the recomputation across iterations, so it is safe off.
       unit = nn.remat(unit, policy=REMAT_POLICIES[self.remat_policy],

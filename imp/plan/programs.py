@@ -9,9 +9,12 @@
 
 FLOPs: XLA's cost analysis counts the body of a while loop once, and `model.scan_layers`
 rolls the encoder into one. `ProgramReport.gflops` is corrected for the trip count: the
-program is also *lowered* (traced, not compiled) with the layers unrolled, and the compiled
-program's count is scaled by unrolled / scanned of the two lowered modules' counts, so every
-layer is counted (tests/test_programs.py checks it against a compiled unrolled model).
+program's count is scaled by unrolled / scanned of lowered (traced, not compiled) modules'
+counts, so every layer is counted (tests/test_programs.py checks it against a compiled
+unrolled model). FLOPs are linear in the number of scanned units (a layer, or `moe.every`
+layers): the lowered scanned module counts the embedders, heads and loss plus one unit, a
+lowered two-unit unrolled model adds one more, and a model of n units is extrapolated from
+the two, so start-up traces two units, never the whole depth.
 Memory per device is XLA's memory analysis of the compiled program: arguments, outputs,
 temporaries, and the arguments donated to outputs (the train state), which count once.
 """
@@ -31,6 +34,7 @@ from typing import Any
 import jax
 
 from imp.model import IMPModel
+from imp.model.encoder import layers_per_unit
 from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
 from imp.parallel.rules import Rules, under_rules
 from imp.plan.plan import ConfigError, Plan
@@ -208,10 +212,10 @@ def describe_request(request: Any) -> str:
   return ", ".join(parts) + (f" fused {'+'.join(request.fuse)}" if request.fuse else "")
 
 
-def _unrolled(model: IMPModel) -> IMPModel | None:
-  if not model.config.scan_layers:
-    return None
-  return model.clone(config=dataclasses.replace(model.config, scan_layers=False))
+def _unrolled(model: IMPModel, units: int) -> IMPModel:
+  """`model` with `units` scanned units (layers, or groups of `moe.every`), unrolled."""
+  return model.clone(config=dataclasses.replace(
+      model.config, scan_layers=False, depth=units * layers_per_unit(model.config.moe)))
 
 
 def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
@@ -228,15 +232,18 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
   compiled_flops = _flops(program)
   flops = compiled_flops
   count_start = time.perf_counter()
-  unrolled = _unrolled(plan.model)
-  if unrolled is not None and compiled_flops is not None:
+  units = plan.model.config.depth // layers_per_unit(plan.model.config.moe)
+  if plan.model.config.scan_layers and units > 1 and compiled_flops is not None:
     # The trip-count correction: unrolled / scanned, both counted on the lowered modules (the
     # scanned one is the module just compiled; None if the cache already held the program).
     scanned = (lowered_flops[0] if lowered_flops else
                _lower_flops(spec, plan.model, spec.args, rules, mesh))
-    rolled_out = _lower_flops(spec, unrolled, spec.make_args(unrolled), rules, mesh)
-    if scanned and rolled_out:
-      flops = compiled_flops * rolled_out / scanned
+    two = _unrolled(plan.model, min(units, 2))
+    unrolled = _lower_flops(spec, two, spec.make_args(two), rules, mesh)
+    if scanned and unrolled and units > 2:
+      unrolled += (units - 2) * (unrolled - scanned)  # one unit = two units - one unit
+    if scanned and unrolled:
+      flops = compiled_flops * unrolled / scanned
   count_seconds = time.perf_counter() - count_start
   memory = None
   with contextlib.suppress(NotImplementedError):  # some backends do not report memory
