@@ -125,6 +125,25 @@ def test_scan_equals_unrolled_and_remat_keeps_gradients():
     Encoder(16, 1, 2, 32, remat_policy="some").init(jax.random.PRNGKey(0), x, mask)
 
 
+@pytest.mark.parametrize("unroll", [2, 3, 8])
+def test_scan_unroll_keeps_the_parameters_and_the_outputs(unroll):
+  """nn.scan's unroll changes the compiled loop, not the math or the [layers, ...] layout."""
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 16)), jnp.float32)
+  mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+  rolled = Encoder(16, 3, 2, 32, scan_layers=True)
+  params = nn.unbox(rolled.init(jax.random.PRNGKey(0), x, mask))["params"]
+  unrolled = Encoder(16, 3, 2, 32, scan_layers=True, scan_unroll=unroll)
+  assert jax.tree.map(np.shape, nn.unbox(unrolled.init(jax.random.PRNGKey(0), x, mask))[
+      "params"]) == jax.tree.map(np.shape, params)
+  loss = lambda enc, p: enc.apply({"params": p}, x, mask)[0].sum()  # noqa: E731
+  np.testing.assert_allclose(loss(unrolled, params), loss(rolled, params), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               jax.grad(lambda p: loss(unrolled, p))(params),
+               jax.grad(lambda p: loss(rolled, p))(params))
+  with pytest.raises(ValueError, match=r"model.scan_unroll=0: expects an int >= 1"):
+    Encoder(16, 3, 2, 32, scan_unroll=0).init(jax.random.PRNGKey(0), x, mask)
+
+
 def test_every_parameter_has_logical_axes():
   cfg = ModelConfig(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8)
   model = IMPModel(cfg, heads=(("d", 3),), modalities=("image", "text"))

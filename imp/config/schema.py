@@ -151,6 +151,8 @@ _MODEL_DOCS = {
     "width": "token width D", "depth": "encoder layers", "num_heads": "attention heads",
     "mlp_dim": "FFN hidden width", "embed_dim": "common embedding width (contrastive)",
     "scan_layers": "roll the layers with nn.scan (one compiled body)",
+    "scan_unroll": "scanned units per loop iteration (nn.scan unroll): 1 compiles fastest, "
+    "more trade compile time for step time",
     "remat_policy": "none | full | ...: rematerialisation of each layer",
     "vision_patch": "(time, height, width) of a vision patch",
     "vision_base_grid": "patch grid the vision positions are learned at",

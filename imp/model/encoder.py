@@ -344,6 +344,9 @@ class Encoder(nn.Module):
     scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis; with
       MoE every `moe.every` layers form the scanned unit).
     remat_policy: a key of REMAT_POLICIES.
+    scan_unroll: scanned units per iteration of the compiled loop (`nn.scan`'s unroll; the
+      parameters keep their stacked [layers, ...] layout whatever it is): 1 compiles fastest,
+      more trade compile time for step time (docs/benchmarks.md, scan_layers).
     moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
     layer_scale: LayerScale's initial gamma, or None (off); see the module docstring.
     stochastic_depth: the uniform drop rate of every block's residual branches (0: off).
@@ -364,6 +367,7 @@ class Encoder(nn.Module):
   attention_impl: str = "xla"
   dtype: str = "float32"
   param_dtype: str = "float32"
+  scan_unroll: int = 1
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
@@ -373,6 +377,10 @@ class Encoder(nn.Module):
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"{', '.join(REMAT_POLICIES)}.")
     moe = self.moe if self.moe is not None and self.moe.num_experts else None
+    if (isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int)
+        or self.scan_unroll < 1):
+      raise ValueError(f"model.scan_unroll={self.scan_unroll!r}: expects an int >= 1 (scanned "
+                       "units per loop iteration).")
     if moe is not None and (moe.every < 1 or self.depth % moe.every):
       raise ValueError(f"model.depth={self.depth} must be a multiple of "
                        f"model.moe.every={moe.every}.")
@@ -394,7 +402,8 @@ class Encoder(nn.Module):
       layers = nn.scan(
           unit, variable_axes={"params": 0},
           split_rngs={"params": True, "router": True, "stochastic_depth": True},
-          in_axes=nn.broadcast, length=length, metadata_params={nn.PARTITION_NAME: "layers"})
+          in_axes=nn.broadcast, length=length, unroll=min(self.scan_unroll, length),
+          metadata_params={nn.PARTITION_NAME: "layers"})
       x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition, segments)
     else:
       per_layer = []

@@ -77,6 +77,7 @@ class ModelConfig:
     mlp_dim: hidden size of the feed-forward blocks.
     embed_dim: width E of the common contrastive space.
     scan_layers: roll layers with nn.scan.
+    scan_unroll: scanned units per loop iteration (nn.scan's unroll; 1: compile fastest).
     remat_policy: a key of imp.model.REMAT_POLICIES.
     vision_patch: (pt, ph, pw) patch of videos; images fill pt by repetition.
     vision_base_grid: (tf, th, tw) token grid of the base vision resolution.
@@ -119,6 +120,7 @@ class ModelConfig:
   mlp_dim: int = 256
   embed_dim: int = 64
   scan_layers: bool = True
+  scan_unroll: int = 1
   remat_policy: str = "none"
   vision_patch: tuple[int, int, int] = (1, 2, 2)
   vision_base_grid: tuple[int, int, int] = (1, 4, 4)
@@ -268,7 +270,7 @@ class IMPModel(nn.Module):
     self.embedders = embedders
     self.encoder = Encoder(c.width, c.depth, c.num_heads, c.mlp_dim, c.scan_layers,
                            c.remat_policy, c.moe, c.layer_scale, c.stochastic_depth,
-                           c.attention_impl, c.dtype, c.param_dtype)
+                           c.attention_impl, c.dtype, c.param_dtype, c.scan_unroll)
     if c.moe.num_experts and not c.moe.data_dependent:
       self.condition = StaticCondition(c.moe.condition, c.moe.condition_dim or c.width,
                                        num_tasks=self.num_tasks)
