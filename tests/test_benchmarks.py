@@ -85,10 +85,13 @@ def _check_remat(data):
 
 
 def _check_scan_layers(data):
-  for depth in data.values():
+  for name, depth in data.items():
     if isinstance(depth, dict) and "trace_lower_seconds" in depth:
       for kind, lower in depth["trace_lower_seconds"].items():
         assert 0 < lower["median"] < depth["compile_seconds"][kind]["median"]
+      # Each scan_unroll setting, a fully unrolled loop (unroll = depth) among them.
+      layers = int(name.removeprefix("depth_"))
+      assert f"scanned_unroll{layers}" in depth["step_ratio_over_unrolled"]
 
 
 def _check_batching(data):
