@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from imp.config import files
+from imp.config import files, schema
 
 
 def innermost(e: BaseException) -> BaseException:
@@ -58,14 +58,34 @@ def _overrides(argv: Sequence[str]) -> list[tuple[str, str | None]]:
   return out
 
 
+def _declared(key: str) -> list[str]:
+  """The schema's key names one level below `key`'s parent that match it (`*`: any name);
+  [] when the schema does not declare a section there."""
+  parts = key.split(".")
+  names = []
+  for k in schema.all_keys():
+    path = k.path.split(".")
+    head = path[:len(parts) - 1]
+    if len(path) > len(parts) - 1 and all(a in ("*", b) for a, b in zip(head, parts[:-1],
+                                                                       strict=True)):
+      names.append(path[len(parts) - 1])
+  return names
+
+
 def _key_problem(config: Any, key: str) -> tuple[str | None, Any, Any]:
-  """(problem, parent, leaf name) for `config.<key>`; problem is None when the key exists."""
+  """(problem, parent, leaf name) for `config.<key>`; problem is None when the key exists, or
+  when the experiment leaves it out but the schema declares it (its default then holds, and
+  the command line may set it: `--config.model.scan_unroll=2`)."""
   node, parts = config, key.split(".")
   for depth, part in enumerate(parts):
     here = ".".join(["config", *parts[:depth]])
     if isinstance(node, Mapping | ml_collections.ConfigDict):
       keys = [str(k) for k in node]
+      declared = _declared(".".join(parts[:depth + 1]))
+      if part not in keys and part in declared:
+        return None, None, None
       if part not in keys:
+        keys = sorted(set(keys) | set(declared) - {"*"})
         close = difflib.get_close_matches(part, keys, n=1)
         hint = f" Did you mean {here}.{close[0]}?" if close else ""
         valid = ", ".join(sorted(keys)) or "(none: it is empty)"

@@ -43,9 +43,11 @@ def _bad_command_line(error: BaseException, argv: list[str]) -> None:
 def _define_config_flag():
   """--config, whose `--config.a.b=v` overrides ml_collections applies as flags are parsed."""
   try:
+    # New attributes are accepted so that every key the schema declares can be set, also one
+    # the experiment file leaves at its default; `diagnose` then rejects any other key.
     return config_flags.DEFINE_config_file(
         "config", _DEFAULT_CONFIG, "Experiment config file (get_config), optionally `path:arg`.",
-        lock_config=True)
+        lock_config=False, accept_new_attributes=True)
   except Exception as e:  # the default config file itself failed to load
     _bad_command_line(e, sys.argv)
 
@@ -55,9 +57,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
   type, a config variant that fails) as one line naming the flag; `--debug` shows the
   traceback instead."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except Exception as e:
     _bad_command_line(e, argv)
+  problem = flag_errors.diagnose(argv[1:], _DEFAULT_CONFIG)  # an override no schema declares
+  if problem and "--debug" in argv:
+    raise ValueError(problem)
+  if problem:
+    _fatal(problem)
+  return rest
 
 
 _CONFIG = _define_config_flag()

@@ -56,6 +56,13 @@ def test_bad_config_variant_or_file_is_one_line(spec, expected):
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_a_schema_key_the_experiment_leaves_out_can_be_set(tmp_path):
+  """model.scan_unroll is declared by the schema (default 1), not by the digits experiment."""
+  proc = _main("--config", DIGITS, "--config.model.scan_unroll=2", "--mode=describe")
+  assert proc.returncode == 0, proc.stderr
+  assert "model.scan_unroll = 2  [int, default 1]" in proc.stdout
+
+
 def test_debug_shows_the_traceback():
   proc = _main("--config", DIGITS, "--config.total_step=5", "--debug")
   assert proc.returncode != 0 and "Traceback" in proc.stderr
