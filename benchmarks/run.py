@@ -34,6 +34,7 @@ BENCHMARKS = {
     "moe_vs_dense": "benchmarks.moe_vs_dense",
     "input_pipeline": "benchmarks.input_pipeline",
     "gpu_mfu": "benchmarks.gpu_mfu",
+    "bare_loop": "benchmarks.bare_loop",
 }
 
 

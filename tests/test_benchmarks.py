@@ -105,8 +105,24 @@ def _check_moe_vs_dense(data):
     assert {"expert_choice_e4", "expert_choice_e16", "top2_e4"} <= set(rows)
 
 
+def _check_bare_loop(data):
+  for name, case in data.items():
+    if not name.startswith("steps_"):
+      continue
+    runs = case["runs"]
+    assert len(runs["imp"]) == len(runs["bare"]) == data["rounds"]
+    for imp_run, bare_run in zip(runs["imp"], runs["bare"], strict=True):
+      assert imp_run["steps"] == bare_run["steps"] == int(name.removeprefix("steps_"))
+      # The same seeded AGD draw on both sides: the same steps of each task.
+      nonzero = lambda counts: {k: v for k, v in counts.items() if v}  # noqa: E731
+      assert nonzero(imp_run["task_steps"]) == nonzero(bare_run["task_steps"])
+      assert 0.0 <= imp_run["accuracy"] <= 1.0 and 0.0 <= bare_run["accuracy"] <= 1.0
+    for key in ("wall", "user", "system"):
+      assert 0.0 < case[f"{key}_ratio"]["median"] < float("inf")
+
+
 CHECKS = {"compile_cost": _check_compile_cost, "remat": _check_remat,
-          "scan_layers": _check_scan_layers,
+          "scan_layers": _check_scan_layers, "bare_loop": _check_bare_loop,
           "batching": _check_batching, "moe_vs_dense": _check_moe_vs_dense}
 
 
