@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from imp.data import DataSource, audio, batch_transforms as bt, task_dataset, transforms
+from imp.data import DataSource, audio, task_dataset, transforms
+from imp.data import batch_transforms as bt
 from imp.data.sources import ArraySplit
 from imp.tasks import Task, Variant
 
@@ -69,8 +70,8 @@ def test_crop_resize_matches_resizing_the_crop():
   images = _images()
   boxes = np.array([[0, 0, 9, 7], [1, 2, 5, 4], [3, 0, 6, 7], [0, 6, 1, 1], [2, 1, 7, 3]])
   got = bt.crop_resize(images, boxes, (6, 5))
-  for x, (t, l, h, w), g in zip(images, boxes, got, strict=True):
-    np.testing.assert_allclose(g, transforms.resize_image(x[t:t + h, l:l + w], (6, 5)),
+  for x, (t, left, h, w), g in zip(images, boxes, got, strict=True):
+    np.testing.assert_allclose(g, transforms.resize_image(x[t:t + h, left:left + w], (6, 5)),
                                atol=1e-6)
 
 
