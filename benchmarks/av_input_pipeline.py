@@ -6,7 +6,7 @@ IMAGES_DIR and SPOKEN_DIR are the prepared folders of `experiments/av_digits.py`
 the wall and process CPU milliseconds per step of pulling PIPE_STEPS (200) batches in the
 loop's task order from the loop's grain iterators, with no training (after 20 warm-up
 batches), and (2) steps/s and `data_wait_share` of a STEPS-step (300) run without
-evaluation. Not in `benchmarks.run`: it needs the prepared folders. Figures: docs/data.md.
+evaluation (STEPS=0: none). Not in `benchmarks.run`: it needs the prepared folders. Figures: docs/data.md.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main(argv: list[str]) -> None:
   print(json.dumps({"pipeline_alone_ms_per_step": 1e3 * wall / pipe_steps,
                     "pipeline_alone_cpu_ms_per_step": 1e3 * cpu / pipe_steps}), flush=True)
   del iterators, exp
+  if steps == 0:  # the pipeline alone
+    return
   summary = imp_experiment.train(config(images, spoken, steps), root / "train")
   print(json.dumps({k: summary[k] for k in ("steps_this_run", "steps_per_second",
                                             "data_wait_share")}), flush=True)
