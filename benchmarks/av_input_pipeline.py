@@ -6,7 +6,8 @@ IMAGES_DIR and SPOKEN_DIR are the prepared folders of `experiments/av_digits.py`
 the wall and process CPU milliseconds per step of pulling PIPE_STEPS (200) batches in the
 loop's task order from the loop's grain iterators, with no training (after 20 warm-up
 batches), and (2) steps/s and `data_wait_share` of a STEPS-step (300) run without
-evaluation (STEPS=0: none). Not in `benchmarks.run`: it needs the prepared folders. Figures: docs/data.md.
+evaluation (STEPS=0: none). Not in `benchmarks.run`: it needs the prepared folders.
+Figures: docs/data.md.
 """
 
 from __future__ import annotations
