@@ -2,8 +2,12 @@
 
 A prepared directory holds one `<split>.array_record` file per split and a `metadata.json`
 (class names, fields with dtypes and shapes, counts per split, the source path). Each record
-is one example serialised with `np.savez` (one .npy entry per field) and read back with
-`allow_pickle=False`, so reading a dataset never executes code stored in it.
+is one example. Version 2 records (written now) are b"IMP2", a little-endian uint32 header
+length, a JSON header {field: [numpy dtype str, shape, byte offset]} and the fields' raw
+C-order bytes, decoded with `np.frombuffer` (no zip or .npy header parsing: decoding is the
+hot path of training). Version 1 records (`np.savez`, starting b"PK") are still read, with
+`allow_pickle=False`. Neither holds object arrays, so reading a dataset never executes code
+stored in it.
 
 Config entry (`config.datasets.<name>`):
   source: "arrayrecord"
@@ -16,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import threading
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -27,7 +32,12 @@ from imp.data.sources import DataSource, LazyFields, modalities_of, register_sou
 
 METADATA_FILE = "metadata.json"
 FORMAT = "imp.arrayrecord"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the version written
+READ_VERSIONS = (1, 2)  # the versions read
+_MAGIC = b"IMP2"
+_HEADER_LENGTH = struct.Struct("<I")
+# dtype kinds a record may hold: bool, integers, floats, complex, text (numpy unicode).
+_KINDS = frozenset("biufcU")
 # The metadata dtype of text fields (numpy stores them as "<U{n}", n varying per example).
 TEXT_DTYPE = "str"
 # Writer options: group_size:1 makes every record its own chunk, which random access (and
@@ -41,21 +51,66 @@ def split_file(split: str) -> str:
 
 
 def encode_record(example: Mapping[str, np.ndarray]) -> bytes:
-  """One example (field -> array; no object arrays) as `np.savez` bytes."""
-  buffer = io.BytesIO()
-  np.savez(buffer, **{k: np.asarray(v) for k, v in example.items()})
-  return buffer.getvalue()
+  """One example (field -> array of a bool, number or text dtype) as version 2 bytes."""
+  arrays = {k: np.asarray(v) for k, v in example.items()}
+  header, offset = {}, 0
+  for name, array in arrays.items():
+    if array.dtype.kind not in _KINDS:
+      raise ValueError(f"field {name!r} has dtype {array.dtype}; a record holds bool, number "
+                       "or text arrays.")
+    header[name] = [array.dtype.str, list(array.shape), offset]
+    offset += array.nbytes
+  head = json.dumps(header, separators=(",", ":")).encode()
+  return b"".join([_MAGIC, _HEADER_LENGTH.pack(len(head)), head,
+                   *(a.tobytes(order="C") for a in arrays.values())])
+
+
+def _decode_v2(data: bytes) -> dict[str, np.ndarray]:
+  """Version 2 bytes -> field -> read-only array (views of `data`); ValueError if malformed."""
+  start = len(_MAGIC) + _HEADER_LENGTH.size
+  if len(data) < start:
+    raise ValueError(f"{len(data)} bytes: shorter than the header")
+  (length,) = _HEADER_LENGTH.unpack_from(data, len(_MAGIC))
+  try:
+    header = json.loads(data[start:start + length])
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"unreadable header ({e})") from e
+  if not isinstance(header, dict):
+    raise ValueError("the header is not a JSON object")
+  body = memoryview(data)[start + length:]
+  out = {}
+  for name, spec in header.items():
+    try:
+      dtype_str, shape, offset = spec
+      dtype = np.dtype(dtype_str)
+      shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"field {name!r}: bad header entry {spec!r}") from e
+    if dtype.kind not in _KINDS or min(shape, default=0) < 0:
+      raise ValueError(f"field {name!r}: dtype {dtype_str} shape {list(shape)} not allowed")
+    count = int(np.prod(shape, dtype=np.int64))
+    end = int(offset) + count * dtype.itemsize
+    if not 0 <= int(offset) <= end <= len(body):
+      raise ValueError(f"field {name!r}: bytes {offset}..{end} past the record's "
+                       f"{len(body)} data bytes (truncated?)")
+    out[name] = np.frombuffer(body, dtype, count, int(offset)).reshape(shape)
+  return out
 
 
 def decode_record(data: bytes, where: str) -> dict[str, np.ndarray]:
-  """Inverse of `encode_record`; `where` ("file, record i") names the record in errors."""
+  """Inverse of `encode_record` (and reads version 1 `np.savez` records); `where`
+  ("file, record i") names the record in errors."""
   try:
+    if data[:len(_MAGIC)] == _MAGIC:
+      return _decode_v2(data)
+    if data[:2] != b"PK":
+      raise ValueError("neither a version 2 record nor a version 1 (npz) record")
     # np.load parses array headers with ast.literal_eval, which CPython < 3.11.8 cannot run
     # in several threads at once (cpython#106905: "AST constructor recursion depth
-    # mismatch"); grain reads with several threads, so decoding is serialised. It is cheap.
+    # mismatch"); grain reads with several threads, so decoding is serialised.
     with _DECODE_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
-  except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+  except (ValueError, OSError, zipfile.BadZipFile, EOFError, struct.error) as e:
     raise ValueError(f"{where}: not a record written by imp.data.prepare ({e}).") from e
 
 
@@ -152,9 +207,9 @@ def read_metadata(directory: str) -> dict[str, Any]:
     raise ValueError(f"{path}: not readable JSON ({e}).") from e
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise ValueError(f"{path}: not written by imp.data.prepare (no \"format\": \"{FORMAT}\").")
-  if meta.get("version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: format version {meta.get('version')!r}; this code reads version "
-                     f"{FORMAT_VERSION}. Prepare the dataset again.")
+  if meta.get("version") not in READ_VERSIONS:
+    raise ValueError(f"{path}: format version {meta.get('version')!r}; this code reads versions "
+                     f"{', '.join(map(str, READ_VERSIONS))}. Prepare the dataset again.")
   for key, kind in (("fields", dict), ("splits", dict), ("class_names", list)):
     if not isinstance(meta.get(key), kind):
       raise ValueError(f"{path}: {key!r} is missing or not a {kind.__name__}.")

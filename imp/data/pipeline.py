@@ -1,4 +1,4 @@
-"""grain pipelines: one per task variant for training, fixed-shape batches for evaluation.
+"""Per-example transforms and fixed-shape evaluation batches (training: `imp.data.training`).
 
 Batch fields (fixed shape per variant, which is what makes one compiled step per task work):
   image: float32 [batch, height, width, channels] in [-1, 1]
@@ -90,38 +90,6 @@ def _example_fn(source: DataSource, task: Task, train: bool, augment: Mapping[st
 EXAMPLE_ERRORS = (ValueError, KeyError, IndexError, TypeError, OSError, EOFError)
 
 
-class _GuardedExamples:
-  """fn(index, rng) -> transformed example `index` of a split, under the source's on_error.
-
-  "fail": the error names the dataset, split, example index and reason (the record's own
-  error adds the file). "skip": the next example that works is used instead, and the skip
-  is counted in `source.skips` (deterministic: it depends only on the index).
-  """
-
-  def __init__(self, source: DataSource, split: str, fn):
-    self.source, self.split_name, self.fn = source, split, fn
-    self.data = source.split(split)
-
-  def _where(self, index: int) -> str:
-    return f"dataset {self.source.name!r}, split {self.split_name!r}, example {index}"
-
-  def __call__(self, index: int, rng: np.random.Generator) -> dict:
-    index, n = int(index), len(self.data)
-    for attempt in range(n):
-      current = (index + attempt) % n
-      try:
-        return self.fn(self.data[current], rng)
-      except EXAMPLE_ERRORS as e:
-        reason = f"{self._where(current)}: {type(e).__name__}: {e}"
-        if self.source.on_error != "skip":
-          raise ValueError(f"{reason} (set datasets.{self.source.name}.on_error='skip' to skip "
-                           "bad examples)") from e
-        self.source.skips.add(reason)
-        log.warning("skipped %s", reason)
-    raise ValueError(f"dataset {self.source.name!r}, split {self.split_name!r}: every one of "
-                     f"its {n} examples failed; the first: {self.source.skips.reasons[:1]}")
-
-
 def video_features(example: dict[str, np.ndarray], frames: int, resolution: tuple[int, int],
                    clip_fps: float | None, rng: np.random.Generator | None) -> np.ndarray:
   """A clip of `frames` frames as float32 [frames, H, W, C] in [-1, 1].
@@ -198,48 +166,6 @@ class _ProcessRows:
   def __getitem__(self, index: int) -> dict:
     step, row = divmod(int(index), self.local)
     return self.stream[step * self.batch + self.start + row]
-
-
-def task_dataset(
-    source: DataSource,
-    task: Task,
-    *,
-    seed: int,
-    split: str = "train",
-    num_threads: int = 2,
-    prefetch: int = 4,
-    rows: tuple[int, int] | None = None,
-) -> grain.IterDataset:
-  """An endless, shuffled, batched training pipeline for one task variant.
-
-  Args:
-    source: the task's dataset.
-    task: the task (modalities and variant fix the batch signature).
-    seed: shuffling and augmentation seed (fold in the task so tasks differ).
-    split: source split to read.
-    num_threads: grain read threads.
-    prefetch: batches prefetched per task.
-    rows: [start, stop) of this process's rows of every global batch of the variant's
-      batch_size (multi-process runs: `imp.parallel.mesh.process_rows`); default all rows.
-  """
-  fn = _GuardedExamples(source, split, _example_fn(source, task, train=True,
-                                                    augment=source.augment))
-  batch = task.variant.batch_size
-  start, stop = rows or (0, batch)
-  if not 0 <= start < stop <= batch:
-    raise ValueError(f"task {task.name}: rows {start}:{stop} of a batch of {batch}.")
-  if len(fn.data) == 0:
-    raise ValueError(f"task {task.name}: dataset {source.name!r} split {split!r} has no "
-                     "examples.")
-  # Indices, not examples, go through shuffling: the guard reads and transforms example i and
-  # can name it (or skip it) when it is bad. The stream is the same on every process: example
-  # g's augmentation draws from the stream seed and g, never from the process.
-  stream = (grain.MapDataset.range(len(fn.data)).seed(seed).shuffle().repeat()
-            .random_map(fn))
-  ds = (grain.MapDataset.source(_ProcessRows(stream, batch, (start, stop)))
-        .batch(stop - start, drop_remainder=True))
-  return ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
 
 
 class TaskIterators:

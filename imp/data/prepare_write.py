@@ -1,10 +1,11 @@
 """How `imp.data.prepare` splits items and writes them: ArrayRecord files and metadata.json.
 
 Examples are stored decoded (uint8 images [H, W, C], uint8 clips [T, H, W, C], float32 audio),
-one `np.savez` record each, in ArrayRecord files whose default chunk compression (lossless,
-Brotli) keeps them compact. Decoded arrays rather than the source's encoded bytes: training
-reads them with no codec in the data workers, evaluation stacks them as arrays, a lossy JPEG
-is not re-encoded (no second loss), and --resize stores them at the size the model reads.
+one record each (`arrayrecord_source.encode_record`), in ArrayRecord files whose default
+chunk compression (lossless, Brotli) keeps them compact. Decoded arrays rather than the
+source's encoded bytes: training reads them with no codec in the data workers, evaluation
+stacks them as arrays, a lossy JPEG is not re-encoded (no second loss), and --resize stores
+them at the size the model reads.
 """
 
 from __future__ import annotations
