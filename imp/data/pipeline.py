@@ -44,8 +44,8 @@ def _check_example(example: dict[str, np.ndarray], source: DataSource,
                        f"{shape}.")
 
 
-def _example_fn(source: DataSource, task: Task, train: bool, augment: Mapping[str, Any]):
-  """Returns fn(example, rng) -> dict of per-example arrays for `task`."""
+def check_variant(task: Task) -> None:
+  """Raises ValueError unless the task's variant sets the shape of each of its modalities."""
   variant = task.variant
   for modality in task.modalities:
     if modality in ("image", "video") and variant.resolution is None:
@@ -55,6 +55,12 @@ def _example_fn(source: DataSource, task: Task, train: bool, augment: Mapping[st
                        "audio.")
     if modality == "text" and variant.text_length is None:
       raise ValueError(f"task {task.name}: variant needs `text_length` for text.")
+
+
+def _example_fn(source: DataSource, task: Task, train: bool, augment: Mapping[str, Any]):
+  """Returns fn(example, rng) -> dict of per-example arrays for `task`."""
+  variant = task.variant
+  check_variant(task)
   augment = augment if train else {}
   tokenizer = source.tokenizer
 
@@ -126,6 +132,20 @@ def video_clips(example: dict[str, np.ndarray], frames: int, resolution: tuple[i
   return np.stack([_frames_at(video, i, resolution) for i in index])
 
 
+def spectrogram_of(example: dict[str, np.ndarray], mel: int) -> np.ndarray:
+  """An example's audio as a log-mel spectrogram float32 [time, mel, 1] of any length: a
+  stored waveform ([samples], with "sample_rate") is transformed, a stored spectrogram must
+  already have `mel` bins."""
+  x = np.asarray(example["audio"], np.float32)
+  if x.ndim == 1:
+    rate = int(example.get("sample_rate", 16000))
+    x = audio.log_mel_spectrogram(x, sample_rate=rate, num_mel_bins=mel)
+  if x.ndim != 3 or x.shape[1] != mel:
+    raise ValueError(f"audio example of shape {x.shape} does not give {mel} mel bins; "
+                     f"valid: a waveform [samples] or a spectrogram [time, {mel}, 1].")
+  return x
+
+
 def audio_features(example: dict[str, np.ndarray], spectrogram: tuple[int, int],
                    rng: np.random.Generator | None) -> np.ndarray:
   """An example's audio as a log-mel spectrogram float32 [time, mel, 1] of fixed size.
@@ -135,13 +155,7 @@ def audio_features(example: dict[str, np.ndarray], spectrogram: tuple[int, int],
   given) or zero-padded to `time` frames.
   """
   frames, mel = spectrogram
-  x = np.asarray(example["audio"], np.float32)
-  if x.ndim == 1:
-    rate = int(example.get("sample_rate", 16000))
-    x = audio.log_mel_spectrogram(x, sample_rate=rate, num_mel_bins=mel)
-  if x.ndim != 3 or x.shape[1] != mel:
-    raise ValueError(f"audio example of shape {x.shape} does not give {mel} mel bins; "
-                     f"valid: a waveform [samples] or a spectrogram [time, {mel}, 1].")
+  x = spectrogram_of(example, mel)
   if rng is not None:
     return audio.random_crop(x, frames, rng)
   return audio.pad_to_length(x, frames)

@@ -17,8 +17,14 @@ import logging
 import grain
 import numpy as np
 
-from imp.data import audio, batch_transforms, transforms
-from imp.data.pipeline import EXAMPLE_ERRORS, _check_example, _frame_stride
+from imp.data import batch_transforms, transforms
+from imp.data.pipeline import (
+  EXAMPLE_ERRORS,
+  _check_example,
+  _frame_stride,
+  check_variant,
+  spectrogram_of,
+)
 from imp.data.sources import DataSource
 from imp.tasks import Task
 
@@ -63,13 +69,7 @@ class _TrainBatches:
       out["video"] = video[index]
     if "audio" in self.task.modalities:
       frames, mel = variant.spectrogram
-      x = np.asarray(example["audio"], np.float32)
-      if x.ndim == 1:
-        rate = int(example.get("sample_rate", 16000))
-        x = audio.log_mel_spectrogram(x, sample_rate=rate, num_mel_bins=mel)
-      if x.ndim != 3 or x.shape[1] != mel:
-        raise ValueError(f"audio example of shape {x.shape} does not give {mel} mel bins; "
-                         f"valid: a waveform [samples] or a spectrogram [time, {mel}, 1].")
+      x = spectrogram_of(example, mel)
       out["audio"] = batch_transforms.crop_or_pad(x, frames, u[batch_transforms.AUDIO])
     if "text" in self.task.modalities:
       if "text" in example:
@@ -159,16 +159,8 @@ def task_dataset(
     rows: [start, stop) of this process's rows of every global batch of the variant's
       batch_size (multi-process runs: `imp.parallel.mesh.process_rows`); default all rows.
   """
-  variant = task.variant
-  for modality in task.modalities:
-    if modality in ("image", "video") and variant.resolution is None:
-      raise ValueError(f"task {task.name}: variant needs `resolution` for {modality!r}.")
-    if modality == "audio" and variant.spectrogram is None:
-      raise ValueError(f"task {task.name}: variant needs `spectrogram` (time, mel bins) for "
-                       "audio.")
-    if modality == "text" and variant.text_length is None:
-      raise ValueError(f"task {task.name}: variant needs `text_length` for text.")
-  batch = variant.batch_size
+  check_variant(task)
+  batch = task.variant.batch_size
   start, stop = rows or (0, batch)
   if not 0 <= start < stop <= batch:
     raise ValueError(f"task {task.name}: rows {start}:{stop} of a batch of {batch}.")
