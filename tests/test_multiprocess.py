@@ -229,3 +229,22 @@ def test_sigkill_of_one_process_stops_the_other_naming_it_and_the_rerun_resumes(
   rerun.send_signal(signal.SIGTERM)
   out = "".join(lines) + rerun.communicate(timeout=900)[0]
   assert rerun.returncode == 0, out[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_set_a_corrupt_checkpoint_aside_alike_and_resume_from_the_older(tmp_path):
+  """Bit rot in the newest checkpoint of a 2-process run: both processes name it, process 0
+  moves it aside (never deletes it), and the run resumes from the older one to the end."""
+  from test_checkpoint_recovery import CORRUPTIONS
+
+  workdir = tmp_path / "run"
+  _run(2, 2, workdir, *TINY)
+  CORRUPTIONS["array_bytes"][0](workdir / "checkpoints" / "8")
+  proc = _run(2, 2, workdir, *TINY, "--config.total_steps=12")
+  logs = [(tmp_path / "run_logs" / f"process_{i}.log").read_text() for i in (0, 1)]
+  for log in logs:
+    assert "checkpoint step 8 is unreadable" in log and "trying step 4" in log, log[-3000:]
+    assert "resumed from step 4" in log, log[-3000:]
+  assert (workdir / "checkpoints_corrupt" / "8" / "state").is_dir()
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["steps"] == 12 and summary["steps_this_run"] == 8, proc.stdout[-2000:]
