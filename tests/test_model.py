@@ -125,7 +125,7 @@ def test_scan_equals_unrolled_and_remat_keeps_gradients():
     Encoder(16, 1, 2, 32, remat_policy="some").init(jax.random.PRNGKey(0), x, mask)
 
 
-@pytest.mark.parametrize("unroll", [2, 3, 8])
+@pytest.mark.parametrize("unroll", [2, 8])  # 8: more than the 3 layers, one loop iteration
 def test_scan_unroll_keeps_the_parameters_and_the_outputs(unroll):
   """nn.scan's unroll changes the compiled loop, not the math or the [layers, ...] layout."""
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 16)), jnp.float32)
