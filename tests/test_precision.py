@@ -39,7 +39,7 @@ def _loss(model, steps=3):
   batch = _batch()
   spec = StepSpec("sum", "a", ("image", "text"),
                   args=(("objectives", ("softmax", "nce")), ("weights", (1.0, 1.0))))
-  step = make_train_step(model, tx, spec, state, batch)
+  step = jax.jit(make_train_step(model, tx, spec, state, batch))  # eager would compile op by op
   losses = []
   for _ in range(steps):
     state, metrics = step(state, batch)

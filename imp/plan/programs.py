@@ -41,7 +41,7 @@ from imp.plan.plan import ConfigError, Plan
 from imp.plan.routing import route_eval
 from imp.train.placement import abstract_state
 from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
-from imp.train.step_cache import StepCache, signature
+from imp.train.step_cache import TRACE_LOCK, StepCache, signature
 
 GIB = 1024**3
 COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
@@ -239,7 +239,9 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
     scanned = (lowered_flops[0] if lowered_flops else
                _lower_flops(spec, plan.model, spec.args, rules, mesh))
     two = _unrolled(plan.model, min(units, 2))
-    unrolled = _lower_flops(spec, two, spec.make_args(two), rules, mesh)
+    with TRACE_LOCK:  # make_args traces the unrolled model's init
+      two_args = spec.make_args(two)
+    unrolled = _lower_flops(spec, two, two_args, rules, mesh)
     if scanned and unrolled and units > 2:
       unrolled += (units - 2) * (unrolled - scanned)  # one unit = two units - one unit
     if scanned and unrolled:
@@ -265,7 +267,8 @@ def _lower_flops(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, 
   """FLOPs of `spec` for `model`, from the lowered (not compiled) module."""
   fn = under_rules(spec.build(model, args), mesh, rules)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-  return _flops(jax.jit(fn).lower(*abstract))
+  with TRACE_LOCK:
+    return _flops(jax.jit(fn).lower(*abstract))
 
 
 def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,

@@ -32,6 +32,12 @@ def _count_compile(event: str, duration: float, **_) -> None:
 
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
 
+# Tracing Flax modules is not thread-safe: two threads tracing the model at once raced in
+# dataclasses.fields ("dictionary changed size during iteration", CI under load). Tracing and
+# lowering are Python, held by the GIL anyway; XLA's compile, which releases it, is what
+# imp.plan.programs runs in parallel. Everyone who traces from a worker thread takes this.
+TRACE_LOCK = threading.RLock()
+
 
 def xla_compiles() -> int:
   """XLA backend compiles in this process so far, by anyone (jit, eager ops, StepCache).
@@ -111,7 +117,8 @@ class StepCache:
     start = time.perf_counter()
     shardings = {k: v for k, v in (("in_shardings", in_shardings),
                                     ("out_shardings", out_shardings)) if v is not None}
-    lowered = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(*args)
+    with TRACE_LOCK:
+      lowered = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(*args)
     program = lowered.compile()
     seconds = time.perf_counter() - start
     if on_lowered is not None:
