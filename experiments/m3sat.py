@@ -6,7 +6,8 @@ one-hot modality code), mapped by ONE shared Perceiver block to 12 latents of wi
 (`Request.fuse`). The encoder is one M3SAT layer: query, key and value projections are
 16 linear experts each with THREE independent top-2 routers, and the FFN is a 16-expert top-2
 MoE; load and importance balancing losses at 0.1; Adam at 8e-4 with weight decay 1e-3 and no
-schedule (Table 15, large setting). Heads: a linear classifier per task.
+schedule (Table 15, large setting). Heads: a linear classifier per task, then BatchNorm
+(Table 15); the top-2 gates are the softmax values as they are (eq. 2).
 
 Tasks, on the audio-visual digits folders (AV-MNIST's analogue, experiments/av_digits.py):
 
@@ -101,11 +102,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vision_patch=(1, 2, 2), vision_base_grid=(1, 4, 4), vision_channels=1,
       audio_patch=AUDIO_PATCH, audio_base_grid=(12, 4),
       front_end="perceiver", perceiver_latents=12, perceiver_bands=6,
+      heads=dict(batch_norm=True),  # Table 15: "BatchNorm follow a Linear layer"
+      # Eq. 2 weighs the chosen experts by their softmax values, not renormalised over the k.
       moe=dict(num_experts=16, every=1, router="top_k", condition="token",
                router_args=dict(k=2, capacity_factor_train=1.0, capacity_factor_eval=2.0,
                                 importance_loss_weight=0.1, load_loss_weight=0.1,
                                 noise_std=1.0 / 16),
-               ffn=True, attention="qkv", group_size="example"),
+               ffn=True, attention="qkv", group_size="example", renormalize_gates=False),
   )
   # What the dry run (--mode=dry_run) would otherwise read from the prepared folders.
   config.dry_run = dict(datasets=dict(

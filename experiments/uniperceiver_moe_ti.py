@@ -111,11 +111,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       scan_layers=True, remat_policy="none",
       vision_patch=(1, 4, 4), vision_base_grid=(1, 4, 4), vision_channels=1,
       text_max_length=24,
+      # LayerScale at 1e-3 and a uniform stochastic depth (appendix §1; DeiT-Ti's rate 0.1).
+      layer_scale=1e-3, stochastic_depth=0.1,
+      # Eq. 3 takes the top-k softmax values as they are (no renormalisation over the k).
       moe=dict(num_experts=8, every=1, router="top_k", router_args=ROUTER_ARGS[condition],
-               condition=condition, ffn=True, attention="shared", group_size="example"),
+               condition=condition, ffn=True, attention="shared", group_size="example",
+               renormalize_gates=False),
   )
-  config.optimizer = dict(name="adam", learning_rate=2e-3, warmup_steps=min(100, steps // 10),
-                          schedule="cosine", grad_clip_norm=1.0)
+  # §4.1: AdamW, lr 5e-4, weight decay 0.05, beta2 0.98, eps 1e-6; clip 0.5; cosine decay.
+  config.optimizer = dict(name="adamw", learning_rate=5e-4, weight_decay=0.05, b2=0.98,
+                          eps=1e-6, warmup_steps=min(100, steps // 10), schedule="cosine",
+                          grad_clip_norm=0.5)
   config.input = dict(num_threads=1, prefetch=2)
   config.mesh = dict(data=-1)
   return config

@@ -9,7 +9,7 @@ from imp.model import IMPModel, ModelConfig
 from imp.objectives import get_objective
 from imp.train.state import init_state, make_optimizer
 from imp.train.step import StepSpec, make_train_step, params_read_by
-from imp.train.step_cache import StepCache, signature, xla_compiles
+from imp.train.step_cache import StepCache, covered_seconds, signature, xla_compiles
 
 CFG = ModelConfig(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8, text_max_length=8)
 
@@ -154,3 +154,10 @@ def test_xla_compile_counter_rises_on_a_real_compile():
   cache.compiled("fresh", lambda: lambda y: y - offset, (x,))
   np.testing.assert_allclose(program(x), x - offset)
   assert xla_compiles() == start + 1 and cache.hits == 1
+
+
+def test_covered_seconds_counts_overlapping_compiles_once():
+  # [0, 2] and [1, 3] overlap on [1, 2]; [5, 6] stands apart; [5.2, 5.5] lies inside it.
+  assert covered_seconds([(1.0, 3.0), (5.0, 6.0), (0.0, 2.0), (5.2, 5.5)]) == pytest.approx(4.0)
+  assert covered_seconds([(0.0, 1.0), (1.0, 2.0)]) == pytest.approx(2.0)  # touching
+  assert covered_seconds([]) == 0.0

@@ -278,12 +278,8 @@ def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,
   names = lambda s: task_names.get(s.name.removeprefix("train "), ())  # noqa: E731
   if workers <= 1 or len(specs) <= 1:
     return [_compile_one(s, plan, cache, names(s)) for s in specs]
-  start, recorded = time.perf_counter(), len(cache.compiles)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    reports = list(pool.map(lambda s: _compile_one(s, plan, cache, names(s)), specs))
-  summed = sum(r.seconds for r in cache.compiles[recorded:])
-  cache.overlap_seconds += max(0.0, summed - (time.perf_counter() - start))
-  return reports
+    return list(pool.map(lambda s: _compile_one(s, plan, cache, names(s)), specs))
 
 
 def _gib(n: int | None) -> str:
