@@ -265,9 +265,9 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
 def _lower_flops(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, mesh: Any,
                  ) -> float | None:
   """FLOPs of `spec` for `model`, from the lowered (not compiled) module."""
-  fn = under_rules(spec.build(model, args), mesh, rules)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-  with TRACE_LOCK:
+  with TRACE_LOCK:  # building the step traces the model too (the parameters a task reads)
+    fn = under_rules(spec.build(model, args), mesh, rules)
     return _flops(jax.jit(fn).lower(*abstract))
 
 

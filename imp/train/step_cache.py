@@ -62,7 +62,7 @@ class CompileRecord:
   key: Hashable
   seconds: float
   temp_bytes: int | None
-  start: float = 0.0  # time.perf_counter() when it began (concurrent compiles overlap)
+  start: float  # time.perf_counter() when it began (concurrent compiles overlap)
 
 
 def covered_seconds(intervals: Sequence[tuple[float, float]]) -> float:
@@ -99,7 +99,7 @@ class StepCache:
   def compile_seconds(self) -> float:
     """Wall seconds during which at least one program compiled (imp.plan.programs compiles
     several at once: overlapping compiles count once, so shares of the run's wall stay below
-    100%, and the FLOPs counting between compiles is not counted)."""
+    100%). A compile waiting on TRACE_LOCK while another thread traces counts that wait."""
     return covered_seconds([(r.start, r.start + r.seconds) for r in self.compiles])
 
   def compiled(self, name: Hashable, build: Callable[[], Callable], args: Sequence[Any],
