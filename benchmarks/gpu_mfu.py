@@ -17,7 +17,9 @@ convention leaves out (that ratio is the hardware FLOPs utilisation, HFU, report
 Shapes are the paper's (IMP §4.1, experiments/imp_moe_b.py): 256x256 RGB images repeated to
 4 frames, 4x16x16 patches (256 tokens), width 768, 12 layers, full remat; IMP-MoE-B has a
 16-expert expert-choice MoE in every second layer; IMP-B is the same model with
-num_experts=0 (experiments/imp_b.py when present).
+num_experts=0 (experiments/imp_b.py when present). The step is the trainer's own bf16 step
+(`model.dtype="bfloat16"`, float32 parameters and Adam moments, uint8 images), each model with
+`model.attention_impl` "xla" and "cudnn" (fused attention).
 
   python -m benchmarks.gpu_mfu [--batch 256] [--out benchmarks/results/gpu_mfu.json]
 
@@ -120,13 +122,11 @@ def grad_program(model: IMPModel, params: Any, batch: dict[str, Any], head: str)
   return jax.jit(grad).lower(params, batch, jax.random.PRNGKey(0))
 
 
-def unrolled_step_flops(config: ModelConfig, tx: Any, batch: dict[str, Any], dtype: Any) -> float:
+def unrolled_step_flops(config: ModelConfig, tx: Any, batch: dict[str, Any]) -> float:
   """XLA's FLOPs of the train step with unrolled layers (lowered, abstract: nothing runs)."""
   model = IMPModel(dataclasses.replace(config, scan_layers=False),
                    heads=(("imagenet", CLASSES),), modalities=("image",))
   state = jax.eval_shape(lambda: init_state(model, tx, seed=0))
-  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), state.params)
-  state = state.replace(params=params, opt_state=jax.eval_shape(tx.init, params))
   step = make_train_step(model, tx, StepSpec("softmax", "imagenet", ("image",)), state, batch)
   return xla_flops(jax.jit(step).lower(state, batch))
 
@@ -146,18 +146,19 @@ def paper_model(moe: bool) -> dict[str, Any]:
 
 def measure(model_cfg: dict[str, Any], batch_size: int, *, dtype: Any = jnp.bfloat16,
             rounds: int = 5, repeats: int = 5, peak: float | None = None) -> dict[str, Any]:
-  """Step time, model FLOPs, XLA FLOPs and (with `peak`) MFU and HFU of one train step."""
-  config = ModelConfig.from_config(model_cfg)
+  """Step time, model FLOPs, XLA FLOPs and (with `peak`) MFU and HFU of one train step.
+
+  The step is the trainer's own: `config.model.dtype` = `dtype` (the computation), float32
+  parameters and Adam moments, uint8 images normalised inside the step."""
+  config = ModelConfig.from_config(dict(model_cfg, dtype=jnp.dtype(dtype).name))
   model = IMPModel(config, heads=(("imagenet", CLASSES),), modalities=("image",))
   tx = make_optimizer(dict(name="adam", learning_rate=1e-3, warmup_steps=0), 1000)
   state = init_state(model, tx, seed=0)
-  # bf16 parameters make every matmul run in bf16 (the model computes in its inputs' dtype).
-  params = jax.tree.map(lambda x: x.astype(dtype), state.params)
-  state = state.replace(params=params, opt_state=tx.init(params))
+  params = state.params
   side = config.vision_base_grid[1] * config.vision_patch[1]
   rng = np.random.default_rng(0)
   batch = jax.device_put({
-      "image": rng.normal(size=(batch_size, side, side, config.vision_channels)).astype(dtype),
+      "image": rng.integers(0, 256, (batch_size, side, side, config.vision_channels), np.uint8),
       "label": rng.integers(0, CLASSES, batch_size).astype(np.int32)})
   step = make_train_step(model, tx, StepSpec("softmax", "imagenet", ("image",)), state, batch)
   compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
@@ -171,7 +172,7 @@ def measure(model_cfg: dict[str, Any], batch_size: int, *, dtype: Any = jnp.bflo
   flops = train_flops(model, params, batch_size, vision_tokens(config, (side, side)))
   out = {"step_seconds": times.to_json(), "model_flops": flops.total,
          "params_per_token": flops.params_per_token, "tokens": flops.tokens,
-         "xla_flops": unrolled_step_flops(config, tx, batch, dtype), "batch": batch_size,
+         "xla_flops": unrolled_step_flops(config, tx, batch), "batch": batch_size,
          "dtype": jnp.dtype(dtype).name}
   if peak:
     out["mfu"] = flops.total / times.median / peak
@@ -198,8 +199,10 @@ def run_gpu(batch_size: int) -> dict[str, Any]:
   if kind not in PEAK_BF16:
     raise ValueError(f"no peak bf16 FLOP/s known for device {kind!r}; known: "
                      f"{', '.join(PEAK_BF16)}. Add it to benchmarks/gpu_mfu.py PEAK_BF16.")
-  return {name: measure(paper_model(moe), batch_size, peak=PEAK_BF16[kind])
-          for name, moe in (("IMP-B", False), ("IMP-MoE-B", True))}
+  # Each model with XLA's attention and with cuDNN's fused attention (model.attention_impl).
+  return {f"{name} {impl}": measure(dict(paper_model(moe), attention_impl=impl), batch_size,
+                                    peak=PEAK_BF16[kind])
+          for name, moe in (("IMP-B", False), ("IMP-MoE-B", True)) for impl in ("xla", "cudnn")}
 
 
 def main() -> None:

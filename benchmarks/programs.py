@@ -52,9 +52,10 @@ class Program:
 
 def synthetic_batch(batch_size: int, resolution: int, text_length: int | None = None,
                     seed: int = 0) -> dict[str, np.ndarray]:
-  """image float32 [B, R, R, 1], label int32 [B] and, with text_length, text int32 [B, L]."""
+  """image uint8 [B, R, R, 1] (as the pipeline sends it), label int32 [B] and, with
+  text_length, text int32 [B, L]."""
   rng = np.random.default_rng(seed)
-  batch = {"image": rng.normal(size=(batch_size, resolution, resolution, 1)).astype(np.float32),
+  batch = {"image": rng.integers(0, 256, (batch_size, resolution, resolution, 1), np.uint8),
            "label": rng.integers(0, CLASSES, batch_size).astype(np.int32)}
   if text_length:
     batch["text"] = rng.integers(1, 256, (batch_size, text_length)).astype(np.int32)

@@ -146,9 +146,17 @@ def main(argv: list[str]) -> None:
   try:
     if _MODE.value == "dry_run":
       from imp.plan import dry_run
+      from imp.plan import programs as plan_programs
 
       reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
       print("\n".join(dry_run.report_lines(reports, facts)))
+      if _WORKDIR.value:  # the same programs.json a training run writes, without training
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        written = plan_programs.write_json(
+            facts["programs"], Path(workdir) / "programs.json", dry_run=True,
+            mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
+            compile_wall_seconds=facts["compile_wall_seconds"])
+        print(f"wrote {written}")
       if _MEMORY_BUDGET.value is not None:
         dry_run.check_budget(reports, _MEMORY_BUDGET.value)
       return

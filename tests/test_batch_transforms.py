@@ -38,6 +38,20 @@ def test_resize_matches_resize_image():
     np.testing.assert_allclose(bt.resize(images, size), want, atol=1e-6)
 
 
+def test_uint8_resize_is_the_float_resize_rounded():
+  # A [1, 2] row (0, 255) to 4 columns: half-pixel centres -0.25, 0.25, 0.75, 1.25 clip to
+  # 0, 0.25, 0.75, 1, so the float resize is 0, 63.75, 191.25, 255 and uint8 rounds it.
+  image = np.array([[[0], [255]]], np.uint8)  # [1, 2, 1]
+  want = np.array([0, 64, 191, 255], np.uint8).reshape(1, 4, 1)
+  for got in (transforms.resize_image(image, (1, 4)), bt.resize(image[None], (1, 4))[0],
+              bt.crop_resize(image[None], np.array([[0, 0, 1, 2]]), (1, 4))[0]):
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+  pixels = np.random.default_rng(0).integers(0, 256, (5, 9, 7, 2), dtype=np.uint8)
+  floats = bt.resize(pixels.astype(np.float32), (4, 3))
+  np.testing.assert_array_equal(bt.resize(pixels, (4, 3)), np.rint(floats).astype(np.uint8))
+
+
 def test_translate_matches_random_translate():
   images = _images()
   u = np.array([[0.0, 0.99], [0.5, 0.5], [0.99, 0.0], [0.3, 0.7], [0.2, 0.9]])
@@ -100,6 +114,6 @@ def test_augmented_rows_of_two_processes_equal_one_process():
             for r in ((0, 3), (3, 8))]
   for _ in range(4):
     batch, parts = next(whole), [next(h) for h in halves]
-    assert batch["image"].shape == (8, 6, 6, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (8, 6, 6, 3) and batch["image"].dtype == np.uint8
     for field, value in batch.items():
       np.testing.assert_array_equal(np.concatenate([p[field] for p in parts]), value)

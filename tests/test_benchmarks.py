@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import gpu_mfu
+from benchmarks import gpu_mfu, input_bytes
 from benchmarks.measure import Stat, ratio
 from benchmarks.run import BENCHMARKS
 from imp.model import IMPModel, ModelConfig
@@ -17,6 +17,16 @@ from imp.train.state import init_state, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def test_input_bytes_of_imp_b_are_uint8_pixels(capsys):
+  """IMP-B's classification batch at base resolution, on one device: 65,536 RGB images of
+  256x256 as uint8 (1 byte a pixel; 4 in float32) and 65,536 int32 labels."""
+  table = {name: (now, before) for name, now, before in
+           input_bytes.main(["--config", str(ROOT / "experiments/imp_b.py")])}
+  images, labels = 65536 * 256 * 256 * 3, 65536 * 4
+  assert table["imagenet_cls/base"] == (images + labels, 4 * images + labels)
+  assert "imagenet_cls/base" in capsys.readouterr().out
 
 
 def test_stat_is_median_and_min_max_like_numpy():

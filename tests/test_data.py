@@ -68,9 +68,9 @@ def test_byte_tokenizer():
 
 def test_pipeline_batches_have_fixed_shapes_and_label_text(digits):
   batch = next(iter(task_dataset(digits, _task(), seed=0)))
-  assert batch["image"].shape == (8, 16, 16, 1) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (8, 16, 16, 1) and batch["image"].dtype == np.uint8
   assert batch["text"].shape == (8, 20) and batch["label"].shape == (8,)
-  assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+  assert batch["image"].max() > 0  # pixels, not zeros
   tok = ByteTokenizer()
   for ids, label in zip(batch["text"], batch["label"], strict=True):
     assert tok.decode(ids) in {t.format(digits.class_names[label]) for t in TEMPLATES}
@@ -140,6 +140,11 @@ def test_pipeline_batches_audio(digits):
               variant=Variant("base", batch_size=4, spectrogram=(16, 8)))
   batch = next(iter(task_dataset(source, task, seed=0)))
   assert batch["audio"].shape == (4, 16, 8, 1) and np.isfinite(batch["audio"]).all()
+  assert batch["audio"].dtype == np.float32
+  # In a bfloat16 model the batch is the same spectrogram rounded to bfloat16 on the host.
+  bf16 = next(iter(task_dataset(source, task, seed=0, audio_dtype="bfloat16")))
+  assert str(bf16["audio"].dtype) == "bfloat16"
+  np.testing.assert_array_equal(bf16["audio"], batch["audio"].astype(bf16["audio"].dtype))
   evals = eval_batches(source, "train", modality="audio", resolution=None, batch_size=4,
                        spectrogram=(16, 8))
   # The raw baseline's input: mean and std over time of each of the 8 mel bins.

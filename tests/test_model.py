@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imp.model import Encoder, IMPModel, ModelConfig, Request, drop_tokens
-from imp.model.embedders import GridPositions, VisionEmbedder, patchify
+from imp.model.embedders import GridPositions, VisionEmbedder, normalize_pixels, patchify
 from imp.train.state import init_state, logical_axes, make_optimizer
 
 
@@ -32,6 +32,29 @@ def test_vision_embedder_shapes_image_and_video():
   assert emb.apply(params, image).shape == (3, 4, 8)
   # A 4-frame video at twice the resolution: 2 x 4 x 4 tokens, positions resized.
   assert emb.apply(params, jnp.ones((3, 4, 16, 16, 1))).shape == (3, 32, 8)
+
+
+def test_normalize_pixels_hand_cases():
+  pixels = jnp.array([0, 51, 255], jnp.uint8)  # 0 -> -1, 51 -> 51 / 127.5 - 1 = -0.6, 255 -> 1
+  np.testing.assert_allclose(normalize_pixels(pixels, jnp.float32), [-1.0, -0.6, 1.0], atol=1e-7)
+  assert normalize_pixels(pixels, jnp.bfloat16).dtype == jnp.bfloat16
+  floats = jnp.array([-0.5, 0.25])  # float input is taken as already in [-1, 1]
+  np.testing.assert_array_equal(normalize_pixels(floats, jnp.float32), floats)
+
+
+@pytest.mark.parametrize("front_end", ["patch", "perceiver"])
+def test_uint8_pixels_are_normalised_inside_the_model(front_end):
+  config = ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, embed_dim=8,
+                       front_end=front_end, perceiver_latents=5, perceiver_bands=3)
+  model = IMPModel(config)
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+  inputs = {"image": pixels, "text": jnp.asarray([[5, 6, 0], [7, 0, 0]], jnp.int32)}
+  variables = model.init(jax.random.PRNGKey(0), inputs, model.init_request())
+  request = Request(features=("image",))
+  from_uint8 = model.apply(variables, inputs, request)["features/image"]
+  floats = dict(inputs, image=jnp.asarray(pixels, jnp.float32) / 127.5 - 1.0)
+  from_floats = model.apply(variables, floats, request)["features/image"]
+  np.testing.assert_allclose(from_uint8, from_floats, atol=1e-6)
 
 
 def test_positions_resize_to_variant_grid_and_keep_base():

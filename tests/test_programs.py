@@ -5,9 +5,11 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_digits_config
 
+from imp.parallel.mesh import data_parallel_size
 from imp.plan import programs
 from imp.plan.plan import DatasetFacts, build_plan
 from imp.train.step_cache import StepCache
@@ -44,6 +46,19 @@ def test_gflops_count_every_scanned_layer(overrides):
     assert r.peak_bytes == r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes
 
 
+def test_input_bytes_count_uint8_pixels_per_device():
+  """The batch crosses to the device as uint8 pixels: 8 images of 8x8x1 = 512 bytes (2,048
+  in float32) beside 8 int32 labels (32), split over the data-parallel devices."""
+  plan = build_plan(_config(), FACTS)
+  batch = plan.batches["digits_cls/base"]
+  assert batch["image"].dtype == np.uint8 and batch["label"].dtype == np.int32
+  (spec,) = programs.train_specs(plan)
+  devices = data_parallel_size(plan.mesh)
+  assert programs.input_bytes(spec.args[1], plan.mesh) == (512 + 32) // devices
+  bf16 = build_plan(_config(**{"model.dtype": "bfloat16"}), FACTS)
+  assert bf16.batches["digits_cls/base"]["image"].dtype == np.uint8  # pixels stay uint8
+
+
 def test_a_program_over_the_memory_limit_stops_before_step_1(tmp_path):
   from imp import experiment
 
@@ -69,6 +84,7 @@ def test_every_program_compiles_before_step_1(tmp_path):
   names = [p["name"] for p in table["programs"]]
   assert names == ["train digits_cls/base", "eval embed image, features image",
                    "eval embed text"]
+  assert table["programs"][0]["input_bytes"] == 512 + 32  # one device
   cache = summary["step_cache"]
   assert cache["misses"] == cache["size"] == len(names)
   assert cache["xla_compiles_after_warmup"] == 0 and cache["hits"] >= 4

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_digits_config as _small
 
 from imp import experiment
-from imp.data import transforms
+from imp.model import embedders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +42,14 @@ def test_resumed_run_is_bit_identical_to_a_straight_run(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
-  normalize = transforms.normalize_image
+  normalize = embedders.normalize_pixels
 
-  def poisoned(image):  # fault injection: every image of a "7" becomes NaN
-    out = normalize(image)
-    return out * np.nan if image.sum() % 7 == 0 else out
+  def poisoned(x, dtype):  # fault injection inside the step: images whose pixels sum to 7k
+    out = normalize(x, dtype)
+    hit = x.reshape(len(x), -1).astype(jnp.int32).sum(axis=1) % 7 == 0
+    return jnp.where(hit.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.nan, out)
 
-  monkeypatch.setattr(transforms, "normalize_image", poisoned)  # evaluation images too
+  monkeypatch.setattr(embedders, "normalize_pixels", poisoned)  # evaluation images too
   summary = experiment.train(_small(total_steps=10), tmp_path)
   assert summary["steps"] == 10
   assert summary["nonfinite_skipped_steps"] > 0
@@ -59,7 +61,8 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_nonfinite_stop_policy_names_task_and_step(tmp_path, monkeypatch):
-  monkeypatch.setattr(transforms, "normalize_image", lambda image: image * np.nan)
+  monkeypatch.setattr(embedders, "normalize_pixels",
+                      lambda x, dtype: jnp.full(x.shape, jnp.nan, dtype))
   with pytest.raises(experiment.NonFiniteError, match=r"non-finite loss or gradient in task "
                                                 r"'digits_\w+/\w+' at step 0 \(config.nonfinite"
                                                 r".policy='stop'\)"):

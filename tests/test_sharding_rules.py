@@ -115,8 +115,11 @@ def test_abstract_batch_has_the_pipeline_shapes():
   task = Task("t/v", "t", "d", "nce", ("video", "audio", "text"), variant, 1.0)
   batch = dry_run.abstract_batch(task, model, labelled=True)
   assert {k: (v.shape, str(v.dtype)) for k, v in batch.items()} == {
-      "video": ((8, 16, 32, 32, 3), "float32"), "audio": ((8, 64, 16, 1), "float32"),
+      "video": ((8, 16, 32, 32, 3), "uint8"), "audio": ((8, 64, 16, 1), "float32"),
       "text": ((8, 12), "int32"), "label": ((8,), "int32")}
+  # Pixels stay uint8 whatever the compute dtype; audio takes it.
+  bf16 = dry_run.abstract_batch(task, ModelConfig(vision_channels=3, dtype="bfloat16"), True)
+  assert (str(bf16["video"].dtype), str(bf16["audio"].dtype)) == ("uint8", "bfloat16")
 
 
 def test_memory_budget_names_every_signature_over_it():

@@ -124,7 +124,7 @@ def test_encoded_images_train_and_evaluate(data_dir):
               modalities=("image", "text"), weight=1.0,
               variant=Variant("base", batch_size=4, resolution=(8, 8), text_length=8))
   batch = next(iter(task_dataset(data, task, seed=0, num_threads=1)))
-  assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.uint8
   evals = eval_batches(data, "test", modality="image", resolution=(8, 8), batch_size=4)
   assert evals.labels.shape == (NUM_TEST,) and evals.batches[0]["image"].shape == (4, 8, 8, 3)
 

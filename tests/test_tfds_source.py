@@ -185,7 +185,7 @@ def test_pipeline_and_eval_batches(data_dir):
               modalities=("image", "text"), weight=1.0,
               variant=Variant("base", batch_size=8, resolution=(16, 16), text_length=20))
   batch = next(iter(task_dataset(data, task, seed=0)))
-  assert batch["image"].shape == (8, 16, 16, 1) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (8, 16, 16, 1) and batch["image"].dtype == np.uint8
   assert batch["text"].shape == (8, 20) and batch["label"].shape == (8,)
   evals = eval_batches(data, "test", modality="image", resolution=(8, 8), batch_size=32)
   assert len(evals.batches) == 2 and evals.batches[1]["mask"].sum() == NUM_TEST - 32

@@ -55,8 +55,9 @@ def _videos(tmp_path) -> str:
 
 
 def _clip_value(video: np.ndarray) -> np.ndarray:
-  """[batch, frames, H, W, C] in [-1, 1] -> [batch] mean pixel value in 0..255."""
-  return ((video + 1.0) * 127.5).reshape(len(video), -1).mean(axis=1)
+  """uint8 [batch, frames, H, W, C] -> [batch] mean pixel value in 0..255."""
+  assert video.dtype == np.uint8  # the model normalises pixels itself
+  return video.astype(np.float64).reshape(len(video), -1).mean(axis=1)
 
 
 def fake_infer(request: Request, batch: dict) -> dict:
@@ -126,7 +127,9 @@ def test_one_clip_is_the_old_middle_clip(tmp_path):
   data = source.split("test")
   middle = np.stack([video_features(data[i], 4, (2, 2), 8.0, None) for i in range(len(data))])
   np.testing.assert_array_equal(batches.batches[0]["video"], middle)
-  np.testing.assert_array_equal(batches.raw, middle.reshape(len(data), -1))
+  # The raw-pixel baseline reads the clip normalised to [-1, 1].
+  np.testing.assert_array_equal(batches.raw, (middle.astype(np.float32) / 127.5 - 1.0)
+                                .reshape(len(data), -1))
 
 
 @pytest.mark.parametrize("clips, message", [

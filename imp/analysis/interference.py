@@ -176,7 +176,7 @@ def analyse(config: Any, workdir: str, *, batches: int, selections: Mapping[str,
     losses[task.name] = total
     grad = jax.jit(jax.grad(total))
     data = iter(task_dataset(exp.sources[task.dataset], task, seed=seed + index,
-                             num_threads=1, prefetch=1))
+                             num_threads=1, prefetch=1, audio_dtype=exp.model.config.dtype))
     sampled = [next(data) for _ in range(batches)]
     first[task.name] = sampled[0]
     grads[task.name] = [grad(params, b, jax.random.fold_in(rng, k)) for k, b in enumerate(sampled)]

@@ -3,8 +3,8 @@
 Random parameters come in as uniform draws in [0, 1) per example (`u`, one row of
 `UNIFORMS` columns each), so that a global batch's draws can be made once, from its seed and
 index, and each process takes its own rows: the batch of step t is then the same for any
-number of processes and after a resume. Images are float32 [batch, H, W, C] (already
-normalized, `transforms.normalize_image`).
+number of processes and after a resume. Images are uint8 [batch, H, W, C] and stay uint8
+(resizes round back, `transforms.as_pixels`); the model normalises them on the device.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def uniform_int(u: np.ndarray, n: np.ndarray | int) -> np.ndarray:
 
 
 def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of float [B, H, W, C] to [B, size[0], size[1], C] (as
+  """Bilinear resize of [B, H, W, C] to [B, size[0], size[1], C] in the input's dtype (as
   `transforms.resize_image` per image)."""
   h, w = images.shape[1:3]
   if (h, w) == tuple(size):
@@ -36,7 +36,7 @@ def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   rows = transforms._linear_resize_matrix(h, size[0])
   cols = transforms._linear_resize_matrix(w, size[1])
   out = np.matmul(rows, images.astype(np.float32).transpose(0, 3, 1, 2))  # [B, C, y, W]
-  return np.matmul(out, cols.T).transpose(0, 2, 3, 1)
+  return transforms.as_pixels(np.matmul(out, cols.T).transpose(0, 2, 3, 1), images)
 
 
 def translate(images: np.ndarray, max_shift: int, u: np.ndarray) -> np.ndarray:
@@ -91,13 +91,14 @@ def _crop_matrices(start: np.ndarray, length: np.ndarray, size: int, full: int) 
 
 
 def crop_resize(images: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """float [B, H, W, C]: box i (top, left, h, w) of image i resized to [size[0], size[1]]
-  (`transforms.resize_image` of the crop), as one batched matrix product."""
+  """[B, H, W, C] in the input's dtype: box i (top, left, h, w) of image i resized to
+  [size[0], size[1]] (`transforms.resize_image` of the crop), as one batched matrix product."""
   h, w = images.shape[1:3]
   rows = _crop_matrices(boxes[:, 0], boxes[:, 2], size[0], h)  # [B, y, H]
   cols = _crop_matrices(boxes[:, 1], boxes[:, 3], size[1], w)  # [B, x, W]
   out = np.matmul(rows[:, None], images.astype(np.float32).transpose(0, 3, 1, 2))
-  return np.matmul(out, cols[:, None].transpose(0, 1, 3, 2)).transpose(0, 2, 3, 1)
+  out = np.matmul(out, cols[:, None].transpose(0, 1, 3, 2)).transpose(0, 2, 3, 1)
+  return transforms.as_pixels(out, images)
 
 
 def augment(images: np.ndarray, settings: dict, u: np.ndarray,

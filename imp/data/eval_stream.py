@@ -10,7 +10,8 @@ the fields it yields are [stop - start, ...]; `mask` is always the global [batch
 Rows are examples, or for video with `clips` > 1, clips (video-major: row r is clip r % clips
 of video r // clips). Besides the modality's input every row carries its `label` (int32) and,
 with `raw=True`, the raw-input baseline's features `raw` [dim] (float32): the stored pixels
-for images, the model input for video (averaged over clips by the eval suite), the mean and
+for images, the model input normalised to [-1, 1] for video (averaged over clips by the eval
+suite), the mean and
 standard deviation over time of every mel bin for audio. Values are those of
 `pipeline.eval_batches`, the whole-split path this replaces (kept as the tests' reference).
 """
@@ -24,7 +25,13 @@ import jax
 import numpy as np
 
 from imp.data import transforms
-from imp.data.pipeline import _frame_stride, _frames_at, _ProcessRows, audio_features
+from imp.data.pipeline import (
+  _check_example,
+  _frame_stride,
+  _frames_at,
+  _ProcessRows,
+  audio_features,
+)
 from imp.data.sources import DataSource
 
 MODALITIES = ("image", "video", "audio", "text")
@@ -50,10 +57,10 @@ class _Rows:
 
   def _example(self, index: int, clip: int) -> dict[str, np.ndarray]:
     example = self.data[index]
+    _check_example(example, self.source, (self.modality,))
     out = {"label": np.asarray(example["label"], np.int32)}
-    if self.modality == "image":
-      out["image"] = transforms.resize_image(transforms.normalize_image(example["image"]),
-                                             self.resolution)
+    if self.modality == "image":  # uint8, as in training: the model normalises it
+      out["image"] = transforms.resize_image(np.asarray(example["image"]), self.resolution)
       raw = np.asarray(example["image"], np.float32)
     elif self.modality == "video":
       video = np.asarray(example["video"])
@@ -64,7 +71,7 @@ class _Rows:
         raise ValueError(f"{self.where}={self.clips}: dataset {self.source.name!r}, split "
                          f"{self.split!r}, example {index}: {e}") from e
       out["video"] = _frames_at(video, index_of[clip], self.resolution)
-      raw = out["video"]
+      raw = transforms.normalize_image(out["video"])
     elif self.modality == "audio":
       out["audio"] = audio_features(example, self.spectrogram, None)
       raw = np.concatenate([out["audio"].mean(axis=0), out["audio"].std(axis=0)], axis=0)

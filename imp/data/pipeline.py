@@ -1,11 +1,13 @@
 """Per-example transforms and fixed-shape evaluation batches (training: `imp.data.training`).
 
 Batch fields (fixed shape per variant, which is what makes one compiled step per task work):
-  image: float32 [batch, height, width, channels] in [-1, 1]
+  image: uint8 [batch, height, width, channels] (the model normalises pixels to [-1, 1] in
+         its compute dtype on the device, `imp.model.embedders.normalize_pixels`)
   audio: float32 [batch, time, mel, 1] log-mel spectrogram (from stored waveforms or
-         spectrograms; cropped at random in training, from the start in evaluation)
-  video: float32 [batch, frames, height, width, channels] in [-1, 1] (a clip sampled at the
-         dataset's clip_fps: random start in training, the middle in evaluation)
+         spectrograms; cropped at random in training, from the start in evaluation); in
+         training, in the model's compute dtype (`task_dataset`'s audio_dtype)
+  video: uint8 [batch, frames, height, width, channels] (a clip sampled at the dataset's
+         clip_fps: random start in training, the middle in evaluation)
   text:  int32 [batch, text_length] tokens of the dataset's tokenizer (byte-level by default;
          label text when the dataset has no captions)
   label: int32 [batch]
@@ -31,7 +33,8 @@ log = logging.getLogger("imp")
 
 def _check_example(example: dict[str, np.ndarray], source: DataSource,
                    modalities: tuple[str, ...]) -> None:
-  """Raises ValueError for a label outside the class list or a wrongly shaped input."""
+  """Raises ValueError for a label outside the class list or a wrongly shaped or typed input
+  (images and video must be uint8 pixels)."""
   if "label" in example and source.class_names:
     label = int(np.asarray(example["label"]))
     if not 0 <= label < source.num_classes:
@@ -39,9 +42,15 @@ def _check_example(example: dict[str, np.ndarray], source: DataSource,
                        f"dataset {source.name!r} (valid: 0..{source.num_classes - 1}).")
   for modality, rank, shape in (("image", 3, "[height, width, channels]"),
                                 ("video", 4, "[frames, height, width, channels]")):
-    if modality in modalities and np.ndim(example[modality]) != rank:
+    if modality not in modalities:
+      continue
+    if np.ndim(example[modality]) != rank:
       raise ValueError(f"{modality} of shape {list(np.shape(example[modality]))}; valid: "
                        f"{shape}.")
+    if np.asarray(example[modality]).dtype != np.uint8:
+      raise ValueError(f"{modality} of dtype {np.asarray(example[modality]).dtype} in dataset "
+                       f"{source.name!r}; valid: uint8 pixels in [0, 255] (the model "
+                       "normalises them on the device).")
 
 
 def check_variant(task: Task) -> None:
@@ -70,7 +79,7 @@ def _example_fn(source: DataSource, task: Task, train: bool, augment: Mapping[st
     if "label" in example:
       out["label"] = np.asarray(example["label"], np.int32)
     if "image" in task.modalities:
-      image = transforms.normalize_image(example["image"])
+      image = np.asarray(example["image"])
       if augment and rng is not None:
         image = transforms.augment_image(image, augment, rng, variant.resolution)
       out["image"] = transforms.resize_image(image, variant.resolution)
@@ -98,7 +107,7 @@ EXAMPLE_ERRORS = (ValueError, KeyError, IndexError, TypeError, OSError, EOFError
 
 def video_features(example: dict[str, np.ndarray], frames: int, resolution: tuple[int, int],
                    clip_fps: float | None, rng: np.random.Generator | None) -> np.ndarray:
-  """A clip of `frames` frames as float32 [frames, H, W, C] in [-1, 1].
+  """A clip of `frames` frames as uint8 [frames, H, W, C].
 
   Frames are `stride` = round(stored fps / clip_fps) apart (1 without either); the clip
   starts at random when `rng` is given (training), else in the middle (evaluation). Videos
@@ -117,15 +126,14 @@ def _frame_stride(example: dict[str, np.ndarray], clip_fps: float | None) -> int
 
 
 def _frames_at(video: np.ndarray, index: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
-  """uint8 video [T, H, W, C] at frame indices [frames] -> float32 [frames, *resolution, C]."""
-  clip = transforms.normalize_image(video[index])
-  return np.stack([transforms.resize_image(f, resolution) for f in clip])
+  """uint8 video [T, H, W, C] at frame indices [frames] -> uint8 [frames, *resolution, C]."""
+  return np.stack([transforms.resize_image(f, resolution) for f in video[index]])
 
 
 def video_clips(example: dict[str, np.ndarray], frames: int, resolution: tuple[int, int],
                 clip_fps: float | None, clips: int) -> np.ndarray:
-  """`clips` evenly spaced clips (`transforms.spaced_clip_indices`) as float32
-  [clips, frames, H, W, C] in [-1, 1]; clips=1 is `video_features`' evaluation clip."""
+  """`clips` evenly spaced clips (`transforms.spaced_clip_indices`) as uint8
+  [clips, frames, H, W, C]; clips=1 is `video_features`' evaluation clip."""
   video = np.asarray(example["video"])
   index = transforms.spaced_clip_indices(len(video), frames, _frame_stride(example, clip_fps),
                                          clips)
@@ -240,8 +248,7 @@ def eval_batches(source: DataSource, split: str, *, modality: str,
   data = source.split(split)
   if modality == "image":
     inputs = np.stack([
-        transforms.resize_image(transforms.normalize_image(x), resolution)
-        for x in data.fields[modality]
+        transforms.resize_image(np.asarray(x), resolution) for x in data.fields[modality]
     ])
     raw = data.fields[modality]
   elif modality == "video":
@@ -252,8 +259,8 @@ def eval_batches(source: DataSource, split: str, *, modality: str,
       except ValueError as e:
         raise ValueError(f"{where}={clips}: dataset {source.name!r}, split {split!r}, "
                          f"example {i}: {e}") from e
-    inputs = np.stack(per_video)  # [examples, clips, frames, H, W, C]
-    raw = inputs.mean(axis=1)
+    inputs = np.stack(per_video)  # uint8 [examples, clips, frames, H, W, C]
+    raw = transforms.normalize_image(inputs).mean(axis=1)
     inputs = inputs.reshape((-1,) + inputs.shape[2:])
   elif modality == "audio":
     if spectrogram is None:

@@ -1,13 +1,13 @@
 """The training pipeline: shuffled global batches, read and transformed a batch at a time.
 
-Global batch t is stream positions [t * batch, (t + 1) * batch) of the shuffled, repeated
-index stream; a process reads its rows [start, stop) of each. Per example, only what can fail
-on a bad example or differs in shape runs in Python (decode and check, audio spectrogram and
-crop, clip frame picking, text tokens); images and clips are normalized, augmented and resized
-a batch at a time (`batch_transforms`). Random draws come from a Generator seeded by (seed, t)
-for the whole global batch, and a process takes its rows of them, so every example's
-augmentation depends only on the seed and its stream position: equal for any number of
-processes, and after a resume.
+Global batch t is stream positions [t * batch, (t + 1) * batch) of the shuffled, repeated index
+stream; a process reads its rows [start, stop) of each. Per example, only what can fail on a
+bad example or differs in shape runs in Python (decode and check, audio spectrogram and crop,
+clip frame picking, text tokens); images and clips are augmented and resized a batch at a time
+(`batch_transforms`) and stay uint8, normalised by the model on the device. Random draws come
+from a Generator seeded by (seed, t) for the whole global batch, and a process takes its rows
+of them, so every example's augmentation depends only on the seed and its stream position:
+equal for any number of processes, and after a resume.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 
 import grain
+import jax.numpy as jnp
 import numpy as np
 
-from imp.data import batch_transforms, transforms
+from imp.data import batch_transforms
 from imp.data.pipeline import (
   EXAMPLE_ERRORS,
   _check_example,
@@ -40,8 +41,9 @@ class _TrainBatches:
   """
 
   def __init__(self, source: DataSource, task: Task, split: str, indices: grain.MapDataset,
-               seed: int, rows: tuple[int, int]):
+               seed: int, rows: tuple[int, int], audio_dtype: np.dtype):
     self.source, self.task, self.split_name = source, task, split
+    self.audio_dtype = audio_dtype
     self.data = source.split(split)
     self.indices, self.seed = indices, int(seed) % 2**63
     self.batch, (self.start, self.stop) = task.variant.batch_size, rows
@@ -101,11 +103,11 @@ class _TrainBatches:
                      f"its {n} examples failed; the first: {self.source.skips.reasons[:1]}")
 
   def _images(self, images: list[np.ndarray], u: np.ndarray, size: tuple[int, int]):
-    """float32 [rows, *size, C] from uint8 images [H, W, C] (any sizes) and their draws."""
+    """uint8 [rows, *size, C] from uint8 images [H, W, C] (any sizes) and their draws."""
     if len({x.shape for x in images}) > 1:  # different sizes: one at a time, same draws
       return np.concatenate([self._images([x], u[i:i + 1], size)
                              for i, x in enumerate(images)])
-    batch = transforms.normalize_image(np.stack(images))
+    batch = np.stack(images)
     if self.augment:
       batch = batch_transforms.augment(batch, self.augment, u, size)
     return batch_transforms.resize(batch, size)
@@ -126,13 +128,15 @@ class _TrainBatches:
     parts = [self._guarded(i, x, u[r])
              for r, (i, x) in enumerate(zip(indices, examples, strict=True))]
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k not in ("image", "video")}
+    if "audio" in out:
+      out["audio"] = out["audio"].astype(self.audio_dtype, copy=False)
     variant = self.task.variant
     if "image" in parts[0]:
       out["image"] = self._images([p["image"] for p in parts], u, variant.resolution)
     if "video" in parts[0]:
       clips = np.stack([p["video"] for p in parts])  # [rows, frames, H, W, C] uint8
-      frames = transforms.normalize_image(clips.reshape((-1,) + clips.shape[2:]))
-      frames = batch_transforms.resize(frames, variant.resolution)
+      frames = batch_transforms.resize(clips.reshape((-1,) + clips.shape[2:]),
+                                       variant.resolution)
       out["video"] = frames.reshape(clips.shape[:2] + frames.shape[1:])
     return out
 
@@ -146,6 +150,7 @@ def task_dataset(
     num_threads: int = 2,
     prefetch: int = 4,
     rows: tuple[int, int] | None = None,
+    audio_dtype: str | np.dtype = "float32",
 ) -> grain.IterDataset:
   """An endless, shuffled, batched training pipeline for one task variant.
 
@@ -158,6 +163,8 @@ def task_dataset(
     prefetch: batches prefetched per task.
     rows: [start, stop) of this process's rows of every global batch of the variant's
       batch_size (multi-process runs: `imp.parallel.mesh.process_rows`); default all rows.
+    audio_dtype: dtype of the audio batches, the model's compute dtype (`config.model.dtype`:
+      bfloat16 halves their host memory and transfer); spectrograms are computed in float32.
   """
   check_variant(task)
   batch = task.variant.batch_size
@@ -171,6 +178,7 @@ def task_dataset(
   # Indices, not examples, go through shuffling: the guard reads and transforms example i and
   # can name it (or skip it) when it is bad. The stream is the same on every process.
   indices = grain.MapDataset.range(n).seed(seed).shuffle().repeat()
-  batches = _TrainBatches(source, task, split, indices, seed, (start, stop))
+  batches = _TrainBatches(source, task, split, indices, seed, (start, stop),
+                          jnp.dtype(audio_dtype))
   return grain.MapDataset.source(batches).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))

@@ -25,18 +25,29 @@ def _linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   return weights
 
 
+def as_pixels(resized: np.ndarray, like: np.ndarray) -> np.ndarray:
+  """A float resize result in the dtype of its input `like`: integer pixels are rounded back
+  (bilinear weights are non-negative and sum to 1, so the result stays in range); float is
+  float32."""
+  if np.issubdtype(like.dtype, np.integer):
+    return np.rint(resized).astype(like.dtype)
+  return resized.astype(np.float32, copy=False)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of float [height, width, channels] to [size[0], size[1], channels]."""
+  """Bilinear resize of [height, width, channels] to [size[0], size[1], channels]; uint8 stays
+  uint8 (rounded), float gives float32."""
   h, w = image.shape[:2]
   if (h, w) == tuple(size):
     return image
   rows = _linear_resize_matrix(h, size[0])
   cols = _linear_resize_matrix(w, size[1])
-  return np.einsum("yh,hwc,xw->yxc", rows, image.astype(np.float32), cols)
+  return as_pixels(np.einsum("yh,hwc,xw->yxc", rows, image.astype(np.float32), cols), image)
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
-  """uint8 [0, 255] -> float32 [-1, 1]."""
+  """uint8 [0, 255] -> float32 [-1, 1] (host-side, for raw-pixel baselines; the model
+  normalises its uint8 inputs itself, `imp.model.embedders.normalize_pixels`)."""
   return image.astype(np.float32) / 127.5 - 1.0
 
 
@@ -115,7 +126,7 @@ def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[f
 
 def augment_image(image: np.ndarray, augment: dict, rng: np.random.Generator,
                   size: tuple[int, int]) -> np.ndarray:
-  """Training augmentation of float [H, W, C] (settings from `check_augment`).
+  """Training augmentation of uint8 (or float) [H, W, C] (settings from `check_augment`).
 
   Returns [H, W, C], or [size[0], size[1], C] when a random resized crop is taken (resizing
   the crop straight to the output size avoids a second interpolation).

@@ -175,17 +175,18 @@ class ModelConfig:
     return self.width  # text: a learned token embedding
 
   def dummy_input(self, modality: str, batch: int = 1) -> np.ndarray:
-    """A zero input of the base shape, for initialisation."""
+    """A zero input of the base shape and the pipeline's dtype (`imp.plan.abstract_batch`:
+    uint8 pixels, audio in the compute dtype), for initialisation."""
     if modality == "image":
       _, th, tw = self.vision_base_grid
       return np.zeros((batch, th * self.vision_patch[1], tw * self.vision_patch[2],
-                       self.vision_channels), np.float32)
+                       self.vision_channels), np.uint8)
     if modality == "video":
       shape = [g * p for g, p in zip(self.vision_base_grid, self.vision_patch, strict=True)]
-      return np.zeros((batch, *shape, self.vision_channels), np.float32)
+      return np.zeros((batch, *shape, self.vision_channels), np.uint8)
     if modality == "audio":
       shape = [g * p for g, p in zip(self.audio_base_grid, self.audio_patch, strict=True)]
-      return np.zeros((batch, *shape, 1), np.float32)
+      return np.zeros((batch, *shape, 1), jnp.dtype(self.dtype))
     if modality == "text":
       return np.ones((batch, self.text_max_length), np.int32)
     raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(EMBEDDER_OF)}.")

@@ -25,7 +25,7 @@ import numpy as np
 from imp.model import logical
 from imp.model.attention import attend
 from imp.model.conditions import MODALITY_IDS, modality_id
-from imp.model.embedders import patchify
+from imp.model.embedders import normalize_pixels, patchify
 from imp.model.encoder import EncoderBlock
 
 Array = jax.Array
@@ -113,6 +113,7 @@ class PerceiverFrontEnd(nn.Module):
   def _elements(self, modality: str, x: Array) -> tuple[Array, tuple[int, ...]]:
     """Raw features [B, T, P] and the element grid."""
     if modality in ("image", "video"):
+      x = normalize_pixels(x, jnp.float32)  # the raw features enter in float32, as below
       if x.ndim == 4:
         x = x[:, None]
       if x.shape[1] == 1 and self.vision_patch[0] > 1:

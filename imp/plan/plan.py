@@ -83,8 +83,9 @@ def abstract_batch(task: Task, model: ModelConfig, labelled: bool,
                    ) -> dict[str, jax.ShapeDtypeStruct]:
   """The batch a task's pipeline yields (imp/data/pipeline.py), as shapes: the one definition.
 
-  image [B, H, W, C] and video [B, T, H, W, C] float32, audio [B, time, mel, 1] float32, text
-  [B, L] int32, label [B] int32 when the dataset has classes.
+  image [B, H, W, C] and video [B, T, H, W, C] uint8 (normalised inside the step), audio
+  [B, time, mel, 1] in the model's compute dtype, text [B, L] int32, label [B] int32 when the
+  dataset has classes.
   """
   v, b = task.variant, task.variant.batch_size
   out = {}
@@ -104,7 +105,8 @@ def abstract_batch(task: Task, model: ModelConfig, labelled: bool,
         raise ConfigError(f"task {task.name}: variant needs `text_length` for text.")
       out["text"] = jax.ShapeDtypeStruct((b, v.text_length), jnp.int32)
       continue
-    out[modality] = jax.ShapeDtypeStruct(shape, jnp.float32)
+    dtype = jnp.dtype(model.dtype) if modality == "audio" else jnp.uint8
+    out[modality] = jax.ShapeDtypeStruct(shape, dtype)
   if labelled:
     out["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
   return out

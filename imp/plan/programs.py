@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -95,6 +96,8 @@ class ProgramReport:
     gflops: GFLOPs per device and call, every scanned layer counted (None if not reported).
     gflops_xla: XLA's own count of the compiled program (a scanned body once).
     argument_bytes, output_bytes, temp_bytes, alias_bytes: XLA's memory analysis per device.
+    input_bytes: the batch argument(s) per device (`input_bytes`), the part of argument_bytes
+      that crosses the host-to-device link every step (uint8 pixels: 1 byte each).
     xla_peak_bytes: the analysis' `peak_memory_in_bytes` where reported (buffer liveness
       considered; `peak_bytes` instead assumes everything is live at once, an upper bound).
     collectives: HLO collective op -> count (e.g. all-to-all of an expert-sharded MoE).
@@ -113,6 +116,7 @@ class ProgramReport:
   alias_bytes: int | None
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
   xla_peak_bytes: int | None = None  # XLA's own peak figure, where the backend reports one
+  input_bytes: int = 0
 
   @property
   def peak_bytes(self) -> int | None:
@@ -147,6 +151,15 @@ def _batch_fields(spec: ProgramSpec, task_names: Sequence[str] = ()) -> dict[str
     return {k: tuple(v.shape) for k, v in batch.items()}
   return {f"{t}/{k}": tuple(v.shape) for t, b in zip(task_names, batch, strict=True)
           for k, v in b.items()}
+
+
+def input_bytes(batch: Any, mesh: Any) -> int:
+  """Bytes per device of a program's batch argument(s) (a batch, or a tuple of batches):
+  every field's global bytes over the data-parallel devices its rows are split across
+  (`batch_sharding`)."""
+  total = sum(math.prod(leaf.shape) * jax.numpy.dtype(leaf.dtype).itemsize
+              for leaf in jax.tree.leaves(batch))
+  return total // data_parallel_size(mesh)
 
 
 def train_specs(plan: Plan) -> list[ProgramSpec]:
@@ -258,7 +271,7 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       gflops_xla=None if compiled_flops is None else compiled_flops / 1e9,
       argument_bytes=size("argument_size_in_bytes"), output_bytes=size("output_size_in_bytes"),
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
-      collectives=collective_counts(program.as_text()),
+      collectives=collective_counts(program.as_text()), input_bytes=input_bytes(spec.args[1], mesh),
       xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None)
 
 
@@ -290,18 +303,19 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
                 ) -> list[str]:
   """The compile-before-step-1 table, one program a line (memory in GiB per device)."""
   width = max([len(r.name) for r in reports] + [7])
-  lines = [f"{'program':<{width}} {'compile s':>9} {'GFLOPs':>10} {'args GiB':>9} "
-           f"{'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"]
+  lines = [f"{'program':<{width}} {'compile s':>9} {'GFLOPs':>10} {'input MiB':>9} "
+           f"{'args GiB':>9} {'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"]
   for r in reports:
     flops = "n/a" if r.gflops is None else f"{r.gflops:.3f}"
     lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {flops:>10} "
+                 f"{r.input_bytes / 2**20:9.3f} "
                  f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
                  f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9}")
   total = sum(r.compile_seconds for r in reports)
   lines.append(f"{len(reports)} programs, {total:.1f}s compiling"
                + (f" ({wall_seconds:.1f}s wall)" if wall_seconds is not None else "")
-               + "; GFLOPs per device and call, every scanned layer counted; peak = args + "
-               "out + temp, donated state once")
+               + "; GFLOPs per device and call, every scanned layer counted; input = the "
+               "batch per device (part of args); peak = args + out + temp, donated state once")
   return lines
 
 

@@ -104,7 +104,8 @@ def task_iterators(run: Run) -> TaskIterators:
   return TaskIterators({
       t.name: task_dataset(run.sources[t.dataset], t, seed=int(s.generate_state(1)[0]),
                            num_threads=config.input.num_threads, prefetch=config.input.prefetch,
-                           rows=process_rows(run.plan.mesh, t.variant.batch_size))
+                           rows=process_rows(run.plan.mesh, t.variant.batch_size),
+                           audio_dtype=run.model.config.dtype)
       for t, s in zip(run.registry, seeds, strict=True)})
 
 
