@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from imp.data import (
+  EvalStream,
   TaskIterators,
   eval_batches,
   images,
@@ -124,6 +125,14 @@ def test_wrong_shape_and_empty_audio_name_the_example():
   with pytest.raises(ValueError, match=r"example \d: ValueError: image of shape \[8, 8\]; "
                                        r"valid: \[height, width, channels\]"):
     _batches(task_dataset(source, _task(), seed=0, num_threads=1), 1)
+  floats = ArraySplit({"image": np.zeros((4, 8, 8, 1), np.float32),
+                       "label": np.zeros(4, np.int32)})
+  source = DataSource("f", ("image",), NAMES, {"train": floats, "test": floats})
+  with pytest.raises(ValueError, match=r"image of dtype float32 in dataset 'f'; valid: uint8 "
+                                       r"pixels in \[0, 255\]"):
+    _batches(task_dataset(source, _task(), seed=0, num_threads=1), 1)
+  with pytest.raises(ValueError, match=r"image of dtype float32 in dataset 'f'"):  # evaluation
+    list(EvalStream(source, "test", modality="image", resolution=(8, 8), batch_size=4))
   waves = np.zeros((4, 0), np.float32)  # a truncated recording: no samples
   silent = DataSource("s", ("audio",), NAMES, {"train": ArraySplit(
       {"audio": waves, "sample_rate": np.full(4, 8000), "label": np.zeros(4, np.int32)})})
