@@ -48,6 +48,13 @@ def test_spoken_digits_folders_hold_out_voices_and_pair_by_label(tmp_path):
   first = tmp_path / "av" / "wav" / "en" / "seven_s160_p50.wav"
   assert first.read_bytes() == (tmp_path / "again" / "en" / "seven_s160_p50.wav").read_bytes()
   assert os.path.basename(again) == "manifest.csv"
+  # The digest covers every file's name and bytes: equal for equal files, else different.
+  digest, files = spoken_digits.speech_digest(str(tmp_path / "again"))
+  assert files == 10 and len(digest) == 64
+  assert spoken_digits.speech_digest(str(tmp_path / "again")) == (digest, files)
+  with open(tmp_path / "again" / "en" / "seven_s160_p50.wav", "ab") as f:
+    f.write(b"\0")
+  assert spoken_digits.speech_digest(str(tmp_path / "again"))[0] != digest
   with pytest.raises(ValueError, match=r"voices \['en'\] are in both"):
     spoken_digits.main(["--output", str(tmp_path / "bad"), "--train-voices", "en",
                         "--test-voices", "en"])

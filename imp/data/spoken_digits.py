@@ -13,7 +13,10 @@ Writes, under DIR:
   prepared/spoken                             `prepare manifest --split-by split --log-mel`
   prepared/images                             `prepare image_folder` (seeded 20% test split)
 
-The same arguments give the same files: espeak-ng is deterministic, and so is the split.
+The same arguments give the same files: espeak-ng is deterministic, and so is the split. The
+command prints a digest of the synthesised WAV files (`speech_digest`), so that two machines
+can tell whether they trained on the same speech (another espeak-ng build may synthesise
+other samples).
 Class folders use the digit names, so the two prepared datasets share class names and a
 `paired` source can join them by label.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import os
 import shutil
 import subprocess
@@ -87,6 +91,30 @@ def write_spoken_digits(directory: str, *, train_voices: Sequence[str],
   return manifest
 
 
+def speech_digest(directory: str) -> tuple[str, int]:
+  """(sha256 hex over every WAV file's relative path and bytes, in sorted order; file count)
+  of a folder `write_spoken_digits` wrote."""
+  paths = sorted(os.path.relpath(os.path.join(root, name), directory)
+                 for root, _, names in os.walk(directory) for name in names
+                 if name.endswith(".wav"))
+  digest = hashlib.sha256()
+  for path in paths:
+    digest.update(path.encode() + b"\0")
+    with open(os.path.join(directory, path), "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest(), len(paths)
+
+
+def espeak_version() -> str:
+  """The first line of `espeak-ng --version` ("" when it is not installed)."""
+  binary = espeak_binary()
+  if binary is None:
+    return ""
+  result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+  lines = result.stdout.strip().splitlines()
+  return lines[0].split("  Data at")[0].strip() if lines else ""
+
+
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 1,797 handwritten digits: uint8 images [n, 8, 8] (0..16 scaled by 16, so
   0..255) and int labels [n]."""
@@ -134,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
   manifest = write_spoken_digits(os.path.join(output, "wav"), train_voices=args.train_voices,
                                  test_voices=args.test_voices, speeds=args.speeds,
                                  pitches=args.pitches)
+  digest, files = speech_digest(os.path.join(output, "wav"))
+  print(f"speech: {files} WAV files, sha256 {digest} ({espeak_version()})")
   write_digit_images(os.path.join(output, "images"))
   prepared = {"spoken": os.path.join(output, "prepared", "spoken"),
               "images": os.path.join(output, "prepared", "images")}
