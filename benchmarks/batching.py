@@ -15,47 +15,60 @@ programs, as they run one at a time).
 
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks.measure import Report, Stat, interleaved, ratio
-from benchmarks.programs import compile_program, setup, spec_for, synthetic_batch, train_program
+from benchmarks.programs import (
+  TaskShape,
+  compile_program,
+  initial_state,
+  plan_of,
+  put,
+  synthetic_batch,
+  train_programs,
+)
 from imp.train import baselines
 
 NAME = "batching"
 GOAL = "AGD >= baselines in tokens/s, memory of one task"
 MODEL = dict(width=64, depth=4, num_heads=4, mlp_dim=256, embed_dim=64, text_max_length=24)
-PATCH = (1, 2, 2)  # the model's default vision patch
-# (objective, batch size, resolution, text length): 8 tasks of different shapes and losses.
-TASKS = (("softmax", 64, 8, None), ("nce", 16, 16, 24), ("softmax", 16, 16, None),
-         ("nce", 64, 8, 12), ("softmax", 8, 24, None), ("nce", 32, 12, 16),
-         ("softmax", 4, 32, None), ("nce", 8, 24, 8))
+# 8 tasks of different shapes and losses (objective, batch size, resolution, text length).
+TASKS = (TaskShape("softmax", 64, 8), TaskShape("nce", 16, 16, 24), TaskShape("softmax", 16, 16),
+         TaskShape("nce", 64, 8, 12), TaskShape("softmax", 8, 24), TaskShape("nce", 32, 12, 16),
+         TaskShape("softmax", 4, 32), TaskShape("nce", 8, 24, 8))
 SIZES = {"quick": dict(counts=(2,), rounds=2, repeats=1),
          "full": dict(counts=(2, 4, 8), rounds=5, repeats=2)}
 
 
 def benchmark(quick: bool) -> Report:
   size = SIZES["quick" if quick else "full"]
-  specs = [spec_for(objective) for objective, *_ in TASKS]
-  batches = [synthetic_batch(b, r, t, seed=i) for i, (_, b, r, t) in enumerate(TASKS)]
-  agd = [train_program(MODEL, batch, objective)
-         for (objective, *_), batch in zip(TASKS[:max(size["counts"])], batches, strict=False)]
-  rows, data = [], {"model": MODEL, "tasks": [list(t) for t in TASKS], "counts": {}}
+  plan = plan_of(MODEL, TASKS[:max(size["counts"])])  # AGD: the plan's programs, in task order
+  agd = train_programs(plan)
+  specs = [plan.specs[p.tasks[0]] for p in plan.programs]
+  batches = [synthetic_batch(plan.batch_of(p), seed=i) for i, p in enumerate(plan.programs)]
+  patch = plan.model_config.vision_patch
+  rows, data = [], {"model": MODEL, "tasks": [dataclasses.astuple(t) for t in TASKS],
+                    "counts": {}}
   for n in size["counts"]:
-    model, tx, state = setup(MODEL)
     mixed_batch, layout = baselines.mix_batches(specs[:n], batches[:n])
-    mixed = compile_program(baselines.make_mixed_step(model, tx, layout), state, mixed_batch)
-    model, tx, state = setup(MODEL)
-    accumulate = compile_program(baselines.make_accumulation_step(model, tx, specs[:n]), state,
-                                 tuple(batches[:n]))
+    state = initial_state(plan)
+    mixed = compile_program(plan, baselines.make_mixed_step(plan.model, plan.tx, layout), state,
+                            put(plan, mixed_batch))
+    state = initial_state(plan)
+    accumulate = compile_program(plan, baselines.make_accumulation_step(plan.model, plan.tx,
+                                                                        specs[:n]),
+                                 state, put(plan, tuple(batches[:n])))
 
     def agd_round(n=n):
       return [program() for program in agd[:n]]
 
     times = interleaved({"agd": agd_round, "mixed": mixed, "accumulation": accumulate},
                         rounds=size["rounds"], repeats=size["repeats"])
-    useful = sum(baselines.useful_tokens(s, b, PATCH) for s, b in zip(specs[:n], batches[:n],
+    useful = sum(baselines.useful_tokens(s, b, patch) for s, b in zip(specs[:n], batches[:n],
                                                                       strict=True))
     computed_mixed = sum(mixed_batch[m].shape[0] * (
         mixed_batch[m].shape[1] if m == "text" else
-        (mixed_batch[m].shape[1] // PATCH[1]) * (mixed_batch[m].shape[2] // PATCH[2]))
+        (mixed_batch[m].shape[1] // patch[1]) * (mixed_batch[m].shape[2] // patch[2]))
         for m in ("image", "text") if m in mixed_batch)
     memory = {"agd": max(p.temp_bytes for p in agd[:n]), "mixed": mixed.temp_bytes,
               "accumulation": accumulate.temp_bytes}

@@ -1,4 +1,4 @@
-r"""Model FLOPs utilisation of IMP-B dense and IMP-MoE-B in bf16 on one GPU.
+r"""Model FLOPs utilisation of IMP-B dense and IMP-MoE-B in bf16 on a GPU.
 
 MFU = model FLOPs per step / step time / the device's peak bf16 FLOP/s. Model FLOPs are
 counted from the model (the usual 6 x parameters x tokens, plus attention):
@@ -19,7 +19,10 @@ Shapes are the paper's (IMP §4.1, experiments/imp_moe_b.py): 256x256 RGB images
 16-expert expert-choice MoE in every second layer; IMP-B is the same model with
 num_experts=0 (experiments/imp_b.py when present). The step is the trainer's own bf16 step
 (`model.dtype="bfloat16"`, float32 parameters and Adam moments, uint8 images), each model with
-`model.attention_impl` "xla" and "cudnn" (fused attention).
+`model.attention_impl` "xla" and "cudnn" (fused attention), built from the plan of
+IMP-MoE-B's experiment config as training builds it (`mfu_config`). The batch splits over
+every visible GPU (`config.mesh.data=-1`) and the peak is theirs together; one GPU is the
+intended case.
 
   python -m benchmarks.gpu_mfu [--batch 256] [--out benchmarks/results/gpu_mfu.json]
 
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -38,18 +40,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from benchmarks.measure import Report, Stat, interleaved
+from benchmarks.programs import compile_train_program
+from imp.config.files import from_file
 from imp.model import IMPModel, ModelConfig
 from imp.plan.param_count import count_params
-from imp.train.state import init_state, make_optimizer
-from imp.train.step import StepSpec, make_loss_fn, make_train_step
+from imp.plan.plan import Plan, build_plan, declared_facts
+from imp.train.step import StepSpec, make_loss_fn
 
 NAME = "gpu_mfu"
 GOAL = "MFU of the paper's shapes (no paper figure)"
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = 1000
 # Peak dense bf16 FLOP/s by device kind (vendor data sheets, without sparsity).
 PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
              "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
@@ -122,57 +126,66 @@ def grad_program(model: IMPModel, params: Any, batch: dict[str, Any], head: str)
   return jax.jit(grad).lower(params, batch, jax.random.PRNGKey(0))
 
 
-def unrolled_step_flops(config: ModelConfig, tx: Any, batch: dict[str, Any]) -> float:
-  """XLA's FLOPs of the train step with unrolled layers (lowered, abstract: nothing runs)."""
-  model = IMPModel(dataclasses.replace(config, scan_layers=False),
-                   heads=(("imagenet", CLASSES),), modalities=("image",))
-  state = jax.eval_shape(lambda: init_state(model, tx, seed=0))
-  step = make_train_step(model, tx, StepSpec("softmax", "imagenet", ("image",)), state, batch)
-  return xla_flops(jax.jit(step).lower(state, batch))
+def unrolled_step_flops(config: ml_collections.ConfigDict) -> float:
+  """XLA's FLOPs of the plan's train step with unrolled layers (lowered from the abstract
+  state and batch: nothing is allocated or run)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.scan_layers = False
+  plan = plan_of(config)
+  (program,) = plan.programs
+  return xla_flops(jax.jit(plan.step_fn(program)).lower(plan.state, plan.batch_of(program)))
 
 
 def paper_model(moe: bool) -> dict[str, Any]:
   """The `config.model` of IMP-MoE-B, or of IMP-B (num_experts=0) for the dense model."""
   dense_file = ROOT / "experiments" / "imp_b.py"
   name = "imp_moe_b" if moe or not dense_file.exists() else "imp_b"
-  spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  model = dict(module.get_config().model)
+  model = from_file(str(ROOT / "experiments" / f"{name}.py")).model.to_dict()
   if not moe:
     model["moe"] = dict(model.get("moe") or {}, num_experts=0)
   return model
+
+
+def mfu_config(model_cfg: dict[str, Any], batch_size: int, dtype: Any = jnp.bfloat16,
+               ) -> ml_collections.ConfigDict:
+  """IMP-MoE-B's experiment config (experiments/imp_moe_b.py) with `model_cfg` as its model in
+  compute dtype `dtype`, reduced to ImageNet classification at the model's base resolution
+  and `batch_size` images per step (split over every visible device), without evaluation."""
+  config = from_file(str(ROOT / "experiments" / "imp_moe_b.py"))
+  config.model = dict(model_cfg, dtype=jnp.dtype(dtype).name)
+  model = ModelConfig.from_config(config.model)
+  side = model.vision_base_grid[1] * model.vision_patch[1]
+  config.tasks = ml_collections.ConfigDict({"imagenet_cls": dict(
+      dataset="imagenet", objective="softmax", modalities=("image",),
+      variants=dict(base=dict(batch_size=batch_size, resolution=side)))})
+  config.evals = ml_collections.ConfigDict({})
+  config.mesh = dict(data=-1)
+  return config
+
+
+def plan_of(config: ml_collections.ConfigDict) -> Plan:
+  """The plan of an `mfu_config` (the dataset facts it declares for the dry run)."""
+  return build_plan(config, declared_facts(config))
 
 
 def measure(model_cfg: dict[str, Any], batch_size: int, *, dtype: Any = jnp.bfloat16,
             rounds: int = 5, repeats: int = 5, peak: float | None = None) -> dict[str, Any]:
   """Step time, model FLOPs, XLA FLOPs and (with `peak`) MFU and HFU of one train step.
 
-  The step is the trainer's own: `config.model.dtype` = `dtype` (the computation), float32
-  parameters and Adam moments, uint8 images normalised inside the step."""
-  config = ModelConfig.from_config(dict(model_cfg, dtype=jnp.dtype(dtype).name))
-  model = IMPModel(config, heads=(("imagenet", CLASSES),), modalities=("image",))
-  tx = make_optimizer(dict(name="adam", learning_rate=1e-3, warmup_steps=0), 1000)
-  state = init_state(model, tx, seed=0)
-  params = state.params
-  side = config.vision_base_grid[1] * config.vision_patch[1]
-  rng = np.random.default_rng(0)
-  batch = jax.device_put({
-      "image": rng.integers(0, 256, (batch_size, side, side, config.vision_channels), np.uint8),
-      "label": rng.integers(0, CLASSES, batch_size).astype(np.int32)})
-  step = make_train_step(model, tx, StepSpec("softmax", "imagenet", ("image",)), state, batch)
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-  holder = [state]
-
-  def run():
-    holder[0], metrics = compiled(holder[0], batch)
-    return metrics
-
-  times = Stat.of(interleaved({"step": run}, rounds=rounds, repeats=repeats)["step"])
-  flops = train_flops(model, params, batch_size, vision_tokens(config, (side, side)))
+  The step is the trainer's own, from the plan of `mfu_config`: `config.model.dtype` =
+  `dtype` (the computation), float32 parameters and Adam moments, uint8 images normalised
+  inside the step."""
+  config = mfu_config(model_cfg, batch_size, dtype)
+  plan = plan_of(config)
+  (program,) = plan.programs
+  step = compile_train_program(plan, program)
+  times = Stat.of(interleaved({"step": step}, rounds=rounds, repeats=repeats)["step"])
+  side = config.tasks.imagenet_cls.variants.base.resolution
+  flops = train_flops(plan.model, plan.state.params, batch_size,
+                      vision_tokens(plan.model_config, (side, side)))
   out = {"step_seconds": times.to_json(), "model_flops": flops.total,
          "params_per_token": flops.params_per_token, "tokens": flops.tokens,
-         "xla_flops": unrolled_step_flops(config, tx, batch), "batch": batch_size,
+         "xla_flops": unrolled_step_flops(config), "batch": batch_size,
          "dtype": jnp.dtype(dtype).name}
   if peak:
     out["mfu"] = flops.total / times.median / peak
@@ -201,7 +214,7 @@ def run_gpu(batch_size: int) -> dict[str, Any]:
                      f"{', '.join(PEAK_BF16)}. Add it to benchmarks/gpu_mfu.py PEAK_BF16.")
   # Each model with XLA's attention and with cuDNN's fused attention (model.attention_impl).
   return {f"{name} {impl}": measure(dict(paper_model(moe), attention_impl=impl), batch_size,
-                                    peak=PEAK_BF16[kind])
+                                    peak=PEAK_BF16[kind] * jax.device_count())
           for name, moe in (("IMP-B", False), ("IMP-MoE-B", True)) for impl in ("xla", "cudnn")}
 
 

@@ -29,11 +29,11 @@ import jax
 import ml_collections
 
 from benchmarks.measure import Report, Stat, ratio
+from benchmarks.programs import compile_program
 from imp import experiment as imp_experiment
 from imp.config.digits import get_config
 from imp.data import task_dataset
 from imp.parallel.mesh import put_batch
-from imp.train.step import make_train_step
 
 NAME = "loop_overhead"
 GOAL = "<= 1.05x"
@@ -74,8 +74,9 @@ def bare_loop(steps: int, total_steps: int, cache_dir: Path, root: Path):
       batch = next(iter(task_dataset(exp.sources[task.dataset], task, seed=0, num_threads=0,
                                      prefetch=0)))
       batch = put_batch(batch, exp.mesh)  # placed as the loop places it: same programs
-      step = make_train_step(exp.model, exp.tx, exp.plan.specs[task.name], exp.state, batch)
-      programs.append(jax.jit(step, donate_argnums=0).lower(exp.state, batch).compile())
+      program = exp.plan.program_of((task.name,))  # the plan's program, compiled as the loop
+      step = exp.plan.step_fn(program, exp.state, batch)
+      programs.append(compile_program(exp.plan, step, exp.state, batch).compiled)
       batches.append(batch)
   schedule = exp.sampler.schedule(0, steps).tolist()
   state = [exp.state]

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from benchmarks.measure import Report, interleaved, ratio
-from benchmarks.programs import synthetic_batch, train_program
+from benchmarks.programs import TaskShape, train_program
 
 NAME = "moe_vs_dense"
 GOAL = "expert choice ~1x dense"
@@ -40,8 +40,8 @@ def run(rounds: int, steps: int, shapes: tuple[str, ...] = tuple(SHAPES)) -> dic
   results = {}
   for shape_name in shapes:
     batch_size, size = SHAPES[shape_name]
-    batch = synthetic_batch(batch_size, size)
-    programs = {name: train_program(dict(BASE, moe=moe) if moe else BASE, batch)
+    task = TaskShape("softmax", batch_size, size)
+    programs = {name: train_program(dict(BASE, moe=moe) if moe else BASE, task)
                 for name, moe in VARIANTS.items()}
     times = interleaved(programs, rounds=rounds, repeats=steps, warmup=3)
     results[shape_name] = {

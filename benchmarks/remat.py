@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.measure import Report, Stat, interleaved, ratio
-from benchmarks.programs import synthetic_batch, train_program
+from benchmarks.programs import TaskShape, train_program
 
 NAME = "remat"
 GOAL = "70-80% less memory, 18-20% longer steps (paper)"
@@ -38,9 +38,9 @@ def matmul_gflops(n: int, rounds: int) -> float:
 
 def benchmark(quick: bool) -> Report:
   size = SIZES["quick" if quick else "full"]
-  batch = synthetic_batch(**size["batch"])
+  task = TaskShape("softmax", **size["batch"])
   programs = {policy: train_program(dict(size["model"], text_max_length=24,
-                                         remat_policy=policy), batch)
+                                         remat_policy=policy), task)
               for policy in POLICIES}
   memory = {policy: p.temp_bytes for policy, p in programs.items()}
   cost = {policy: p.cost for policy, p in programs.items()}

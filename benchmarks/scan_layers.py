@@ -17,7 +17,7 @@ show both parts.
 from __future__ import annotations
 
 from benchmarks.measure import Report, Stat, interleaved, ratio
-from benchmarks.programs import synthetic_batch, train_program
+from benchmarks.programs import TaskShape, train_program
 
 NAME = "scan_layers"
 GOAL = "15-30x faster compile (paper)"
@@ -25,12 +25,11 @@ MODEL = dict(width=64, num_heads=4, mlp_dim=256, embed_dim=64, text_max_length=2
 SIZES = {"quick": dict(depths=(2,), unrolls=(2,), compiles=1, rounds=2, repeats=2),
          "full": dict(depths=(4, 12, 24, 48), unrolls=(2, 4), compiles=2, rounds=5,
                       repeats=5)}
-BATCH = dict(batch_size=16, resolution=16)  # 64 tokens per example
+TASK = TaskShape("softmax", batch_size=16, resolution=16)  # 64 tokens per example
 
 
 def benchmark(quick: bool) -> Report:
   size = SIZES["quick" if quick else "full"]
-  batch = synthetic_batch(**BATCH)
   rows, data = [], {}
   for depth in size["depths"]:
     compile_s, lower_s, programs = {}, {}, {}
@@ -40,7 +39,7 @@ def benchmark(quick: bool) -> Report:
                      for k in unrolls})
     settings["unrolled"] = dict(scan_layers=False)
     for name, setting in settings.items():
-      built = [train_program(dict(MODEL, depth=depth, **setting), batch)
+      built = [train_program(dict(MODEL, depth=depth, **setting), TASK)
                for _ in range(size["compiles"])]
       compile_s[name] = [p.compile_seconds for p in built]
       lower_s[name] = [p.lower_seconds for p in built]
@@ -76,5 +75,5 @@ def benchmark(quick: bool) -> Report:
         "step_ratio_over_unrolled": {k: ratio(step_s[k], step_s["unrolled"]).to_json()
                                      for k in settings if k != "unrolled"}}
   data["model"] = MODEL
-  data["batch"] = BATCH
+  data["batch"] = dict(batch_size=TASK.batch_size, resolution=TASK.resolution)
   return Report(rows, data)

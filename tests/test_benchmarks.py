@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from benchmarks import gpu_mfu, input_bytes
+from benchmarks import gpu_mfu, input_bytes, programs
 from benchmarks.measure import Stat, ratio
 from benchmarks.run import BENCHMARKS
 from imp.model import IMPModel, ModelConfig
@@ -27,6 +28,39 @@ def test_input_bytes_of_imp_b_are_uint8_pixels(capsys):
   images, labels = 65536 * 256 * 256 * 3, 65536 * 4
   assert table["imagenet_cls/base"] == (images + labels, 4 * images + labels)
   assert "imagenet_cls/base" in capsys.readouterr().out
+
+
+def test_benchmark_programs_are_the_plans():
+  """The model benchmarks build the run's plan from a config and compile its programs."""
+  tiny = dict(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8, text_max_length=8)
+  plan = programs.plan_of(tiny, [programs.TaskShape("softmax", 8, 16),
+                                 programs.TaskShape("nce", 4, 8, 6)])
+  assert [p.name for p in plan.programs] == ["task0/base", "task1/base"]
+  nce = plan.batch_of(plan.programs[1])
+  assert {k: (v.shape, v.dtype.name) for k, v in nce.items()} == {
+      "image": ((4, 8, 8, 1), "uint8"), "text": ((4, 6), "int32"), "label": ((4,), "int32")}
+  batch = programs.synthetic_batch(nce, seed=3)
+  assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
+      k: (v.shape, v.dtype.name) for k, v in nce.items()}
+  assert batch["text"].min() >= 1 and batch["label"].max() < programs.CLASSES
+  program = programs.compile_train_program(plan, plan.programs[0])
+  metrics = program()
+  assert int(program.state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  assert program.temp_bytes > 0 and program.compile_seconds > program.lower_seconds > 0
+
+
+def test_gpu_mfu_plans_the_paper_step_without_allocating():
+  """IMP-B's MFU step: 256 uint8 RGB images of 256x256 per step, bf16 compute, float32
+  parameters; planned abstractly (nothing allocated, so this runs on any CPU)."""
+  config = gpu_mfu.mfu_config(gpu_mfu.paper_model(moe=False), 256)
+  plan = gpu_mfu.plan_of(config)
+  (program,) = plan.programs
+  batch = plan.batch_of(program)
+  assert batch["image"].shape == (256, 256, 256, 3) and batch["image"].dtype == np.uint8
+  assert plan.model_config.dtype == "bfloat16" and plan.model_config.moe.num_experts == 0
+  assert {leaf.dtype for leaf in jax.tree.leaves(plan.state.params)} == {np.dtype("float32")}
+  flops = gpu_mfu.train_flops(plan.model, plan.state.params, 256, 256)
+  assert flops.tokens == 256 * 256
 
 
 def test_stat_is_median_and_min_max_like_numpy():

@@ -120,6 +120,10 @@ def test_abstract_batch_has_the_pipeline_shapes():
   # Pixels stay uint8 whatever the compute dtype; audio takes it.
   bf16 = dry_run.abstract_batch(task, ModelConfig(vision_channels=3, dtype="bfloat16"), True)
   assert (str(bf16["video"].dtype), str(bf16["audio"].dtype)) == ("uint8", "bfloat16")
+  # The model's init input takes the same dtypes (one rule: embedders.input_dtype).
+  for cfg, abstract in ((model, batch), (ModelConfig(vision_channels=3, dtype="bfloat16"), bf16)):
+    for modality in ("video", "audio", "text"):
+      assert cfg.dummy_input(modality).dtype == abstract[modality].dtype, modality
 
 
 def test_memory_budget_names_every_signature_over_it():

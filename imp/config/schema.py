@@ -139,6 +139,8 @@ KEYS: list[Key] = [
         ("fuse", "tuple[str]", (), "modalities the classifier reads encoded together (M3SAT)"),
         ("raw_probe", "bool", True, "the raw-input baseline probe beside the linear probe "
          "(holds [examples, raw dim] of both splits)"),
+        ("merge_experts", "bool", False, "evaluate with each condition's experts merged into "
+         "dense layers (data-independent model.moe.condition)"),
     )),
     *_section("dry_run.datasets.*.", (
         ("train_examples", "int", REQUIRED, "train split size (sampling weights)"),

@@ -22,6 +22,9 @@ rows; `infer` returns the whole batch's outputs (replicated), and labels and raw
 inputs are gathered across processes. `raw_probe=False` drops the raw-input baseline probe,
 whose [examples, pixels] matrix is the one thing that grows with the raw inputs.
 
+`merge_experts=True` evaluates an entry with every MoE layer run as the dense layer its
+condition's experts merge into (Uni-Perceiver-MoE §3.3): each request carries the flag.
+
 The suite never touches parameters: it calls `infer(request, batch)`, which the training loop
 backs with compiled programs; `programs()` lists them, so a run compiles them before step 1.
 `seconds` holds the wall seconds of each entry's latest evaluation.
@@ -50,7 +53,8 @@ Rows = Callable[[int], tuple[int, int]]  # global batch size -> this process's [
 
 _EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
               "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
-              "retrieval", "retrieval_positives", "classifier", "clips", "fuse", "raw_probe")
+              "retrieval", "retrieval_positives", "classifier", "clips", "fuse", "raw_probe",
+              "merge_experts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,11 @@ class _Entry:
   clips: int = 1  # evenly spaced clips per video, outputs averaged over them
   fuse: tuple[str, ...] = ()  # modalities the `classifier` head reads encoded together (M3SAT)
   raw_probe: bool = True  # the raw-input baseline probe beside the linear probe
+  merge_experts: bool = False  # evaluate with the experts merged per condition (§3.3)
+
+  def request(self, **outputs: Any) -> Request:
+    """The Request of `outputs` (Request's fields) under this entry's settings."""
+    return Request(**outputs, merge_experts=self.merge_experts)
 
 
 def clip_mean(outputs: np.ndarray, clips: int, normalize: bool) -> np.ndarray:
@@ -130,6 +139,14 @@ def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
   return tuple(pairs), positives
 
 
+def _flag(name: str, spec: Mapping[str, Any], key: str) -> bool:
+  """`evals.<name>.<key>`, a bool (False when unset)."""
+  value = spec.get(key, False)
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"evals.{name}.{key}={value!r} must be True or False.")
+  return bool(value)
+
+
 def _raw_name(entry: _Entry) -> str:
   """The baseline probe's result name: raw pixels for images, the raw spectrogram for audio."""
   return "raw_pixel_probe_top1" if entry.modality == "image" else "raw_input_probe_top1"
@@ -179,10 +196,15 @@ class EvalSuite:
           templates=tuple(spec["templates"]) if spec.get("templates") else None,
           retrieval=pairs, retrieval_positives=positives,
           head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips,
-          fuse=tuple(spec.get("fuse") or ()), raw_probe=bool(spec.get("raw_probe", True))))
+          fuse=tuple(spec.get("fuse") or ()), raw_probe=bool(spec.get("raw_probe", True)),
+          merge_experts=_flag(name, spec, "merge_experts")))
       if set(self.entries[-1].fuse) - set(self.entries[-1].source.modalities):
         raise ValueError(f"evals.{name}.fuse={spec['fuse']}: dataset {spec['dataset']!r} has "
                          f"modalities {self.entries[-1].source.modalities}.")
+      if self.entries[-1].fuse and self.entries[-1].merge_experts:
+        raise ValueError(f"evals.{name}: fuse={spec['fuse']} and merge_experts=True cannot be "
+                         "combined; a fused pass mixes the conditions of its modalities, and "
+                         "merged experts serve one condition per pass.")
       if self.entries[-1].fuse and clips > 1:
         raise ValueError(f"evals.{name}: fuse={spec['fuse']} and clips={clips} cannot be "
                          "combined; a fused head is evaluated on one clip per video (clips=1).")
@@ -256,7 +278,7 @@ class EvalSuite:
       chunk = tokens[first:first + batch_size]
       batch = np.concatenate([chunk, np.zeros((batch_size - len(chunk), tokens.shape[1]),
                                               tokens.dtype)])
-      outputs = infer(Request(embed=("text",)), {"text": batch[start:stop]})
+      outputs = infer(entry.request(embed=("text",)), {"text": batch[start:stop]})
       parts.append(np.asarray(outputs["embedding/text"])[:len(chunk)])
     return np.concatenate(parts)
 
@@ -272,26 +294,26 @@ class EvalSuite:
     for e in self.entries:
       m = e.modality
       if e.zero_shot or e.linear_probe:
-        out.append((Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+        out.append((e.request(embed=(m,) if e.zero_shot else (), features=(m,)),
                     self._stream(e, e.test_split).spec()))
       if e.zero_shot:
         prompts = prompt_tokens(e.source, e.text_length, e.templates)
-        out.append((Request(embed=("text",)), {"text": jax.ShapeDtypeStruct(
+        out.append((e.request(embed=("text",)), {"text": jax.ShapeDtypeStruct(
             (e.batch_size, prompts.shape[-1]), prompts.dtype)}))
       if e.classifier:
-        out.append((Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse),
+        out.append((e.request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse),
                     {k: v for s in self._head_streams(e) for k, v in s.spec().items()}))
       for pair in e.retrieval:
         for modality in pair:
-          out.append((Request(embed=(modality,)),
+          out.append((e.request(embed=(modality,)),
                       self._stream(e, e.test_split, modality).spec()))
     return out
 
   def _retrieval(self, infer: Infer, entry: _Entry) -> dict[str, float]:
     results = {}
     for a, b in entry.retrieval:
-      emb = {m: self._collect(infer, Request(embed=(m,)), [self._stream(entry, entry.test_split,
-                                                                        m)],
+      emb = {m: self._collect(infer, entry.request(embed=(m,)),
+                              [self._stream(entry, entry.test_split, m)],
                               [f"embedding/{m}"], f"eval {entry.name} {m}")
              for m in (a, b)}
       if entry.retrieval_positives == "pair":
@@ -311,7 +333,7 @@ class EvalSuite:
     test = {}
     if e.zero_shot or e.linear_probe:  # one pass over the test split for both
       keys = [f"embedding/{m}"] * e.zero_shot + [f"features/{m}"] * e.linear_probe
-      test = self._collect(infer, Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+      test = self._collect(infer, e.request(embed=(m,) if e.zero_shot else (), features=(m,)),
                            [self._stream(e, e.test_split, raw=raw)], keys,
                            f"eval {e.name} {e.test_split}")
     if e.zero_shot:
@@ -322,13 +344,13 @@ class EvalSuite:
       results[f"{e.name}/zero_shot_top1"] = top1_accuracy(
           zero_shot_predictions(test[f"embedding/{m}"], class_emb), test["label"])
     if e.classifier:  # the trained head of the dataset on the held-out split
-      head_request = Request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
+      head_request = e.request(classify=(((e.fuse or (m,))[0], e.head),), fuse=e.fuse)
       head = self._collect(infer, head_request, self._head_streams(e), [f"logits/{e.head}"],
                            f"eval {e.name} classifier")
       results[f"{e.name}/classifier_top1"] = top1_accuracy(
           head[f"logits/{e.head}"].argmax(-1), head["label"])
     if e.linear_probe:
-      train = self._collect(infer, Request(embed=(m,) if e.zero_shot else (), features=(m,)),
+      train = self._collect(infer, e.request(embed=(m,) if e.zero_shot else (), features=(m,)),
                             [self._stream(e, e.train_split, raw=raw)], [f"features/{m}"],
                             f"eval {e.name} {e.train_split}")
       train_x, test_x = train[f"features/{m}"], test[f"features/{m}"]

@@ -40,6 +40,19 @@ class GridPositions(nn.Module):
     return jax.image.resize(table, (*grid, self.width), method="linear")
 
 
+def input_dtype(modality: str, compute_dtype) -> jnp.dtype:
+  """The dtype a modality's batch reaches the model in (the pipeline's, and the plan's
+  abstract batch): image and video uint8 (`normalize_pixels` runs inside the step), audio
+  spectrograms in the compute dtype, text ids int32."""
+  if modality in ("image", "video"):
+    return jnp.dtype(jnp.uint8)
+  if modality == "audio":
+    return jnp.dtype(compute_dtype)
+  if modality == "text":
+    return jnp.dtype(jnp.int32)
+  raise ValueError(f"unknown modality {modality!r}; valid: image, video, audio, text.")
+
+
 def normalize_pixels(x: Array, dtype) -> Array:
   """Pixels in `dtype`: integer (uint8 [0, 255]) -> x / 127.5 - 1 in [-1, 1]; float inputs are
   taken as already in [-1, 1] and only cast. Done inside the compiled step so that images and

@@ -28,6 +28,7 @@ from imp.model import logical
 from imp.model.attention import attend
 from imp.model.attention_moe import ATTENTION_ROUTERS, MoeSelfAttention
 from imp.model.conditions import GateInput, get_condition
+from imp.model.expert_merge import merge_block
 from imp.model.moe import ROUTERS, MoeMlp
 
 Array = jax.Array
@@ -233,7 +234,9 @@ class EncoderBlock(nn.Module):
   With `moe` set, the FFN (moe.ffn) and/or the attention projections (moe.attention) are
   Mixture-of-Experts layers routed by R(x) of `moe.condition`; `condition` carries the
   data-independent condition embeddings and `segments` each token's modality id (for the
-  routers' per-modality losses). Tokens no FFN expert picks pass through the residual.
+  routers' per-modality losses). Tokens no FFN expert picks pass through the residual. With
+  `merge`, those layers run as dense layers whose weights are the experts merged for the
+  pass's condition (Uni-Perceiver-MoE §3.3): the same parameters, no router or dispatch.
   """
 
   width: int
@@ -246,6 +249,7 @@ class EncoderBlock(nn.Module):
   attention_impl: str = "xla"
   dtype: str = "float32"
   param_dtype: str = "float32"
+  merge: bool = False  # run the MoE layers as their experts merged for the condition
 
   def _residual(self, y: Array, name: str) -> Array:
     """A residual branch's output [B, N, D] after LayerScale and stochastic depth."""
@@ -261,13 +265,34 @@ class EncoderBlock(nn.Module):
       y = drop_path(y, self.stochastic_depth, self.make_rng("stochastic_depth"))
     return y
 
+  def _merged(self, params: Any, condition: Array | None) -> tuple[dict | None, dict | None]:
+    """(SelfAttention, Mlp) parameters of this block's experts merged for the pass's
+    condition (`expert_merge.merge_block`); row 0 of `condition` [B, N, Dc] stands for all."""
+    moe = self.moe
+    if moe.data_dependent or condition is None:
+      raise ValueError(f"merge_experts needs a data-independent model.moe.condition (modality, "
+                       f"task or attribute): with {moe.condition!r} each token picks its own "
+                       "experts, so they cannot be merged.")
+    args = dict(moe.layer_router_args)
+    return merge_block(nn.meta.unbox(params), condition[0, 0], int(args.get("k", 1)),
+                       self.num_heads, bool(args.get("normalize", True)),
+                       attention=moe.attention != "none", ffn=moe.ffn)
+
   @nn.compact
   def __call__(self, x: Array, mask: Array, condition: Array | None = None,
                segments: Array | None = None) -> tuple[Array, dict | None]:
     moe = self.moe
     metrics = None
+    merged_attn = merged_mlp = None
+    if moe is not None and self.merge:
+      merged_attn, merged_mlp = self._merged(self.variables["params"], condition)
+      metrics = {"aux_loss": jnp.zeros((), jnp.float32)}  # no router runs
     h = logical.layer_norm("ln_attn", self.dtype, self.param_dtype)(x)
-    if moe is not None and moe.attention != "none":
+    if merged_attn is not None:
+      y = SelfAttention(self.width, self.num_heads, self.attention_impl, dtype=self.dtype,
+                        param_dtype=self.param_dtype, parent=None).apply(
+                            {"params": merged_attn}, h, mask)
+    elif moe is not None and moe.attention != "none":
       gate = GateInput(moe.condition, self.attention_impl, self.param_dtype,
                        name="attn_gate")(h, mask, condition)
       y, metrics = MoeSelfAttention(
@@ -280,7 +305,10 @@ class EncoderBlock(nn.Module):
                         param_dtype=self.param_dtype, name="attn")(h, mask)
     x = x + checkpoint_name(self._residual(y, "attn"), "attn_out")
     h = logical.layer_norm("ln_mlp", self.dtype, self.param_dtype)(x)
-    if moe is None or not moe.ffn:
+    if merged_mlp is not None:
+      y = Mlp(self.width, merged_mlp["wi"]["kernel"].shape[-1], dtype=self.dtype,
+              param_dtype=self.param_dtype, parent=None).apply({"params": merged_mlp}, h)
+    elif moe is None or not moe.ffn:
       y = Mlp(self.width, self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
               name="mlp")(h)
     else:
@@ -318,6 +346,7 @@ class BlockGroup(nn.Module):
   attention_impl: str = "xla"
   dtype: str = "float32"
   param_dtype: str = "float32"
+  merge: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, condition: Array | None = None,
@@ -329,7 +358,7 @@ class BlockGroup(nn.Module):
       x, _ = EncoderBlock(self.width, self.num_heads, self.mlp_dim, **residual,
                           name=f"dense_{i}")(x, mask)
     return EncoderBlock(self.width, self.num_heads, self.mlp_dim, moe=self.moe, **residual,
-                        name="moe_block")(x, mask, condition, segments)
+                        merge=self.merge, name="moe_block")(x, mask, condition, segments)
 
 
 class Encoder(nn.Module):
@@ -338,7 +367,9 @@ class Encoder(nn.Module):
   (tokens [B, N, D], mask bool [B, N], condition [B, N, Dc] or None, segments int [B, N] or
   None) -> (tokens [B, N, D], MoE metrics), where each MoE metric has a leading [moe_layers]
   axis (empty dict for a dense encoder). `condition` is the data-independent routing condition
-  (imp.model.conditions), `segments` each token's modality id.
+  (imp.model.conditions), `segments` each token's modality id. `merge_experts` runs every MoE
+  layer with its experts merged for the condition (one condition for the whole pass; the
+  metrics are then only a zero `aux_loss`).
 
   Attributes:
     scan_layers: roll the layers with `nn.scan` (parameters get a leading `layers` axis; with
@@ -371,8 +402,8 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
-               condition: Array | None = None,
-               segments: Array | None = None) -> tuple[Array, dict]:
+               condition: Array | None = None, segments: Array | None = None,
+               merge_experts: bool = False) -> tuple[Array, dict]:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"{', '.join(REMAT_POLICIES)}.")
@@ -390,7 +421,7 @@ class Encoder(nn.Module):
               "stochastic_depth": self.stochastic_depth, "attention_impl": self.attention_impl,
               "dtype": self.dtype, "param_dtype": self.param_dtype}
     if moe is not None:
-      kwargs["moe"] = moe
+      kwargs.update(moe=moe, merge=merge_experts)
     length = self.depth // layers_per_unit(moe)
     if self.remat_policy != "none":
       # Under scan, CSE cannot merge the recomputation across iterations, so it is safe off.

@@ -98,3 +98,19 @@ def merge_moe_attention(attn_params: Params, condition: Array, k: int, num_heads
       merged[name] = {"kernel": w.reshape(d, num_heads, o // num_heads),
                       "bias": b.reshape(num_heads, o // num_heads)}
   return merged
+
+
+def merge_block(block_params: Params, condition: Array, k: int, num_heads: int,
+                normalize: bool = True, *, attention: bool, ffn: bool,
+                ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+  """An MoE `EncoderBlock`'s parameters and the condition [Dc] of its tokens ->
+  (`SelfAttention` parameters of its attention experts, `Mlp` parameters of its FFN experts),
+  None for a part without experts.
+
+  Every token of an encoder pass has the same data-independent condition, so the router picks
+  the same k experts with the same gates for all of them, and the block equals the dense one.
+  """
+  attn = (merge_moe_attention(block_params["attn"], condition, k, num_heads, normalize)
+          if attention else None)
+  mlp = merge_moe_mlp(block_params["moe"], condition, k, normalize) if ffn else None
+  return attn, mlp

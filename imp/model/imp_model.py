@@ -38,7 +38,7 @@ from imp.model.conditions import (
     roles_of,
     token_attributes,
 )
-from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder
+from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder, input_dtype
 from imp.model.encoder import Encoder, MoeConfig, check_residual_options, drop_tokens
 from imp.model.heads import ClassifierHead, HeadsConfig
 from imp.model.perceiver import PerceiverFrontEnd
@@ -175,21 +175,23 @@ class ModelConfig:
     return self.width  # text: a learned token embedding
 
   def dummy_input(self, modality: str, batch: int = 1) -> np.ndarray:
-    """A zero input of the base shape and the pipeline's dtype (`imp.plan.abstract_batch`:
-    uint8 pixels, audio in the compute dtype), for initialisation."""
+    """A zero input (ones for text) of the base shape, in the dtype batches reach the model in
+    (`embedders.input_dtype`), for initialisation. Not a task's batch: those are
+    `imp.plan.abstract_batch`, at each variant's shapes."""
+    if modality not in EMBEDDER_OF:
+      raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(EMBEDDER_OF)}.")
+    dtype = input_dtype(modality, self.dtype)
     if modality == "image":
       _, th, tw = self.vision_base_grid
       return np.zeros((batch, th * self.vision_patch[1], tw * self.vision_patch[2],
-                       self.vision_channels), np.uint8)
+                       self.vision_channels), dtype)
     if modality == "video":
       shape = [g * p for g, p in zip(self.vision_base_grid, self.vision_patch, strict=True)]
-      return np.zeros((batch, *shape, self.vision_channels), np.uint8)
+      return np.zeros((batch, *shape, self.vision_channels), dtype)
     if modality == "audio":
       shape = [g * p for g, p in zip(self.audio_base_grid, self.audio_patch, strict=True)]
-      return np.zeros((batch, *shape, 1), jnp.dtype(self.dtype))
-    if modality == "text":
-      return np.ones((batch, self.text_max_length), np.int32)
-    raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(EMBEDDER_OF)}.")
+      return np.zeros((batch, *shape, 1), dtype)
+    return np.ones((batch, self.text_max_length), dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +208,9 @@ class Request:
     routes: (modality, task id, attribute bits) of the tokens of each modality, for task and
       attribute routing (Uni-Perceiver-MoE); the plan fills them in (imp/plan/routing.py). A
       modality without a route has task id 0 and the attributes of this request's own roles.
+    merge_experts: run the MoE layers with the experts of each encoder pass's condition merged
+      into dense layers (Uni-Perceiver-MoE §3.3; data-independent conditions only, one
+      modality per pass): the routed model's outputs without routing or dispatch.
   """
 
   classify: tuple[tuple[str, str], ...] = ()
@@ -213,6 +218,7 @@ class Request:
   features: tuple[str, ...] = ()
   fuse: tuple[str, ...] = ()
   routes: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
+  merge_experts: bool = False
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -345,8 +351,11 @@ class IMPModel(nn.Module):
     if self.config.moe.num_experts:  # each token's modality id, for per-modality router losses
       ids = np.concatenate([np.full((t.shape[1],), modality_id(m), np.int32) for m, t, _ in parts])
       segments = jnp.broadcast_to(jnp.asarray(ids)[None], mask.shape)
+    if request.merge_experts and len(parts) > 1:
+      raise ValueError(f"merge_experts: the fused pass of {'+'.join(m for m, _, _ in parts)} "
+                       "mixes conditions, and merged experts serve one condition per pass.")
     tokens, moe_metrics = self.encoder(tokens, mask, train=train, condition=condition,
-                                       segments=segments)
+                                       segments=segments, merge_experts=request.merge_experts)
     if moe_metrics:
       self.sow("intermediates", "moe_" + "+".join(m for m, _, _ in parts), moe_metrics)
     return tokens, mask

@@ -31,9 +31,10 @@ import ml_collections
 
 from imp.model import ModelConfig
 from imp.plan import programs as plan_programs
-from imp.plan.param_count import count_params
+from imp.plan.param_count import count_params, merged_param_count
 from imp.plan.plan import ConfigError, abstract_batch, build_plan, declared_facts
 from imp.plan.programs import COLLECTIVES, GIB, collective_counts  # noqa: F401 (re-exported)
+from imp.train.state import logical_axes
 from imp.train.step_cache import StepCache
 
 __all__ = ["COLLECTIVES", "DryRunError", "GIB", "SignatureReport", "abstract_batch",
@@ -118,6 +119,11 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
   model_config = run_plan.model_config
   per_token_experts = experts_per_token(model_config)
   counts = count_params(run_plan.state.params, model_config.moe.num_experts, per_token_experts)
+  moe = model_config.moe
+  if moe.num_experts and not moe.data_dependent:  # evals.<entry>.merge_experts serves this
+    counts["merged"] = merged_param_count(
+        run_plan.state.params, logical_axes(run_plan.model), moe.num_experts,
+        int(dict(moe.router_args).get("k", 1)))
   cache = StepCache()
   specs = plan_programs.train_specs(run_plan)
   start = time.perf_counter()
@@ -161,7 +167,9 @@ def report_lines(reports: list[SignatureReport], facts: Mapping[str, Any]) -> li
   lines = [f"mesh {facts['mesh']} on {facts['devices']} {facts['platform']} devices, rules "
            f"{facts['mesh_rules']!r}",
            f"model: {p['total'] / 1e6:,.1f}M parameters, {p['per_token'] / 1e6:,.1f}M per token "
-           f"({p['experts'] / 1e6:,.1f}M in experts)",
+           f"({p['experts'] / 1e6:,.1f}M in experts)" + (
+               f"; experts merged for one condition (evals.*.merge_experts): "
+               f"{p['merged'] / 1e6:,.1f}M" if "merged" in p else ""),
            f"{'task':<36} {'params M':>9} {'per tok M':>9} {'GFLOPs/step':>12} "
            f"{'peak GiB/dev':>12} {'compile s':>9}  {'all-to-all':>10}  batch"]
   for r in reports:

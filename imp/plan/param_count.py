@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
 
 def count_params(params: Any, num_experts: int = 0, experts_per_token: float = 1.0,
@@ -37,3 +38,33 @@ def count_params(params: Any, num_experts: int = 0, experts_per_token: float = 1
   if num_experts:
     per_token += int(round(experts * experts_per_token / num_experts))
   return {"total": total, "per_token": per_token, "experts": experts}
+
+
+def merged_param_count(params: Any, axes: Any, num_experts: int, k: int) -> int:
+  """Parameters of the model with each MoE layer's experts merged for one data-independent
+  condition (imp.model.expert_merge): what inference under that condition holds.
+
+  Args:
+    params: the routed model's parameters (arrays or ShapeDtypeStructs).
+    axes: their logical axis names (`imp.train.state.logical_axes`): a leaf with an "expert"
+      axis holds experts.
+    num_experts, k: E and the experts each condition chooses.
+
+  Linear experts (attention projections) merge into one [D, O] projection: 1/E of theirs. FFN
+  experts (an `experts` subtree) merge into one MLP of hidden width k * H: k/E of `wi`,
+  `wi_bias` and `wo`, and 1/E of `wo_bias` (the gate-weighted sum of the k biases). Routers
+  and the condition embeddings only choose the experts and are gone.
+  """
+  total = 0.0
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  specs = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, PartitionSpec | tuple)
+                          or x is None)
+  for (path, leaf), spec in zip(leaves, specs, strict=True):
+    keys = [getattr(key, "key", str(key)) for key in path]
+    if keys[0] == "condition" or any(key.startswith("router") for key in keys):
+      continue
+    n = int(np.prod(leaf.shape))
+    if spec is not None and "expert" in tuple(spec):
+      n = n * (1 if "experts" not in keys or keys[-1] == "wo_bias" else k) / num_experts
+    total += n
+  return int(round(total))

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from imp.config import schema
 from imp.model import IMPModel, ModelConfig
+from imp.model.embedders import input_dtype
 from imp.objectives import OBJECTIVES, get_objective
 from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
 from imp.parallel.rules import Rules, get_rules
@@ -103,10 +104,8 @@ def abstract_batch(task: Task, model: ModelConfig, labelled: bool,
     else:
       if v.text_length is None:
         raise ConfigError(f"task {task.name}: variant needs `text_length` for text.")
-      out["text"] = jax.ShapeDtypeStruct((b, v.text_length), jnp.int32)
-      continue
-    dtype = jnp.dtype(model.dtype) if modality == "audio" else jnp.uint8
-    out[modality] = jax.ShapeDtypeStruct(shape, dtype)
+      shape = (b, v.text_length)
+    out[modality] = jax.ShapeDtypeStruct(shape, input_dtype(modality, model.dtype))
   if labelled:
     out["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
   return out
@@ -249,6 +248,21 @@ def check_batch_split(registry: TaskRegistry, mesh: Mesh) -> None:
           f"of config.mesh ({dict(mesh.shape)}) and {jax.process_count()} processes.")
 
 
+def check_merge_experts(evals: Mapping[str, Any], model: ModelConfig) -> None:
+  """`evals.<entry>.merge_experts` needs experts whose routing is data-independent."""
+  for name, entry in evals.items():
+    if not entry.get("merge_experts", False):
+      continue
+    if not model.moe.num_experts:
+      raise ConfigError(f"evals.{name}.merge_experts=True: the model has no experts "
+                        "(model.moe.num_experts=0); set it False.")
+    if model.moe.data_dependent:
+      raise ConfigError(
+          f"evals.{name}.merge_experts=True needs a data-independent model.moe.condition "
+          f"(modality, task or attribute); {model.moe.condition!r} routes each token by its "
+          "value, so its experts cannot be merged.")
+
+
 def model_modalities(registry: TaskRegistry, evals: Mapping[str, Any]) -> set[str]:
   """Modalities the model must embed: every task's, and what the evals read."""
   modalities = {m for t in registry for m in t.modalities}
@@ -291,6 +305,7 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
   check_batch_split(registry, mesh)
   model_config = ModelConfig.from_config(config.model)
   check_shapes(registry, model_config)
+  check_merge_experts(config.evals, model_config)
   for name, f in facts.items():
     if f.vocab_size is not None and f.vocab_size > model_config.text_vocab_size:
       raise ConfigError(f"datasets.{name}.tokenizer has {f.vocab_size} ids, more than "

@@ -222,7 +222,8 @@ def eval_shardings(plan: Plan) -> dict[str, Any]:
 def describe_request(request: Any) -> str:
   parts = [f"classify {h}({m})" for m, h in request.classify]
   parts += [f"embed {m}" for m in request.embed] + [f"features {m}" for m in request.features]
-  return ", ".join(parts) + (f" fused {'+'.join(request.fuse)}" if request.fuse else "")
+  return (", ".join(parts) + (f" fused {'+'.join(request.fuse)}" if request.fuse else "")
+          + (", experts merged" if request.merge_experts else ""))
 
 
 def _unrolled(model: IMPModel, units: int) -> IMPModel:
