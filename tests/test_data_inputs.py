@@ -227,6 +227,12 @@ def test_paired_source_joins_on_class_names():
     assert NAMES[int(example["label"])] == snd_names[sound_label[sound]]
   assert sorted(int(train[i]["audio"][0, 0, 0]) for i in range(6) if train[i]["label"] == 0) \
       == [0, 1]  # both "zero" sounds are used
+  # The batched read (one read of each dataset) gives the examples read one by one.
+  indices = [5, 0, 3, 3]
+  for got, want in zip(train.__getitems__(indices), [train[i] for i in indices], strict=True):
+    assert set(got) == set(want)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
   batch = _batches(task_dataset(av, _task(("image", "audio"), spectrogram=(8, 8)), seed=0), 1)[0]
   assert batch["image"].shape == (4, 8, 8, 1) and batch["audio"].shape == (4, 8, 8, 1)
 

@@ -63,3 +63,35 @@ def test_a_damaged_v2_record_names_the_record(damage):
   with pytest.raises(ValueError, match=r"^train.array_record, record 4: not a record written by "
                                        r"imp.data.prepare"):
     decode_record(data, "train.array_record, record 4")
+
+
+def test_a_truncated_record_after_intact_ones_with_its_header_still_fails():
+  """Headers are parsed once and cached: a later record with the same header but missing bytes
+  must still be refused, and an intact one decoded again must equal the first."""
+  data = encode_record(EXAMPLE)
+  _assert_same(decode_record(data, "f, record 0"), EXAMPLE)
+  with pytest.raises(ValueError, match=r"f, record 1: .*past the record's"):
+    decode_record(data[:len(data) - 10], "f, record 1")
+  _assert_same(decode_record(data, "f, record 2"), EXAMPLE)
+
+
+def test_a_record_of_another_shape_after_checked_ones_is_refused(tmp_path):
+  """check_record runs once per record layout: a record whose shape differs from metadata
+  after many good ones is still caught."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  from imp.data.arrayrecord_source import WRITER_OPTIONS, ArrayRecordSplit
+
+  path = str(tmp_path / "train.array_record")
+  writer = ArrayRecordWriter(path, WRITER_OPTIONS)
+  good = {"image": np.zeros((4, 4, 1), np.uint8), "label": np.asarray(1, np.int32)}
+  for _ in range(3):
+    writer.write(encode_record(good))
+  writer.write(encode_record(dict(good, image=np.zeros((5, 4, 1), np.uint8))))
+  writer.close()
+  fields = {"image": {"dtype": "uint8", "shape": [4, 4, 1]}, "label": {"dtype": "int32",
+                                                                     "shape": []}}
+  split = ArrayRecordSplit(path, fields, 4)
+  assert [int(x["label"]) for x in split.__getitems__([0, 1, 2])] == [1, 1, 1]
+  with pytest.raises(ValueError, match=r"record 3: field 'image' is uint8 \[5, 4, 1\]"):
+    split[3]

@@ -17,8 +17,10 @@ Config entry (`config.datasets.<name>`):
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 import os
 import struct
 import threading
@@ -65,35 +67,51 @@ def encode_record(example: Mapping[str, np.ndarray]) -> bytes:
                    *(a.tobytes(order="C") for a in arrays.values())])
 
 
+@functools.lru_cache(maxsize=1024)
+def _layout(head: bytes) -> tuple[tuple[str, np.dtype, tuple[int, ...], int, int, int], ...]:
+  """A version 2 header -> (field, dtype, shape, offset, count, end) per field, validated.
+
+  The records of a split mostly share one header (same fields, dtypes, shapes and offsets),
+  so it is parsed once and cached: decoding is the hot path of training. ValueError if
+  malformed (errors are not cached)."""
+  try:
+    header = json.loads(head)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"unreadable header ({e})") from e
+  if not isinstance(header, dict):
+    raise ValueError("the header is not a JSON object")
+  out = []
+  for name, spec in header.items():
+    try:
+      dtype_str, shape, offset = spec
+      dtype = np.dtype(dtype_str)
+      shape = tuple(int(d) for d in shape)
+      offset = int(offset)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"field {name!r}: bad header entry {spec!r}") from e
+    if dtype.kind not in _KINDS or min(shape, default=0) < 0:
+      raise ValueError(f"field {name!r}: dtype {dtype_str} shape {list(shape)} not allowed")
+    count = math.prod(shape)
+    end = offset + count * dtype.itemsize
+    if not 0 <= offset <= end:
+      raise ValueError(f"field {name!r}: bad byte offset {offset}")
+    out.append((name, dtype, shape, offset, count, end))
+  return tuple(out)
+
+
 def _decode_v2(data: bytes) -> dict[str, np.ndarray]:
   """Version 2 bytes -> field -> read-only array (views of `data`); ValueError if malformed."""
   start = len(_MAGIC) + _HEADER_LENGTH.size
   if len(data) < start:
     raise ValueError(f"{len(data)} bytes: shorter than the header")
   (length,) = _HEADER_LENGTH.unpack_from(data, len(_MAGIC))
-  try:
-    header = json.loads(data[start:start + length])
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"unreadable header ({e})") from e
-  if not isinstance(header, dict):
-    raise ValueError("the header is not a JSON object")
   body = memoryview(data)[start + length:]
   out = {}
-  for name, spec in header.items():
-    try:
-      dtype_str, shape, offset = spec
-      dtype = np.dtype(dtype_str)
-      shape = tuple(int(d) for d in shape)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"field {name!r}: bad header entry {spec!r}") from e
-    if dtype.kind not in _KINDS or min(shape, default=0) < 0:
-      raise ValueError(f"field {name!r}: dtype {dtype_str} shape {list(shape)} not allowed")
-    count = int(np.prod(shape, dtype=np.int64))
-    end = int(offset) + count * dtype.itemsize
-    if not 0 <= int(offset) <= end <= len(body):
+  for name, dtype, shape, offset, count, end in _layout(bytes(data[start:start + length])):
+    if end > len(body):
       raise ValueError(f"field {name!r}: bytes {offset}..{end} past the record's "
                        f"{len(body)} data bytes (truncated?)")
-    out[name] = np.frombuffer(body, dtype, count, int(offset)).reshape(shape)
+    out[name] = np.frombuffer(body, dtype, count, offset).reshape(shape)
   return out
 
 
@@ -151,6 +169,7 @@ class ArrayRecordSplit:
 
     self.path = path
     self.field_specs = {k: dict(v) for k, v in fields.items()}
+    self._checked: set[tuple] = set()  # record layouts that passed check_record
     self.field_names = tuple(fields)
     try:
       self._source = ArrayRecordDataSource([path])
@@ -167,7 +186,11 @@ class ArrayRecordSplit:
   def _decode(self, data: bytes, index: int) -> dict[str, np.ndarray]:
     where = f"{self.path}, record {index}"
     example = decode_record(data, where)
-    check_record(example, self.field_specs, where)
+    # check_record once per (field, dtype, shape) layout: the split's records share a few.
+    layout = tuple((k, v.dtype, v.shape) for k, v in example.items())
+    if layout not in self._checked:
+      check_record(example, self.field_specs, where)
+      self._checked.add(layout)
     return example
 
   def __len__(self) -> int:

@@ -94,7 +94,19 @@ class PairedSplit:
     return example
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    return [self[i] for i in indices]
+    """Batched read: one batched read of each dataset (where it has one) for all `indices`."""
+    pairs = self._pairs[np.asarray([int(i) for i in indices], np.int64)]
+    firsts = _read_many(self._first, pairs[:, 0])
+    seconds = _read_many(self._second, pairs[:, 1])
+    return [{**a, **{k: v for k, v in b.items() if k != self._key}}
+            for a, b in zip(firsts, seconds, strict=True)]
+
+
+def _read_many(split: Any, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
+  """Examples `indices` of a split, through its batched `__getitems__` where it has one."""
+  indices = [int(i) for i in indices]
+  read_many = getattr(split, "__getitems__", None)
+  return list(read_many(indices)) if read_many else [split[i] for i in indices]
 
 
 @register_source("paired", references=("first", "second"))
