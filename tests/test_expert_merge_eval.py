@@ -126,3 +126,17 @@ def test_merged_evaluation_gives_the_routed_metrics(tmp_path):
   for metric in ("zero_shot_top1", "classifier_top1"):
     assert results[f"merged/{metric}"] == results[f"digits/{metric}"], metric
   assert summary["step_cache"]["xla_compiles_after_warmup"] == 0  # merged programs precompiled
+
+
+def test_dry_run_reports_the_merged_parameter_count():
+  from imp.plan import dry_run
+
+  config = _merge_config(TOP2)
+  del config.tasks["digits_label_nce"]
+  config.dry_run = dict(datasets=dict(digits=dict(train_examples=1437, num_classes=10,
+                                                  modalities=("image", "text"))))
+  reports, facts = dry_run.plan(config, workers=1)
+  params = facts["params"]
+  assert 0 < params["merged"] < params["total"]
+  assert f"experts merged for one condition (evals.*.merge_experts): " \
+         f"{params['merged'] / 1e6:,.1f}M" in "\n".join(dry_run.report_lines(reports, facts))
