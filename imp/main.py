@@ -124,7 +124,7 @@ def main(argv: list[str]) -> None:
   import jax  # after flags, like the imports below: keeps `--help` fast
 
   from imp import experiment
-  from imp.parallel.distributed import initialize_from_env
+  from imp.parallel.distributed import finish, initialize_from_env
 
   initialize_from_env()  # multi-host jobs: before anything touches a device
 
@@ -162,6 +162,7 @@ def main(argv: list[str]) -> None:
       return
     if _MODE.value == "eval":
       print(json.dumps(experiment.evaluate(config, workdir), indent=2))
+      finish()
       return
     summary = experiment.train(config, workdir)
   except (experiment.ConfigError, experiment.NonFiniteError) as e:
@@ -170,6 +171,7 @@ def main(argv: list[str]) -> None:
     _fatal(str(e))
   if jax.process_index() == 0:  # one summary per job, not one per process
     print("\n".join(["", f"== summary ({workdir}/summary.json) =="] + _summary_lines(summary)))
+  finish()  # several processes: all end together
 
 
 if __name__ == "__main__":

@@ -34,16 +34,40 @@ TINY = ["--config=experiments/digits.py:smoke", "--config.total_steps=8",
         "--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64"]
 
 
+# Where a crashed process says why, most telling first: Python's fault handler (absl enables
+# it) with every thread's stack, a C++ abort or CHECK failure, an absl FATAL line; then a Python
+# traceback; then absl ERROR lines.
+CRASH = (re.compile(r"Fatal Python error|terminate called|Check failed|^F\d{4} ", re.MULTILINE),
+         re.compile(r"^Traceback", re.MULTILINE), re.compile(r"^E\d{4} ", re.MULTILINE))
+
+
+def crash_report(log_dir, lines_shown=80):
+  """How each process of a launch/local.sh run ended, from its log: from a few lines before
+  its most telling sign of a crash (CRASH), else its last lines. The fault handler's list of
+  extension modules (thousands of characters, nothing about the crash) is left out."""
+  parts = []
+  for log in sorted(Path(log_dir).glob("process_*.log")):
+    lines = [x for x in log.read_text(errors="replace").splitlines()
+             if not x.startswith("Extension modules:")]
+    first = next((i for pattern in CRASH for i, x in enumerate(lines) if pattern.search(x)),
+                 max(len(lines) - lines_shown, 0) + 5)
+    shown = lines[max(first - 5, 0):max(first - 5, 0) + lines_shown]
+    parts.append(f"--- {log.name}, {len(lines)} lines, from line {max(first - 5, 0) + 1}:\n"
+                 + "\n".join(shown))
+  return "\n".join(parts) or f"(no process logs in {log_dir})"
+
+
 def _run(processes, devices, workdir, *args, timeout=1200):
   """imp.main in `processes` processes of `devices` CPU devices each; the finished process."""
-  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu",
-             LOG_DIR=f"{workdir}_logs")
+  log_dir = f"{workdir}_logs"
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu", LOG_DIR=log_dir)
   main = [*args, f"--workdir={workdir}", f"--cpu_devices={devices}"]
   command = ([sys.executable, "-m", "imp.main", *main] if processes == 1 else
              [str(LAUNCH), str(processes), "--", *main])
   proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert proc.returncode == 0, (proc.stdout[-3000:] + proc.stderr[-3000:] +
+                                (crash_report(log_dir) if processes > 1 else ""))
   return proc
 
 
@@ -199,7 +223,7 @@ def test_sigterm_to_every_process_saves_one_step_and_skips_the_due_evaluation(tm
   lines = _read_until(proc, "[p0] step 2: eval")
   proc.send_signal(signal.SIGTERM)  # the launcher sends it to both processes
   out = "".join(lines) + proc.communicate(timeout=900)[0]
-  assert proc.returncode == 0, out[-4000:]
+  assert proc.returncode == 0, out[-2000:] + crash_report(tmp_path / "logs")
   saved = {int(m) for m in re.findall(r"\[p\d\] step \d+: signal 15 received; saved a "
                                       r"checkpoint at step (\d+)", out)}
   assert len(saved) == 1 and len(re.findall(r"signal 15 received", out)) == 2, out[-4000:]
@@ -228,7 +252,7 @@ def test_sigkill_of_one_process_stops_the_other_naming_it_and_the_rerun_resumes(
   lines = _read_until(rerun, "resumed from step")
   rerun.send_signal(signal.SIGTERM)
   out = "".join(lines) + rerun.communicate(timeout=900)[0]
-  assert rerun.returncode == 0, out[-3000:]
+  assert rerun.returncode == 0, out[-2000:] + crash_report(tmp_path / "logs")
 
 
 @pytest.mark.slow

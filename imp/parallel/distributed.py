@@ -14,7 +14,7 @@ Called by `imp.main` before anything touches a device. Which processes form one 
                                                                default: 100 s).
 After start-up each process sees every device of the job (`jax.devices()`) and its own
 (`jax.local_devices()`); it reads its own shard of every dataset, only process 0 writes logs,
-and all processes take part in checkpoints.
+and all processes take part in checkpoints. At the end `finish` ends them in step.
 """
 
 from __future__ import annotations
@@ -84,6 +84,22 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> bool:
   log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def finish() -> None:
+  """Ends a job of several processes in step, after its work succeeded on every process.
+
+  Every process first waits for all the others, so none starts tearing down (its CPU
+  collectives' connections, the coordination service that process 0 hosts) while another is
+  still in a collective or a checkpoint's barriers: a preempted step's save and the summary
+  take processes different times. Then the distributed runtime is shut down together, while
+  every backend still exists, rather than from JAX's exit hook after the backends are gone.
+  Nothing to do with one process.
+  """
+  if jax.process_count() == 1:
+    return
+  multihost_utils.sync_global_devices("imp_end_of_run")
+  jax.distributed.shutdown()
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
