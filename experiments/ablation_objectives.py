@@ -39,8 +39,10 @@ VARIANTS = {
 }
 
 
-def small(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
-  """The ablations' shared scale: 2 layers of width 64, `steps` steps, one eval at the end."""
+def small(config: ml_collections.ConfigDict, steps: int,
+          eval_resolution: int | None = 8) -> ml_collections.ConfigDict:
+  """The ablations' shared scale: 2 layers, `steps` steps, one eval at the end, every eval
+  entry at `eval_resolution` (None: as the experiment has it)."""
   config.total_steps = steps
   config.log_every = max(steps // 10, 1)
   config.eval_every = 0  # evaluate once, at the end
@@ -49,7 +51,8 @@ def small(config: ml_collections.ConfigDict, steps: int) -> ml_collections.Confi
   config.checkpoint_best_metric = None
   config.model.depth = 2
   config.optimizer.warmup_steps = max(steps // 10, 1)
-  config.evals.digits.resolution = 8
+  for entry in config.evals.values() if eval_resolution else ():
+    entry.resolution = eval_resolution
   return config
 
 

@@ -8,13 +8,11 @@
      before step 1 when one does not fit a device)
 
 FLOPs: XLA's cost analysis counts the body of a while loop once, and `model.scan_layers`
-rolls the encoder into one. `ProgramReport.gflops` is corrected for the trip count: the
-program's count is scaled by unrolled / scanned of lowered (traced, not compiled) modules'
-counts, so every layer is counted (tests/test_programs.py checks it against a compiled
-unrolled model). FLOPs are linear in the number of scanned units (a layer, or `moe.every`
-layers): the lowered scanned module counts the embedders, heads and loss plus one unit, a
-lowered two-unit unrolled model adds one more, and a model of n units is extrapolated from
-the two, so start-up traces two units, never the whole depth.
+rolls the encoder into one. `ProgramReport.gflops` is corrected for the trip count: XLA's
+count of the compiled program times `imp.plan.scan_flops.trip_ratio` of the program's own
+jaxpr (every scan trip counted / each loop body once), so every layer is counted at the cost
+of a walk over the jaxpr the compile traced anyway (tests/test_programs.py checks it against
+a compiled unrolled model).
 Memory per device is XLA's memory analysis of the compiled program: arguments, outputs,
 temporaries, and the arguments donated to outputs (the train state), which count once.
 """
@@ -35,12 +33,11 @@ from typing import Any
 import jax
 
 from imp.model import IMPModel
-from imp.model.encoder import layers_per_unit
 from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
-from imp.parallel.rules import Rules, under_rules
+from imp.parallel.rules import under_rules
+from imp.plan import scan_flops
 from imp.plan.plan import ConfigError, Plan
 from imp.plan.routing import route_eval
-from imp.train.placement import abstract_state
 from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
 from imp.train.step_cache import TRACE_LOCK, StepCache, signature
 
@@ -61,8 +58,7 @@ class ProgramSpec:
     kind: "train" or "eval".
     key: the StepCache name.
     args: abstract (or concrete) arguments fixing the signature.
-    build: the pure function to compile, given the model (scanned or unrolled) and the
-      matching arguments; `make_args(model)` gives an unrolled model's arguments.
+    build: the pure function to compile, given the model and the arguments.
     donate: argnums whose buffers the program reuses (the train state).
     in_shardings, out_shardings: as jax.jit; None lets XLA choose.
   """
@@ -72,7 +68,6 @@ class ProgramSpec:
   key: Hashable
   args: tuple[Any, ...]
   build: Callable[[IMPModel, tuple[Any, ...]], Callable]
-  make_args: Callable[[IMPModel], tuple[Any, ...]]
   donate: tuple[int, ...] = ()
   in_shardings: Any = None
   out_shardings: Any = None
@@ -92,7 +87,7 @@ class ProgramReport:
     name, kind: as ProgramSpec.
     batch: field -> global shape of its batch argument(s).
     compile_seconds: lower + compile wall time (concurrent compiles overlap).
-    count_seconds: the FLOPs correction's two lowerings (scanned and unrolled).
+    count_seconds: the FLOPs correction (a walk over the program's jaxpr).
     gflops: GFLOPs per device and call, every scanned layer counted (None if not reported).
     gflops_xla: XLA's own count of the compiled program (a scanned body once).
     argument_bytes, output_bytes, temp_bytes, alias_bytes: XLA's memory analysis per device.
@@ -170,13 +165,10 @@ def train_specs(plan: Plan) -> list[ProgramSpec]:
       maker = make_train_step if key[0] == "train" else make_weighted_sum_step
       return maker(model, plan.tx, key[1], *args)
 
-    def make_args(model, program=program):
-      return (abstract_state(model, plan.tx, plan.config.seed), plan.batch_of(program))
-
     specs.append(ProgramSpec(
         name=f"train {program.name}", kind="train", key=program.key,
-        args=(plan.state, plan.batch_of(program)), build=build, make_args=make_args,
-        donate=(0,), in_shardings=plan.in_shardings, out_shardings=plan.out_shardings))
+        args=(plan.state, plan.batch_of(program)), build=build, donate=(0,),
+        in_shardings=plan.in_shardings, out_shardings=plan.out_shardings))
   return specs
 
 
@@ -201,13 +193,10 @@ def eval_specs(plan: Plan, params: Any, programs: Sequence[tuple[Any, Mapping[st
       continue
     seen.add(key)
 
-    def make_args(model, batch=batch):
-      return (abstract_state(model, plan.tx, plan.config.seed).params, batch)
-
     specs.append(ProgramSpec(
         name="eval " + describe_request(request), kind="eval", key=infer_key(request),
         args=(params, batch), build=lambda model, args, r=request: make_infer_step(model, r),
-        make_args=make_args, **eval_shardings(plan)))
+        **eval_shardings(plan)))
   return specs
 
 
@@ -226,40 +215,26 @@ def describe_request(request: Any) -> str:
           + (", experts merged" if request.merge_experts else ""))
 
 
-def _unrolled(model: IMPModel, units: int) -> IMPModel:
-  """`model` with `units` scanned units (layers, or groups of `moe.every`), unrolled."""
-  return model.clone(config=dataclasses.replace(
-      model.config, scan_layers=False, depth=units * layers_per_unit(model.config.moe)))
-
-
 def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
                  ) -> ProgramReport:
   mesh, rules = plan.mesh, plan.rules
-  lowered_flops = []
+  traced = []
   start = time.perf_counter()
   program = cache.compiled(
       spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules), spec.args,
       donate_argnums=spec.donate, sig=spec.signature if spec.kind == "train" else None,
       in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
-      on_lowered=lambda lowered: lowered_flops.append(_flops(lowered)))
+      on_traced=traced.append)
   seconds = time.perf_counter() - start
   compiled_flops = _flops(program)
-  flops = compiled_flops
   count_start = time.perf_counter()
-  units = plan.model.config.depth // layers_per_unit(plan.model.config.moe)
-  if plan.model.config.scan_layers and units > 1 and compiled_flops is not None:
-    # The trip-count correction: unrolled / scanned, both counted on the lowered modules (the
-    # scanned one is the module just compiled; None if the cache already held the program).
-    scanned = (lowered_flops[0] if lowered_flops else
-               _lower_flops(spec, plan.model, spec.args, rules, mesh))
-    two = _unrolled(plan.model, min(units, 2))
-    with TRACE_LOCK:  # make_args traces the unrolled model's init
-      two_args = spec.make_args(two)
-    unrolled = _lower_flops(spec, two, two_args, rules, mesh)
-    if scanned and unrolled and units > 2:
-      unrolled += (units - 2) * (unrolled - scanned)  # one unit = two units - one unit
-    if scanned and unrolled:
-      flops = compiled_flops * unrolled / scanned
+  if not traced:  # the cache already held the program: trace it again (no lowering)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), spec.args)
+    with TRACE_LOCK:
+      fn = under_rules(spec.build(plan.model, spec.args), mesh, rules)
+      traced.append(jax.jit(fn).trace(*abstract))
+  ratio = scan_flops.trip_ratio(traced[0].jaxpr)
+  flops = None if compiled_flops is None else compiled_flops * ratio
   count_seconds = time.perf_counter() - count_start
   memory = None
   with contextlib.suppress(NotImplementedError):  # some backends do not report memory
@@ -274,15 +249,6 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
       collectives=collective_counts(program.as_text()), input_bytes=input_bytes(spec.args[1], mesh),
       xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None)
-
-
-def _lower_flops(spec: ProgramSpec, model: IMPModel, args: tuple, rules: Rules, mesh: Any,
-                 ) -> float | None:
-  """FLOPs of `spec` for `model`, from the lowered (not compiled) module."""
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-  with TRACE_LOCK:  # building the step traces the model too (the parameters a task reads)
-    fn = under_rules(spec.build(model, args), mesh, rules)
-    return _flops(jax.jit(fn).lower(*abstract))
 
 
 def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,

@@ -105,7 +105,7 @@ class StepCache:
   def compiled(self, name: Hashable, build: Callable[[], Callable], args: Sequence[Any],
                *, donate_argnums: tuple[int, ...] = (), sig: Signature | None = None,
                in_shardings: Any = None, out_shardings: Any = None,
-               on_lowered: Callable[[Any], None] | None = None) -> Any:
+               on_traced: Callable[[Any], None] | None = None) -> Any:
     """The compiled program for (name, signature(args)); compiles it on first sight.
 
     Args:
@@ -116,8 +116,8 @@ class StepCache:
       sig: a precomputed signature of `args`, to skip recomputing it on the hot path.
       in_shardings, out_shardings: as `jax.jit` (pytree prefixes of the arguments and
         results); None lets the compiler choose from the arguments' own shardings.
-      on_lowered: called with the `jax.stages.Lowered` program on a miss (its cost analysis
-        before XLA optimises it: imp.plan.programs' FLOPs correction).
+      on_traced: called with the `jax.stages.Traced` program on a miss (its jaxpr:
+        imp.plan.programs' FLOPs correction for scanned layers).
     """
     key = (name, signature(args) if sig is None else sig)
     program = self._compiled.get(key)
@@ -129,11 +129,12 @@ class StepCache:
     shardings = {k: v for k, v in (("in_shardings", in_shardings),
                                     ("out_shardings", out_shardings)) if v is not None}
     with TRACE_LOCK:
-      lowered = jax.jit(build(), donate_argnums=donate_argnums, **shardings).lower(*args)
+      traced = jax.jit(build(), donate_argnums=donate_argnums, **shardings).trace(*args)
+      lowered = traced.lower()
     program = lowered.compile()
     seconds = time.perf_counter() - start
-    if on_lowered is not None:
-      on_lowered(lowered)
+    if on_traced is not None:
+      on_traced(traced)
     temp = None
     with contextlib.suppress(Exception):  # some backends do not report memory
       temp = int(program.memory_analysis().temp_size_in_bytes)
