@@ -95,3 +95,29 @@ def test_a_record_of_another_shape_after_checked_ones_is_refused(tmp_path):
   assert [int(x["label"]) for x in split.__getitems__([0, 1, 2])] == [1, 1, 1]
   with pytest.raises(ValueError, match=r"record 3: field 'image' is uint8 \[5, 4, 1\]"):
     split[3]
+
+
+def test_a_split_reads_batches_in_order_and_survives_pickling(tmp_path):
+  """The split reads its file with one ArrayRecord reader: a batched read returns the records
+  in the asked order (repeats included), equal to reading them one by one, and a pickled copy
+  (grain may send sources to worker processes) opens its own reader and reads the same."""
+  import pickle
+
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  from imp.data.arrayrecord_source import WRITER_OPTIONS, ArrayRecordSplit
+
+  path = str(tmp_path / "train.array_record")
+  writer = ArrayRecordWriter(path, WRITER_OPTIONS)
+  for i in range(5):
+    writer.write(encode_record({"label": np.asarray(10 + i, np.int32)}))
+  writer.close()
+  split = ArrayRecordSplit(path, {"label": {"dtype": "int32", "shape": []}}, 5)
+  order = [3, 0, 4, 3, 1]
+  assert [int(x["label"]) for x in split.__getitems__(order)] == [13, 10, 14, 13, 11]
+  assert [int(split[i]["label"]) for i in order] == [13, 10, 14, 13, 11]
+  copy = pickle.loads(pickle.dumps(split))
+  assert len(copy) == 5 and [int(x["label"]) for x in copy.__getitems__(order)] == [
+      13, 10, 14, 13, 11]
+  with pytest.raises(IndexError, match="record 5 out of range"):
+    split[5]

@@ -157,6 +157,18 @@ def check_record(example: Mapping[str, np.ndarray], fields: Mapping[str, Mapping
           f"metadata.json says {spec['dtype']} {shape} (null: any size).")
 
 
+def _open_reader(path: str) -> Any:
+  """A random-access reader of one ArrayRecord file (readahead off, as grain's
+  ArrayRecordDataSource opens its readers; safe to share between threads).
+
+  The reader is used directly: ArrayRecordDataSource.__getitems__ starts and joins a thread
+  pool on every call, which cost more than the read itself (about 4 ms a batch on the 2-core
+  machine: docs/data.md), to spread one split's single file over one thread."""
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  return ArrayRecordReader(path, "readahead_buffer_size:0")
+
+
 class ArrayRecordSplit:
   """One prepared split: random access to decoded, checked examples.
 
@@ -165,15 +177,13 @@ class ArrayRecordSplit:
   """
 
   def __init__(self, path: str, fields: Mapping[str, Mapping[str, Any]], count: int):
-    from array_record.python.array_record_data_source import ArrayRecordDataSource
-
     self.path = path
     self.field_specs = {k: dict(v) for k, v in fields.items()}
     self._checked: set[tuple] = set()  # record layouts that passed check_record
     self.field_names = tuple(fields)
     try:
-      self._source = ArrayRecordDataSource([path])
-      length = len(self._source)
+      self._reader = _open_reader(path)
+      length = self._reader.num_records()
     except Exception as e:  # the reader raises bare RuntimeErrors/ValueErrors from C++
       raise ValueError(f"{path}: not a readable ArrayRecord file ({e}).") from e
     if length != count:
@@ -194,19 +204,26 @@ class ArrayRecordSplit:
     return example
 
   def __len__(self) -> int:
-    return len(self._source)
+    return self._reader.num_records()
+
+  def __getstate__(self) -> dict[str, Any]:  # grain may pickle sources into worker processes
+    return {k: v for k, v in self.__dict__.items() if k != "_reader"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._reader = _open_reader(self.path)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
     if not -len(self) <= index < len(self):
       raise IndexError(f"{self.path}: record {index} out of range ({len(self)} records).")
     index %= len(self)
-    return self._decode(self._source[index], index)
+    return self._decode(self._reader.read([index])[0], index)
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Batched read (one array_record call for all `indices`)."""
     indices = [int(i) for i in indices]
-    records = self._source.__getitems__(indices)
+    records = self._reader.read(indices)
     return [self._decode(data, i) for data, i in zip(records, indices, strict=True)]
 
   def __repr__(self) -> str:
