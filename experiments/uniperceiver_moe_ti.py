@@ -24,6 +24,8 @@ width 64, 4 heads, 4 layers. The argument is a comma list:
           of a width-32, 2-layer model on digits (classification + label-text NCE),
           evaluated by the classifier head only
   smoke   seconds-long, for tests
+  long    16,000 steps, evaluated every 2,000 (the convergence curve in
+          docs/routing_conditions.md: digits passes 95% by step 8,000)
   paper   the DeiT-Ti widths (192 wide, 3 heads, 12 layers)
 """
 
@@ -60,13 +62,14 @@ VARIANTS = {
 }
 # Datasets per scale; the grid runs digits alone so that 15 runs fit a shared 2-core CPU.
 MIXES = {"default": ("digits", "fashion"), "grid": ("digits",), "smoke": ("digits", "fashion"),
-         "paper": ("digits", "fashion")}
+         "long": ("digits", "fashion"), "paper": ("digits", "fashion")}
 
 #               steps  width depth heads mlp   log  eval  zero-shot eval
 SCALES = {
     "default": (3000, 64, 4, 4, 256, 100, 1500, True),
     "grid": (800, 32, 2, 2, 64, 200, 0, False),
     "smoke": (6, 16, 1, 2, 32, 3, 0, True),
+    "long": (16000, 64, 4, 4, 256, 200, 2000, True),
     "paper": (3000, 192, 12, 3, 768, 100, 1500, True),
 }
 
@@ -83,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_steps = steps
   config.log_every = log_every
   config.eval_every = eval_every
-  config.checkpoint_every = steps
+  config.checkpoint_every = eval_every or steps  # a checkpoint at every evaluation
   config.checkpoint_keep = 1
   # Resume from this checkpoint step (None: the newest intact one).
   config.restore_step = ml_collections.config_dict.placeholder(int)
