@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,16 +35,17 @@ TINY = ["--config=experiments/digits.py:smoke", "--config.total_steps=8",
         "--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64"]
 
 
-# Where a crashed process says why, most telling first: Python's fault handler (absl enables
-# it) with every thread's stack, a C++ abort or CHECK failure, an absl FATAL line; then a Python
-# traceback; then absl ERROR lines.
-CRASH = (re.compile(r"Fatal Python error|terminate called|Check failed|^F\d{4} ", re.MULTILINE),
-         re.compile(r"^Traceback", re.MULTILINE), re.compile(r"^E\d{4} ", re.MULTILINE))
+# Signs that a process crashed: a Python traceback, Python's fault handler (absl enables it)
+# with every thread's stack, a C++ abort or CHECK failure, an absl FATAL line; failing those,
+# absl ERROR lines.
+CRASH = (re.compile(r"^Traceback|Fatal Python error|terminate called|Check failed|^F\d{4} ",
+                    re.MULTILINE), re.compile(r"^E\d{4} ", re.MULTILINE))
 
 
-def crash_report(log_dir, lines_shown=80):
-  """How each process of a launch/local.sh run ended, from its log: from a few lines before
-  its most telling sign of a crash (CRASH), else its last lines. The fault handler's list of
+def crash_report(log_dir, lines_shown=120):
+  """How each process of a multi-process run ended, from its log: from a few lines before its
+  first sign of a crash (CRASH; the first is the cause: an exception's traceback comes before
+  the abort it leads to at shutdown), else its last lines. The fault handler's list of
   extension modules (thousands of characters, nothing about the crash) is left out."""
   parts = []
   for log in sorted(Path(log_dir).glob("process_*.log")):
@@ -272,3 +274,56 @@ def test_two_processes_set_a_corrupt_checkpoint_aside_alike_and_resume_from_the_
   assert (workdir / "checkpoints_corrupt" / "8" / "state").is_dir()
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["steps"] == 12 and summary["steps_this_run"] == 8, proc.stdout[-2000:]
+
+
+# Two processes save the newest and the best checkpoint after every step, at staggered times,
+# so the two CheckpointManagers' finishing threads often overlap on one process.
+_SAVES = """
+import sys, time
+import jax
+import numpy as np
+from imp.parallel.distributed import finish, initialize_from_env
+from imp.train.checkpoint import Checkpointer
+initialize_from_env()
+checkpointer = Checkpointer(sys.argv[1], every=1, keep=2, best_metric="score")
+replicated = jax.NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)),
+                                jax.P())  # one array of the job, as a train state
+state = {"w": jax.device_put(np.arange(512, dtype=np.float32), replicated)}
+jitter = np.random.default_rng(jax.process_index())
+for step in range(1, 31):
+  time.sleep(jitter.uniform(0, 0.1))
+  checkpointer.save(step, state, {"step": step})
+  checkpointer.save_best(step, state, {"step": step}, {"score": -abs(step - 17)})
+checkpointer.close()
+finish()
+print("saved", checkpointer.all_steps())
+"""
+
+
+@pytest.mark.slow
+def test_newest_and_best_checkpoints_saved_at_once_on_two_processes(tmp_path):
+  """Both managers end their saves at coordination-service barriers; with the same barrier
+  names one process entered a barrier twice, was refused ("already ongoing") and the job
+  aborted at shutdown (CI, twice, in the SIGTERM test above)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  (tmp_path / "logs").mkdir()
+  procs = []
+  for i in (0, 1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    with open(tmp_path / "logs" / f"process_{i}.log", "w") as log:
+      procs.append(subprocess.Popen([sys.executable, "-c", _SAVES, str(tmp_path / "ckpt")],
+                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+  try:  # about 15 s here; a process stuck at a barrier would otherwise wait for 10 minutes
+    codes = [p.wait(timeout=180) for p in procs]
+  except subprocess.TimeoutExpired:
+    codes = "still running after 180 s"
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert codes == [0, 0], f"{codes}\n" + crash_report(tmp_path / "logs")
+  for i in (0, 1):
+    assert "saved [29, 30]" in (tmp_path / "logs" / f"process_{i}.log").read_text()
+  assert sorted(p.name for p in (tmp_path / "ckpt_best").iterdir() if p.name.isdigit()) == ["17"]

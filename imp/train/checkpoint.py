@@ -62,6 +62,18 @@ def _agree(problem: str | None) -> str | None:
   return None
 
 
+def _barrier_keys(manager: str) -> ocp.options.MultiprocessingOptions:
+  """Barrier names of one of the two CheckpointManagers, apart from the other's.
+
+  Each manager ends an asynchronous save in a thread that waits at coordination-service
+  barriers named the same in every manager. When the newest and the best checkpoint finish
+  at once, one process would then enter the same barrier twice, which the service refuses
+  ("Barrier ThreadSaveMultiHostValueHolder:set_value_start is already ongoing"): that
+  process fails its save and the others wait for it until JAX's shutdown barrier aborts them.
+  """
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"imp_{manager}")
+
+
 class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
@@ -84,12 +96,14 @@ class Checkpointer:
       self._best = ocp.CheckpointManager(
           self.directory.with_name(self.directory.name + "_best"),
           options=ocp.CheckpointManagerOptions(
-              max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode),
+              max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+              multiprocessing_options=_barrier_keys("best")),
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "meta": ocp.JsonCheckpointHandler()})
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             multiprocessing_options=_barrier_keys("latest")),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()},
     )
