@@ -172,14 +172,23 @@ def test_expert_mesh_on_two_processes_trains_like_one(tmp_path):
   assert _summary(one)["task_steps"] == _summary(two)["task_steps"]
 
 
+def _process_env(port, process_id):
+  """The environment of process `process_id` of a 2-process job on loopback `port`."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+              JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def test_a_process_started_with_another_config_stops_before_step_1(tmp_path):
-  port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
-                         "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
-                        capture_output=True, text=True).stdout.strip()
+  port = _free_port()
   procs = []
   for i in (0, 1):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    env = _process_env(port, i)
     seed = [f"--config.seed={i}"]  # process 1 differs
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "imp.main", *TINY, *seed, f"--workdir={tmp_path / 'run'}"],
@@ -305,14 +314,11 @@ def test_newest_and_best_checkpoints_saved_at_once_on_two_processes(tmp_path):
   """Both managers end their saves at coordination-service barriers; with the same barrier
   names one process entered a barrier twice, was refused ("already ongoing") and the job
   aborted at shutdown (CI, twice, in the SIGTERM test above)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = _free_port()
   (tmp_path / "logs").mkdir()
   procs = []
   for i in (0, 1):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    env = _process_env(port, i)
     with open(tmp_path / "logs" / f"process_{i}.log", "w") as log:
       procs.append(subprocess.Popen([sys.executable, "-c", _SAVES, str(tmp_path / "ckpt")],
                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
