@@ -13,7 +13,7 @@ import pytest
 from imp.model import IMPModel, ModelConfig, Request
 from imp.model.heads import BATCH_STATS, HeadBatchNorm, with_running_stats
 from imp.model.perceiver import PerceiverFrontEnd, fourier_features
-from imp.train.state import init_state, make_optimizer
+from imp.train.state import init_state, logical_axes, make_optimizer
 from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step
 
 # ---- Fourier features ------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def _bn_setup():
   model = IMPModel(config, heads=(("a", 3), ("b", 2)), modalities=("image",))
   # Cosine without warm-up: the first step already has the peak rate.
   tx = make_optimizer(dict(name="adamw", learning_rate=1e-2, weight_decay=0.1,
-                           schedule="cosine"), 10)
+                           schedule="cosine"), 10, logical_axes(model))
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(4, 8, 8, 1)).astype(np.float32),
            "label": np.array([0, 1, 2, 0], np.int32)}

@@ -7,7 +7,7 @@ import pytest
 
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import get_objective
-from imp.train.state import init_state, make_optimizer
+from imp.train.state import init_state, logical_axes, make_optimizer
 from imp.train.step import StepSpec, make_train_step, params_read_by
 from imp.train.step_cache import StepCache, covered_seconds, signature, xla_compiles
 
@@ -17,7 +17,7 @@ CFG = ModelConfig(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8, text_
 def _setup(optimizer=None):
   model = IMPModel(CFG, heads=(("a", 4), ("b", 3)), modalities=("image", "text"))
   tx = make_optimizer(optimizer or dict(name="adam", learning_rate=1e-2, warmup_steps=0,
-                                        schedule="constant"), 100)
+                                        schedule="constant"), 100, logical_axes(model))
   return model, tx, init_state(model, tx, seed=0)
 
 

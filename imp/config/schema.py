@@ -88,7 +88,8 @@ KEYS: list[Key] = [
         ("schedule", "str", "cosine", "cosine | constant after the warm-up"),
         ("end_lr_fraction", "float", 0.0, "cosine's final learning rate / peak"),
         ("grad_clip_norm", "float|None", None, "global gradient-norm clip"),
-        ("weight_decay", "float", 0.0, "decoupled weight decay (adamw)"),
+        ("weight_decay", "float", 0.0, "decoupled weight decay (adamw), on matrices only: "
+         "not biases, norms, LayerScale, positions or the temperature, scanned or not"),
         ("b1", "float", 0.9, "Adam beta1"),
         ("b2", "float", 0.999, "Adam beta2"),
         ("eps", "float", 1e-8, "Adam epsilon"),

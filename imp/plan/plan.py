@@ -31,7 +31,7 @@ from imp.parallel.rules import Rules, get_rules
 from imp.plan.routing import TaskTable, task_ids, task_table
 from imp.tasks import Task, TaskRegistry, TaskSampler
 from imp.train.placement import abstract_state, train_state_shardings
-from imp.train.state import TrainState, make_optimizer
+from imp.train.state import TrainState, logical_axes, make_optimizer
 from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step
 
 CONFIG_KEYS = schema.keys_of("")  # declared once, in imp/config/schema.py
@@ -315,7 +315,7 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
                                              if f.num_classes),
                    modalities=tuple(sorted(model_modalities(registry, config.evals))),
                    num_tasks=len(table))
-  tx = make_optimizer(config.optimizer, config.total_steps)
+  tx = make_optimizer(config.optimizer, config.total_steps, logical_axes(model))
   rules = get_rules(config.get("mesh_rules"))
   state = abstract_state(model, tx, config.seed)
   shardings = train_state_shardings(model, tx, mesh, rules, state)

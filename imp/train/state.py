@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from imp.model import IMPModel
 
@@ -18,6 +19,10 @@ OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw}
 SCHEDULES = ("cosine", "constant")
 _OPTIMIZER_KEYS = ("name", "learning_rate", "warmup_steps", "schedule", "end_lr_fraction",
                    "b1", "b2", "eps", "weight_decay", "grad_clip_norm")
+# Leading logical axes along which a parameter is a stack of copies (scanned layers, experts)
+# rather than a dimension of its own: a stacked LayerNorm scale is [layers, embed], still a
+# vector, while a router kernel [layers, embed, expert] is a matrix.
+STACK_AXES = ("layers", "expert")
 
 
 @flax.struct.dataclass
@@ -69,8 +74,31 @@ def float32_moments(tx: optax.GradientTransformation) -> optax.GradientTransform
   return optax.GradientTransformation(lambda params: tx.init(up(params)), update)
 
 
-def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
-  """Adam/AdamW with a warm-up + cosine schedule and global-norm gradient clipping."""
+def decays(axes: PartitionSpec) -> bool:
+  """Whether weight decay applies to a parameter with these logical axes: matrices only.
+
+  As DeiT (timm) and big_vision do, biases, norm scales, LayerScale, the logit temperature and
+  position tables keep their scale; the test is on logical axes, not `ndim`, because a scanned
+  layer stacks its vectors into [layers, ...] arrays and an MoE layer into [expert, ...] ones.
+  """
+  own = list(axes)
+  while own and own[0] in STACK_AXES:
+    own.pop(0)
+  return len(own) >= 2 and not any(str(a).startswith("pos_") for a in own)
+
+
+def weight_decay_mask(param_axes: Any) -> Any:
+  """Bool per parameter (`decays`), from the tree of `logical_axes(model)`."""
+  return jax.tree.map(decays, param_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def make_optimizer(cfg: Mapping[str, Any], total_steps: int,
+                   param_axes: Any = None) -> optax.GradientTransformation:
+  """Adam/AdamW with a warm-up + cosine schedule and global-norm gradient clipping.
+
+  `param_axes` (`logical_axes(model)`) tells AdamW which parameters are matrices (`decays`);
+  only a run with weight decay needs it.
+  """
   unknown = sorted(set(cfg) - set(_OPTIMIZER_KEYS))
   if unknown:
     raise ValueError(
@@ -80,9 +108,12 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
     raise ValueError(f"optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}.")
   kwargs = {k: float(cfg[k]) for k in ("b1", "b2", "eps") if k in cfg}
   if name == "adamw":
-    # Decay matrices only: biases, norms, positions and the temperature keep their scale.
     kwargs["weight_decay"] = float(cfg.get("weight_decay", 0.0))
-    kwargs["mask"] = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    if kwargs["weight_decay"]:
+      if param_axes is None:
+        raise ValueError("optimizer.weight_decay: make_optimizer needs the model's param_axes "
+                         "(imp.train.state.logical_axes) to decay its matrices only.")
+      kwargs["mask"] = weight_decay_mask(param_axes)
   elif cfg.get("weight_decay"):
     raise ValueError("optimizer.weight_decay needs optimizer.name='adamw'.")
   parts = []
