@@ -87,9 +87,10 @@ _MEMORY_BUDGET = flags.DEFINE_float(
 
 def _summary_lines(summary: dict) -> list[str]:
   cache = summary["step_cache"]
+  speed = summary["steps_per_second"]  # None when this run took no step (resumed at the end)
   lines = [
       f"steps: {summary['steps']} ({summary['steps_this_run']} this run) in "
-      f"{summary['wall_seconds']:.1f}s, {summary['steps_per_second']} steps/s",
+      f"{summary['wall_seconds']:.1f}s" + (f", {speed} steps/s" if speed is not None else ""),
       f"step cache: {cache['size']} programs, {cache['misses']} compiles, {cache['hits']} hits, "
       f"{cache['compile_seconds']:.1f}s compiling = {100 * cache['compile_share']:.1f}% of wall, "
       f"{cache['xla_compiles_after_warmup']} XLA compiles after warm-up",

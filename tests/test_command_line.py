@@ -126,3 +126,16 @@ def test_main_trains_from_another_folder(tmp_path):
   assert out.count("compiled before step 1:") == 1, out[-3000:]
   totals = re.findall(r"^(\d+) programs, [\d.]+s compiling", out, flags=re.M)
   assert totals == [str(summary["step_cache"]["misses"])], (totals, summary["step_cache"])
+
+
+def test_summary_of_a_run_resumed_at_its_end_gives_no_speed():
+  from imp.main import _summary_lines
+
+  cache = dict(size=10, misses=10, hits=48, compile_seconds=20.0, compile_share=0.216,
+               xla_compiles_after_warmup=0)
+  summary = dict(steps=700, steps_this_run=0, wall_seconds=92.5, steps_per_second=None,
+                 step_cache=cache, data_wait_share=None, task_steps={}, eval={"a/top1": 0.25})
+  lines = _summary_lines(summary)
+  assert lines[0] == "steps: 700 (0 this run) in 92.5s" and "None" not in "\n".join(lines)
+  summary.update(steps_this_run=700, steps_per_second=3.8)
+  assert _summary_lines(summary)[0] == "steps: 700 (700 this run) in 92.5s, 3.8 steps/s"
