@@ -315,10 +315,11 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
                                              if f.num_classes),
                    modalities=tuple(sorted(model_modalities(registry, config.evals))),
                    num_tasks=len(table))
-  tx = make_optimizer(config.optimizer, config.total_steps, logical_axes(model))
+  param_axes = logical_axes(model)  # traced once: the optimizer's decay mask and the shardings
+  tx = make_optimizer(config.optimizer, config.total_steps, param_axes)
   rules = get_rules(config.get("mesh_rules"))
   state = abstract_state(model, tx, config.seed)
-  shardings = train_state_shardings(model, tx, mesh, rules, state)
+  shardings = train_state_shardings(param_axes, tx, mesh, rules, state)
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                        state, shardings)
   ids = task_ids(table)

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from imp.model import IMPModel
 from imp.parallel.rules import Rules, param_shardings, state_shardings
-from imp.train.state import TrainState, init_state, logical_axes
+from imp.train.state import TrainState, init_state
 
 
 def abstract_state(model: IMPModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -23,10 +23,11 @@ def abstract_state(model: IMPModel, tx: optax.GradientTransformation, seed: int)
   return jax.eval_shape(lambda: init_state(model, tx, seed))
 
 
-def train_state_shardings(model: IMPModel, tx: optax.GradientTransformation, mesh: Mesh,
+def train_state_shardings(param_axes: Any, tx: optax.GradientTransformation, mesh: Mesh,
                           rules: Rules, abstract: TrainState) -> TrainState:
-  """NamedSharding of every TrainState leaf, from the parameters' logical axes and `rules`."""
-  params = param_shardings(logical_axes(model), abstract.params, mesh, rules)
+  """NamedSharding of every TrainState leaf, from the parameters' logical axes
+  (`logical_axes(model)`) and `rules`."""
+  params = param_shardings(param_axes, abstract.params, mesh, rules)
   return state_shardings(abstract, params, tx, mesh)
 
 
