@@ -1,4 +1,5 @@
-"""Test set-up: CPU only. `slow` marks the full default experiment (run with `-m slow`)."""
+"""Test set-up: CPU unless JAX_PLATFORMS says otherwise (`JAX_PLATFORMS=cuda` runs the GPU-only
+tests on a GPU). `slow` marks the full default experiment (run with `-m slow`)."""
 
 import os
 

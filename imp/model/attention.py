@@ -10,6 +10,7 @@ weights back to the value dtype, as the hand-written einsum path did.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
@@ -47,4 +48,8 @@ def attend(query: Array, key: Array, value: Array, mask: Array | None = None, *,
   dtype = value.dtype
   query, key = query.astype(dtype), key.astype(dtype)
   full = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, S] -> [B, N, T, S]
+  if full is not None and impl == "cudnn":
+    # cuDNN takes a mask as an additive bias whose query axis must be full length (it
+    # broadcasts over batch and heads only): [B, 1, T, S].
+    full = jnp.broadcast_to(full, (full.shape[0], 1, query.shape[1], full.shape[3]))
   return jax.nn.dot_product_attention(query, key, value, mask=full, implementation=impl)
