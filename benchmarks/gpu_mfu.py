@@ -137,8 +137,8 @@ def step_flops(plan: Plan, program: Any, compiled: Any) -> float:
   `scan_flops.trip_ratio` of the step's jaxpr.
 
   Not an unrolled model's lowering: on a GPU a lowered program has no cost analysis, and the
-  compiled unrolled step of IMP-B was counted at 0.13x its model FLOPs (about one layer's
-  worth), so that count gave no HFU there."""
+  compiled unrolled step of IMP-B was counted at 0.13x its model FLOPs (near one layer's
+  share; not investigated), so that count gave no HFU there."""
   traced = jax.jit(plan.step_fn(program)).trace(plan.state, plan.batch_of(program))
   return xla_flops(compiled) * scan_flops.trip_ratio(traced.jaxpr)
 
