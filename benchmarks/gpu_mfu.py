@@ -11,9 +11,9 @@ encoder; for MoE, the dense parameters plus experts_per_token / E of the expert 
 applied once per example. Forward attention is 2 * N^2 * D per layer for QK^T and as much for
 AV; the backward pass doubles it (hence 12). On CPU, tests/test_benchmarks.py checks the count
 against XLA's own (`cost_analysis()["flops"]`) of the gradient with unrolled layers. The
-hardware FLOPs utilisation (HFU) beside MFU uses XLA's count of the compiled step with every
-scanned layer counted, as the dry run counts it (`step_flops`): with remat it includes the
-recomputed forward pass, which MFU by convention leaves out, and it has no FLOPs for the
+hardware FLOPs utilisation (HFU) beside MFU uses the FLOPs of the train step's own program,
+every scanned layer counted, as the dry run counts them (`step_flops`): with remat it includes
+the recomputed forward pass, which MFU by convention leaves out, and it has no FLOPs for the
 inside of cuDNN's fused attention kernel (attention is about 5% of IMP-B's model FLOPs).
 
 Shapes are the paper's (IMP §4.1, experiments/imp_moe_b.py): 256x256 RGB images repeated to
@@ -26,7 +26,12 @@ IMP-MoE-B's experiment config as training builds it (`mfu_config`). The batch sp
 every visible GPU (`config.mesh.data=-1`) and the peak is theirs together; one GPU is the
 intended case.
 
-  python -m benchmarks.gpu_mfu [--batch 256] [--out benchmarks/results/gpu_mfu.json]
+  python -m benchmarks.gpu_mfu [--batch 256] [--remat] [--out benchmarks/results/gpu_mfu.json]
+
+`--remat` adds IMP §3.1.1's trade at these shapes (70-80% less memory for 18-20% longer steps):
+IMP-B with cuDNN attention under each `model.remat_policy`, the compiler's temporary memory of
+the step and its time, the policies stepped side by side (`remat_policies`). The CPU benchmark
+`benchmarks/remat.py` measures the same at a width this CPU can run.
 
 On a machine without a GPU it exits with status 0 and says so.
 """
@@ -47,7 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from benchmarks.measure import Report, Stat, interleaved
+from benchmarks.measure import Report, Stat, interleaved, ratio
 from benchmarks.programs import compile_train_program
 from imp.config.files import from_file
 from imp.model import IMPModel, ModelConfig
@@ -58,6 +63,7 @@ from imp.train.step import StepSpec, make_loss_fn
 
 NAME = "gpu_mfu"
 GOAL = "MFU of the paper's shapes (no paper figure)"
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 ROOT = Path(__file__).resolve().parents[1]
 # Peak dense bf16 FLOP/s by device kind (vendor data sheets, without sparsity).
 PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
@@ -116,7 +122,7 @@ def xla_flops(program: Any) -> float:
   """XLA's FLOP count of a lowered or compiled program (a dict, or a list of them).
 
   XLA counts the body of a while loop once, so a program with scanned layers is counted as
-  one layer: count an unrolled (scan_layers=False) program, or scale by `step_flops`' ratio.
+  one layer; on a GPU a compiled program's count leaves out its cuBLAS and cuDNN calls.
   """
   analysis = program.cost_analysis()
   if isinstance(analysis, list | tuple):
@@ -131,16 +137,16 @@ def grad_program(model: IMPModel, params: Any, batch: dict[str, Any], head: str)
   return jax.jit(grad).lower(params, batch, jax.random.PRNGKey(0))
 
 
-def step_flops(plan: Plan, program: Any, compiled: Any) -> float:
-  """XLA's FLOPs of the compiled train step with every scanned layer counted, as the dry run
-  counts them (`imp.plan.programs`): the compiled program's count times
-  `scan_flops.trip_ratio` of the step's jaxpr.
+def step_flops(plan: Plan, program: Any) -> float:
+  """FLOPs of the train step with every scanned layer counted, as the dry run counts them:
+  the step's jaxpr walked by `imp.plan.scan_flops.count` (XLA's weights, every scan trip).
 
-  Not an unrolled model's lowering: on a GPU a lowered program has no cost analysis, and the
-  compiled unrolled step of IMP-B was counted at 0.13x its model FLOPs (near one layer's
-  share; not investigated), so that count gave no HFU there."""
+  Not XLA's count of the compiled program: on a GPU that leaves out the cuBLAS and cuDNN
+  calls the matmuls become (IMP-B's step on an H200, scaled to every layer: 0.11x the model
+  FLOPs with XLA's attention, 0.005x with cuDNN's), and on any backend it counts a loop's
+  body once."""
   traced = jax.jit(plan.step_fn(program)).trace(plan.state, plan.batch_of(program))
-  return xla_flops(compiled) * scan_flops.trip_ratio(traced.jaxpr)
+  return scan_flops.count(traced.jaxpr, every_trip=True)
 
 
 def paper_model(moe: bool) -> dict[str, Any]:
@@ -177,7 +183,8 @@ def plan_of(config: ml_collections.ConfigDict) -> Plan:
 
 def measure(model_cfg: dict[str, Any], batch_size: int, *, dtype: Any = jnp.bfloat16,
             rounds: int = 5, repeats: int = 5, peak: float | None = None) -> dict[str, Any]:
-  """Step time, model FLOPs, XLA FLOPs and (with `peak`) MFU and HFU of one train step.
+  """Step time, model FLOPs, the step's FLOPs and (with `peak`) MFU and HFU of one train step;
+  XLA's own count of the compiled step beside them (`xla_flops_compiled`).
 
   The step is the trainer's own, from the plan of `mfu_config`: `config.model.dtype` =
   `dtype` (the computation), float32 parameters and Adam moments, uint8 images normalised
@@ -192,12 +199,43 @@ def measure(model_cfg: dict[str, Any], batch_size: int, *, dtype: Any = jnp.bflo
                       vision_tokens(plan.model_config, (side, side)))
   out = {"step_seconds": times.to_json(), "model_flops": flops.total,
          "params_per_token": flops.params_per_token, "tokens": flops.tokens,
-         "xla_flops": step_flops(plan, program, step.compiled), "batch": batch_size,
+         "step_flops": step_flops(plan, program),
+         "xla_flops_compiled": xla_flops(step.compiled), "batch": batch_size,
          "dtype": jnp.dtype(dtype).name}
   if peak:
     out["mfu"] = flops.total / times.median / peak
-    out["hfu"] = out["xla_flops"] / times.median / peak
+    out["hfu"] = out["step_flops"] / times.median / peak
   return out
+
+
+def remat_policies(model_cfg: dict[str, Any], batch_size: int, *, rounds: int = 5,
+                   repeats: int = 5) -> dict[str, Any]:
+  """Temporary memory (`compiled.memory_analysis()`) and step time of the `mfu_config` step
+  under each of `REMAT_POLICIES`, the steps interleaved so their ratios are side by side.
+
+  A policy whose step fails to compile or run (say, out of memory) is recorded as its error;
+  the others are still measured."""
+  steps, out = {}, {}
+  for policy in REMAT_POLICIES:
+    try:
+      plan = plan_of(mfu_config(dict(model_cfg, remat_policy=policy), batch_size))
+      (program,) = plan.programs
+      steps[policy] = compile_train_program(plan, program)
+    except Exception as error:  # noqa: BLE001 -- reported beside the policies that ran
+      out[policy] = {"error": _error_text(error)}
+  times = interleaved(steps, rounds=rounds, repeats=repeats)
+  for policy, step in steps.items():
+    out[policy] = {"temp_bytes": step.temp_bytes,
+                   "step_seconds": Stat.of(times[policy]).to_json()}
+    if "none" in steps:
+      out[policy]["memory_saved"] = 1.0 - step.temp_bytes / steps["none"].temp_bytes
+      out[policy]["step_ratio_to_none"] = ratio(times[policy], times["none"]).to_json()
+  return out
+
+
+def _error_text(error: Exception) -> str:
+  where = traceback.extract_tb(error.__traceback__)[-1]
+  return f"{type(error).__name__}: {error} ({where.filename}:{where.lineno})"
 
 
 def benchmark(quick: bool) -> Report:
@@ -239,14 +277,14 @@ def run_gpu(batch_size: int) -> Iterator[tuple[str, dict[str, Any]]]:
                                         peak=peak and peak * jax.device_count())
       except Exception as error:  # noqa: BLE001 -- one model's failure (say, a cuDNN kernel
         # this GPU lacks) is a result to report; the other models are still measured
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        yield f"{name} {impl}", {"error": f"{type(error).__name__}: {error} "
-                                          f"({where.filename}:{where.lineno})"}
+        yield f"{name} {impl}", {"error": _error_text(error)}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=256, help="images per step")
+  parser.add_argument("--remat", action="store_true",
+                      help="also IMP-B (cuDNN attention) under each remat policy")
   parser.add_argument("--out", default="benchmarks/results/gpu_mfu.json")
   args = parser.parse_args()
   device = jax.devices()[0]
@@ -256,12 +294,20 @@ def main() -> None:
     return
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  results = {}
+  record: dict[str, Any] = {"device": device.device_kind, "jax": jax.__version__,
+                            "batch": args.batch, "results": {}}
   for name, r in run_gpu(args.batch):  # written after each model: a killed run keeps the rest
-    results[name] = r
+    record["results"][name] = r
     print(f"{name}: {_summary(r)} ({device.device_kind})", flush=True)
-    out.write_text(json.dumps({"device": device.device_kind, "jax": jax.__version__,
-                               "batch": args.batch, "results": results}, indent=2) + "\n")
+    out.write_text(json.dumps(record, indent=2) + "\n")
+  if args.remat:
+    record["remat"] = remat_policies(dict(paper_model(moe=False), attention_impl="cudnn"),
+                                     args.batch)
+    for policy, r in record["remat"].items():
+      print(f"IMP-B cudnn remat={policy}: " + (f"failed: {r['error'][:200]}" if "error" in r else
+            f"temp {r['temp_bytes'] / 2**30:.2f} GiB, {1e3 * r['step_seconds']['median']:.1f} "
+            f"ms/step"), flush=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
   print(f"wrote {out}")
 
 

@@ -113,7 +113,18 @@ def test_gpu_mfu_measure_runs_in_bf16_on_a_tiny_model():
   out = gpu_mfu.measure(tiny, 4, rounds=1, repeats=1, peak=1e12)
   assert out["dtype"] == "bfloat16" and out["tokens"] == 4 * 16
   # Full remat recomputes the forward pass: XLA counts more than the model's FLOPs.
-  assert out["xla_flops"] > out["model_flops"] > 0 and 0 < out["mfu"] < out["hfu"]
+  assert out["step_flops"] > out["model_flops"] > 0 and 0 < out["mfu"] < out["hfu"]
+
+
+@pytest.mark.slow
+def test_gpu_mfu_remat_policies_trade_memory_on_a_tiny_model():
+  tiny = dict(width=32, depth=2, num_heads=2, mlp_dim=64, embed_dim=16, text_max_length=8,
+              vision_patch=(1, 4, 4), vision_base_grid=(1, 4, 4))
+  out = gpu_mfu.remat_policies(tiny, 4, rounds=1, repeats=1)
+  assert set(out) == set(gpu_mfu.REMAT_POLICIES)
+  assert out["full"]["temp_bytes"] < out["none"]["temp_bytes"]
+  assert out["none"]["memory_saved"] == 0.0 and 0 < out["full"]["memory_saved"] < 1
+  assert out["dots_saveable"]["step_ratio_to_none"]["median"] > 0
 
 
 # What each benchmark's quick run must show whatever the machine's load (never a time).

@@ -31,17 +31,17 @@ MOE = {"model.depth": 6, "model.moe": {"num_experts": 2, "every": 2}}
 
 @pytest.mark.parametrize("overrides", [{}, MOE], ids=["dense", "moe"])
 def test_gflops_count_every_scanned_layer(overrides):
-  """The corrected count of the scanned program (XLA's count times the jaxpr's trip ratio)
-  matches XLA's count of the unrolled one: 3 scanned units, a layer each or two layers with
-  MoE (measured: 0.976x and 0.988x)."""
+  """The count of the scanned program (its jaxpr, every scan trip) matches XLA's count of the
+  unrolled one: 3 scanned units, a layer each or two layers with MoE (measured: 1.003x and
+  0.994x)."""
   scanned = build_plan(_config(**overrides), FACTS)
   unrolled = build_plan(_config(**overrides, **{"model.scan_layers": False}), FACTS)
   (rolled,) = programs.compile_all(scanned, StepCache(), programs.train_specs(scanned))
   (flat,) = programs.compile_all(unrolled, StepCache(), programs.train_specs(unrolled))
-  assert flat.gflops == flat.gflops_xla  # nothing to correct without a scan
   # XLA alone counts the scanned body once: well under the unrolled model's FLOPs.
   assert rolled.gflops_xla < 0.8 * flat.gflops_xla
-  assert rolled.gflops == pytest.approx(flat.gflops_xla, rel=0.05)
+  assert rolled.gflops == pytest.approx(flat.gflops_xla, rel=0.02)
+  assert flat.gflops == pytest.approx(flat.gflops_xla, rel=0.02)
   for r in (rolled, flat):  # XLA's memory analysis, per device
     assert r.argument_bytes > 0 and r.output_bytes > 0 and r.temp_bytes > 0
     assert r.peak_bytes == r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes
@@ -66,16 +66,16 @@ def test_scan_flops_count_every_trip_of_a_hand_derived_scan():
   jaxpr = jax.make_jaxpr(f)(jnp.ones((4, 8)), jnp.ones((6, 8, 8)))
   assert scan_flops.count(jaxpr, every_trip=True) == 6 * 544 + 32
   assert scan_flops.count(jaxpr, every_trip=False) == 2 * 544 + 32  # as XLA's loop holds it
-  assert scan_flops.trip_ratio(jaxpr) == pytest.approx((6 * 544 + 32) / (2 * 544 + 32))
-  assert scan_flops.trip_ratio(jax.make_jaxpr(lambda x: x @ x)(jnp.ones((3, 3)))) == 1.0
+  assert scan_flops.count(jax.make_jaxpr(lambda x: x @ x)(jnp.ones((3, 3))),
+                          every_trip=True) == 2 * 3**3
 
 
-def test_gflops_of_a_fully_unrolled_scan_need_no_correction():
-  """model.scan_unroll = depth: XLA's loop body holds every layer, so its count stands."""
+def test_gflops_of_a_fully_unrolled_scan_match_xla():
+  """model.scan_unroll = depth: XLA's loop body holds every layer, so its count is the whole."""
   (report,) = programs.compile_all(
       plan := build_plan(_config(**{"model.scan_unroll": 3}), FACTS), StepCache(),
       programs.train_specs(plan))
-  assert report.gflops == pytest.approx(report.gflops_xla, rel=1e-9)
+  assert report.gflops == pytest.approx(report.gflops_xla, rel=0.02)
 
 
 def test_input_bytes_count_uint8_pixels_per_device():

@@ -54,7 +54,7 @@ class SignatureReport:
     batch: field -> global shape.
     params_total, params_per_token: parameters the task's loss reads (all experts; experts
       one token passes through on average).
-    flops: FLOPs per step and device, every scanned layer counted (None if not reported).
+    flops: FLOPs per step and device, every scanned layer counted (`ProgramReport.gflops`).
     peak_bytes: arguments + outputs + temporaries per device (XLA's memory analysis).
     compile_seconds: time to lower and compile.
     collectives: HLO collective op -> count in the compiled program (e.g. "all-to-all": the
@@ -65,7 +65,7 @@ class SignatureReport:
   batch: dict[str, tuple[int, ...]]
   params_total: int
   params_per_token: int
-  flops: float | None
+  flops: float
   peak_bytes: int | None
   compile_seconds: float
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -137,7 +137,7 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
     reports.append(SignatureReport(
         task=program.name, batch=spec.batch, params_total=task_counts["total"],
         params_per_token=task_counts["per_token"],
-        flops=None if spec.gflops is None else spec.gflops * 1e9, peak_bytes=spec.peak_bytes,
+        flops=spec.gflops * 1e9, peak_bytes=spec.peak_bytes,
         compile_seconds=spec.compile_seconds, collectives=spec.collectives))
   facts = {"mesh": dict(run_plan.mesh.shape), "devices": jax.device_count(),
            "platform": jax.devices()[0].platform, "mesh_rules": config.get("mesh_rules") or
@@ -173,11 +173,10 @@ def report_lines(reports: list[SignatureReport], facts: Mapping[str, Any]) -> li
            f"{'task':<36} {'params M':>9} {'per tok M':>9} {'GFLOPs/step':>12} "
            f"{'peak GiB/dev':>12} {'compile s':>9}  {'all-to-all':>10}  batch"]
   for r in reports:
-    flops = f"{r.flops / 1e9:12.1f}" if r.flops is not None else f"{'n/a':>12}"
     peak = f"{r.peak_bytes / GIB:12.3f}" if r.peak_bytes is not None else f"{'n/a':>12}"
     batch = " ".join(f"{k}{list(v)}" for k, v in sorted(r.batch.items()))
     lines.append(f"{r.task:<36} {r.params_total / 1e6:9.1f} {r.params_per_token / 1e6:9.1f} "
-                 f"{flops} {peak} {r.compile_seconds:9.1f}  "
+                 f"{r.flops / 1e9:12.1f} {peak} {r.compile_seconds:9.1f}  "
                  f"{r.collectives.get('all-to-all', 0):10d}  {batch}")
   lines.append(f"compiles: {facts['compiles']['misses']} programs, "
                f"{facts['compiles']['compile_seconds']:.1f}s")
@@ -185,6 +184,6 @@ def report_lines(reports: list[SignatureReport], facts: Mapping[str, Any]) -> li
     lines += ["", "programs compiled (as training compiles them before step 1):"]
     lines += plan_programs.table_lines(facts["programs"], facts.get("compile_wall_seconds"))
   if facts.get("scan_layers"):
-    lines.append("GFLOPs count every layer: XLA counts the scanned encoder body once, so its "
-                 "count is scaled by unrolled/scanned FLOPs of the lowered step.")
+    lines.append("GFLOPs count every layer (XLA's own count of a scanned program has its loop "
+                 "body once): the step's jaxpr, every scan trip, split over the devices.")
   return lines

@@ -7,12 +7,13 @@
   -> table_lines (the console), write_json (<workdir>/programs.json), check_memory (stop
      before step 1 when one does not fit a device)
 
-FLOPs: XLA's cost analysis counts the body of a while loop once, and `model.scan_layers`
-rolls the encoder into one. `ProgramReport.gflops` is corrected for the trip count: XLA's
-count of the compiled program times `imp.plan.scan_flops.trip_ratio` of the program's own
-jaxpr (every scan trip counted / each loop body once), so every layer is counted at the cost
-of a walk over the jaxpr the compile traced anyway (tests/test_programs.py checks it against
-a compiled unrolled model).
+FLOPs: `ProgramReport.gflops` counts the program's own jaxpr, the one the compile traced
+anyway, with XLA's weights and every scan trip (`imp.plan.scan_flops.count`), split evenly
+over the mesh's devices; tests/test_programs.py checks it against XLA's count of a compiled
+unrolled model. Not XLA's count of the compiled program (`gflops_xla`, kept beside it): that
+counts a while loop's body once, and `model.scan_layers` rolls the encoder into one; on a GPU
+it also leaves out the cuBLAS and cuDNN calls that matmuls become (IMP-B's train step on an
+H200, scaled to every layer: 0.11x its model FLOPs).
 Memory per device is XLA's memory analysis of the compiled program: arguments, outputs,
 temporaries, and the arguments donated to outputs (the train state), which count once.
 """
@@ -87,9 +88,12 @@ class ProgramReport:
     name, kind: as ProgramSpec.
     batch: field -> global shape of its batch argument(s).
     compile_seconds: lower + compile wall time (concurrent compiles overlap).
-    count_seconds: the FLOPs correction (a walk over the program's jaxpr).
-    gflops: GFLOPs per device and call, every scanned layer counted (None if not reported).
-    gflops_xla: XLA's own count of the compiled program (a scanned body once).
+    count_seconds: the FLOPs count (a walk over the program's jaxpr).
+    gflops: GFLOPs per call, every scanned layer counted, over the number of devices: the
+      step's FLOPs split evenly (work that every device repeats, such as the optimizer's update
+      of replicated parameters, is counted once across them).
+    gflops_xla: XLA's own count of the compiled program per device (a scanned body once;
+      None where the backend does not report it).
     argument_bytes, output_bytes, temp_bytes, alias_bytes: XLA's memory analysis per device.
     input_bytes: the batch argument(s) per device (`input_bytes`), the part of argument_bytes
       that crosses the host-to-device link every step (uint8 pixels: 1 byte each).
@@ -103,7 +107,7 @@ class ProgramReport:
   batch: dict[str, tuple[int, ...]]
   compile_seconds: float
   count_seconds: float
-  gflops: float | None
+  gflops: float
   gflops_xla: float | None
   argument_bytes: int | None
   output_bytes: int | None
@@ -233,8 +237,7 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
     with TRACE_LOCK:
       fn = under_rules(spec.build(plan.model, spec.args), mesh, rules)
       traced.append(jax.jit(fn).trace(*abstract))
-  ratio = scan_flops.trip_ratio(traced[0].jaxpr)
-  flops = None if compiled_flops is None else compiled_flops * ratio
+  flops = scan_flops.count(traced[0].jaxpr, every_trip=True) / mesh.size
   count_seconds = time.perf_counter() - count_start
   memory = None
   with contextlib.suppress(NotImplementedError):  # some backends do not report memory
@@ -243,7 +246,7 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
   return ProgramReport(
       name=spec.name, kind=spec.kind, batch=_batch_fields(spec, task_names),
       compile_seconds=round(seconds, 2), count_seconds=round(count_seconds, 2),
-      gflops=None if flops is None else flops / 1e9,
+      gflops=flops / 1e9,
       gflops_xla=None if compiled_flops is None else compiled_flops / 1e9,
       argument_bytes=size("argument_size_in_bytes"), output_bytes=size("output_size_in_bytes"),
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
@@ -273,8 +276,7 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
   lines = [f"{'program':<{width}} {'compile s':>9} {'GFLOPs':>10} {'input MiB':>9} "
            f"{'args GiB':>9} {'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"]
   for r in reports:
-    flops = "n/a" if r.gflops is None else f"{r.gflops:.3f}"
-    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {flops:>10} "
+    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {r.gflops:10.3f} "
                  f"{r.input_bytes / 2**20:9.3f} "
                  f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
                  f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9}")
