@@ -112,7 +112,7 @@ def test_gpu_mfu_measure_runs_in_bf16_on_a_tiny_model():
               moe=dict(num_experts=4, every=2))
   out = gpu_mfu.measure(tiny, 4, rounds=1, repeats=1, peak=1e12)
   assert out["dtype"] == "bfloat16" and out["tokens"] == 4 * 16
-  # Full remat recomputes the forward pass: XLA counts more than the model's FLOPs.
+  # Full remat recomputes the forward pass: the step does more than the model's FLOPs.
   assert out["step_flops"] > out["model_flops"] > 0 and 0 < out["mfu"] < out["hfu"]
 
 
