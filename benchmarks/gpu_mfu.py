@@ -54,6 +54,7 @@ import numpy as np
 
 from benchmarks.measure import Report, Stat, interleaved, ratio
 from benchmarks.programs import compile_train_program
+from benchmarks.remat import POLICIES as REMAT_POLICIES
 from imp.config.files import from_file
 from imp.model import IMPModel, ModelConfig
 from imp.plan import scan_flops
@@ -63,7 +64,6 @@ from imp.train.step import StepSpec, make_loss_fn
 
 NAME = "gpu_mfu"
 GOAL = "MFU of the paper's shapes (no paper figure)"
-REMAT_POLICIES = ("none", "full", "dots_saveable")
 ROOT = Path(__file__).resolve().parents[1]
 # Peak dense bf16 FLOP/s by device kind (vendor data sheets, without sparsity).
 PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
@@ -262,6 +262,14 @@ def _summary(result: dict[str, Any]) -> str:
           f"{1e3 * result['step_seconds']['median']:.1f} ms/step")
 
 
+def _remat_summary(result: dict[str, Any]) -> str:
+  """One policy's measurement: temporary memory and step time, or the error."""
+  if "error" in result:
+    return f"failed: {result['error'][:200]}"
+  return (f"temp {result['temp_bytes'] / 2**30:.2f} GiB, "
+          f"{1e3 * result['step_seconds']['median']:.1f} ms/step")
+
+
 def run_gpu(batch_size: int) -> Iterator[tuple[str, dict[str, Any]]]:
   """(name, measurement) of each model with XLA's attention and with cuDNN's fused attention
   (`model.attention_impl`), one at a time, so that a caller can keep each as it comes."""
@@ -304,9 +312,7 @@ def main() -> None:
     record["remat"] = remat_policies(dict(paper_model(moe=False), attention_impl="cudnn"),
                                      args.batch)
     for policy, r in record["remat"].items():
-      print(f"IMP-B cudnn remat={policy}: " + (f"failed: {r['error'][:200]}" if "error" in r else
-            f"temp {r['temp_bytes'] / 2**30:.2f} GiB, {1e3 * r['step_seconds']['median']:.1f} "
-            f"ms/step"), flush=True)
+      print(f"IMP-B cudnn remat={policy}: {_remat_summary(r)}", flush=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
   print(f"wrote {out}")
 
