@@ -1,13 +1,14 @@
 r"""Runs the benchmarks, prints one table and writes JSON plus a Markdown table.
 
   python -m benchmarks.run                      # all, full sizes (~10 min on 2 CPU cores)
-  python -m benchmarks.run --quick              # all, tiny sizes (for tests)
+  python -m benchmarks.run --quick              # all, tiny sizes, into workdirs/benchmarks_quick
   python -m benchmarks.run --only remat --only scan_layers
 
 Each benchmark is a module with `NAME` and `benchmark(quick) -> Report`, registered below by
 name. Results go to <out-dir>/<name>.json, <out-dir>/latest.json and <out-dir>/latest.md (the
-table with the machine and the command, for the README's Performance section). Nothing here
-asserts on time.
+table with the machine and the command, for docs/performance.md). Nothing here asserts on
+time. Quick results are not measurements, so by default they go to the git-ignored
+workdirs/benchmarks_quick and never over the committed benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import time
 from pathlib import Path
 
 from benchmarks.measure import Report, machine
+
+FULL_RESULTS = "benchmarks/results"  # committed: the measured tables of docs/performance.md
+QUICK_RESULTS = "workdirs/benchmarks_quick"  # git-ignored (workdirs/)
 
 # Benchmark name -> module (imported only when it runs).
 BENCHMARKS = {
@@ -73,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
                       help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
-  parser.add_argument("--out-dir", default="benchmarks/results", type=Path)
+  parser.add_argument("--out-dir", default=None, type=Path,
+                      help=f"default {FULL_RESULTS}, or {QUICK_RESULTS} with --quick")
   args = parser.parse_args(argv)
+  args.out_dir = args.out_dir or Path(QUICK_RESULTS if args.quick else FULL_RESULTS)
   logging.getLogger("imp").setLevel(logging.WARNING)
   names = args.only or list(BENCHMARKS)
   command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -105,6 +105,26 @@ def test_run_rejects_an_unknown_benchmark_by_name():
   assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
 
 
+def test_quick_mode_never_writes_the_committed_results(tmp_path, monkeypatch):
+  """--quick without --out-dir writes under the git-ignored workdirs/, not benchmarks/results."""
+  import types
+
+  from benchmarks import run
+  from benchmarks.measure import Report
+
+  fake = types.ModuleType("fake_bench")
+  fake.benchmark = lambda quick: Report(rows=[("case", "1.0x", "")], data={"quick": quick})
+  monkeypatch.setitem(sys.modules, "fake_bench", fake)
+  monkeypatch.setitem(run.BENCHMARKS, "fake", "fake_bench")
+  monkeypatch.chdir(tmp_path)
+  run.main(["--quick", "--only", "fake"])
+  assert json.loads((tmp_path / run.QUICK_RESULTS / "fake.json").read_text())["quick"]
+  assert not (tmp_path / run.FULL_RESULTS).exists()
+  assert run.QUICK_RESULTS.startswith("workdirs/")  # .gitignore ignores workdirs/
+  run.main(["--only", "fake"])  # a full run still writes the committed folder
+  assert (tmp_path / run.FULL_RESULTS / "fake.json").exists()
+
+
 @pytest.mark.slow
 def test_gpu_mfu_measure_runs_in_bf16_on_a_tiny_model():
   tiny = dict(width=32, depth=2, num_heads=2, mlp_dim=64, embed_dim=16, text_max_length=8,
