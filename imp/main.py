@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 import imp.config.digits
 from imp import flag_errors
+from imp.config import files
 
 _DEFAULT_CONFIG = str(Path(imp.config.digits.__file__))
 
@@ -52,10 +53,31 @@ def _define_config_flag():
     _bad_command_line(e, sys.argv)
 
 
+def _shipped_by_name(argv: list[str]) -> list[str]:
+  """argv with `--config NAME[:arg]` (a shipped experiment's name, or experiments/X.py from
+  another folder) made the file's path, which is what ml_collections loads."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    spec = a.split("=", 1)[1] if a.startswith("--config=") else (
+        out[i + 1] if a == "--config" and i + 1 < len(out) else None)
+    if spec is None:
+      continue
+    try:
+      resolved = files.resolve(spec)
+    except FileNotFoundError:
+      continue  # `diagnose` names it, with a did-you-mean
+    if a == "--config":
+      out[i + 1] = resolved
+    else:
+      out[i] = f"--config={resolved}"
+  return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every error (an unknown override key, a value of the wrong
   type, a config variant that fails) as one line naming the flag; `--debug` shows the
   traceback instead."""
+  argv = _shipped_by_name(argv)
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:
@@ -101,6 +123,27 @@ def _summary_lines(summary: dict) -> list[str]:
   return lines
 
 
+def _check_workdir(workdir: str) -> None:
+  """An unwritable workdir stops here, before anything compiles (else the run would find out
+  at its first write, minutes later)."""
+  import uuid
+
+  from imp import paths
+
+  try:
+    path = paths.as_path(workdir, key="--workdir")
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".imp_write_check_{uuid.uuid4().hex[:8]}"  # one per process
+    paths.write_text(probe, "")
+    probe.unlink()
+  except (OSError, paths.PathError) as e:
+    if _DEBUG.value:
+      raise
+    _fatal(f"--workdir={workdir}: cannot write there ({type(e).__name__}: "
+           f"{flag_errors.one_line(e)}); valid: a folder you may write (it is created), "
+           f"e.g. --workdir=/tmp/{Path(_config_path()).stem}.")
+
+
 def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
@@ -144,6 +187,8 @@ def main(argv: list[str]) -> None:
 
     print("\n".join(schema.describe(config)))
     return
+  if _MODE.value != "dry_run" or _WORKDIR.value:
+    _check_workdir(workdir)
   try:
     if _MODE.value == "dry_run":
       from imp.plan import dry_run

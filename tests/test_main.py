@@ -11,13 +11,22 @@ SMALL = ["--config.model.depth=1", "--config.model.width=32", "--config.model.ml
          "--config.log_every=4", "--config.checkpoint_every=6", "--config.eval_every=0"]
 
 
-def _run(workdir, *flags):
+def _run(workdir, *flags, status=0, config="experiments/digits.py:smoke", cwd=ROOT):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  cmd = [sys.executable, "-m", "imp.main", "--config", "experiments/digits.py:smoke",
-         f"--workdir={workdir}", *SMALL, *flags]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  cmd = [sys.executable, "-m", "imp.main", "--config", config, f"--workdir={workdir}", *SMALL,
+         *flags]
+  proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == status, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc.stdout + proc.stderr
+
+
+def _one_fatal_line(out):
+  """A refused command: it ends on its one FATAL line, with no traceback and nothing compiled."""
+  lines = [line for line in out.splitlines() if line.strip()]
+  fatal = [line for line in lines if line.startswith("FATAL ")]
+  assert len(fatal) == 1 and lines[-1] == fatal[0], out[-3000:]
+  assert "Traceback" not in out and "compiled before step 1" not in out, out[-3000:]
+  return fatal[0]
 
 
 def test_main_trains_writes_metrics_summary_checkpoint_and_resumes(tmp_path):
@@ -43,6 +52,11 @@ def test_main_trains_writes_metrics_summary_checkpoint_and_resumes(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["12", "6"]
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
+  # A changed seed would change the task schedule: refused before anything compiles.
+  line = _one_fatal_line(_run(tmp_path, "--config.total_steps=16", "--config.seed=3",
+                              status=2))
+  assert "config.seed" in line and "checkpoint seed 0" in line and "config seed 3" in line
+
   # Starting again with more steps resumes from step 12 instead of starting over.
   out = _run(tmp_path, "--config.total_steps=16")
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -57,3 +71,22 @@ def test_main_rejects_unknown_override(tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "depht" in proc.stderr
+
+
+def test_unwritable_workdir_stops_before_compiling():
+  line = _one_fatal_line(_run("/proc/imp_cannot_write_here", status=2))
+  assert "--workdir=/proc/imp_cannot_write_here: cannot write there" in line
+  assert "e.g. --workdir=/tmp/digits" in line
+
+
+def test_config_typo_suggests_a_shipped_experiment(tmp_path):
+  line = _one_fatal_line(_run(tmp_path, config="experiments/digit.py", status=2))
+  assert line == ("FATAL --config=experiments/digit.py: no such file 'experiments/digit.py'. "
+                  "Did you mean experiments/digits.py?")
+
+
+def test_shipped_experiments_load_by_name_from_any_folder(tmp_path):
+  """`--config NAME` and `--config experiments/X.py` from a folder outside the clone."""
+  for spec in ("digits:smoke", "experiments/digits_moe.py:smoke"):
+    out = _run(tmp_path, "--mode=describe", config=spec, cwd=tmp_path)
+    assert "total_steps = 40" in out

@@ -1,20 +1,56 @@
-"""Reading experiment files by path: `--config path[:arg]`, and one experiment file reading
-another."""
+"""Reading experiment files: `--config path[:arg]` or a shipped experiment's name
+(`--config digits`, `digits_moe:smoke`), and one experiment file reading another.
+
+A path that is not a file here is also looked up among the shipped experiments, so
+`experiments/digits.py` and `digits` load from any folder (a notebook's included).
+"""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
+# The shipped experiments: `experiments/` beside the `imp` package (the repository root of a
+# clone and of its editable install).
+SHIPPED = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def shipped() -> list[str]:
+  """The names of the shipped experiments (`digits`, `imp_moe_l`, ...)."""
+  return sorted(p.stem for p in SHIPPED.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve(spec: str) -> str:
+  """`spec` ("path[:arg]" or "name[:arg]") with its path made a file that exists.
+
+  Raises:
+    FileNotFoundError: one line naming `spec`, with a did-you-mean among the shipped
+      experiments.
+  """
+  path, sep, arg = spec.partition(":")
+  if Path(path).is_file():
+    return spec
+  stem = Path(path).stem if path.endswith(".py") else path
+  candidates = [SHIPPED / f"{stem}.py"] if "/" not in stem else []
+  if Path(path).parent.name == "experiments":  # experiments/X.py from outside the clone
+    candidates.append(SHIPPED / Path(path).name)
+  for candidate in candidates:
+    if candidate.is_file():
+      return str(candidate) + sep + arg
+  names = shipped()
+  close = difflib.get_close_matches(Path(path).stem, names, n=1)
+  hint = (f" Did you mean experiments/{close[0]}.py?" if close else
+          f" Shipped experiments (by name or path): {', '.join(names)}.")
+  raise FileNotFoundError(f"--config={spec}: no such file {path!r}.{hint}")
+
 
 def from_file(spec: str):
-  """`get_config([arg])` of the config file `spec` names ("path" or "path:arg"), loaded by
-  path as `imp.main --config` loads it."""
-  path, sep, arg = spec.partition(":")
-  if not Path(path).is_file():
-    raise FileNotFoundError(f"--config={spec}: no such file {path!r}.")
+  """`get_config([arg])` of the config file `spec` names ("path", "path:arg" or a shipped
+  experiment's name), loaded by path as `imp.main --config` loads it."""
+  path, sep, arg = resolve(spec).partition(":")
   module = load(path)
   return module.get_config(arg) if sep else module.get_config()
 

@@ -48,9 +48,14 @@ class TaskSampler:
 
   def check_state(self, state: dict[str, Any]) -> None:
     """Refuses a checkpointed schedule that differs from this one (resume would diverge)."""
-    if int(state["seed"]) != self.seed or not np.allclose(state["weights"], self.weights):
-      raise ValueError(
-          "the checkpoint's task schedule differs from this config's: checkpoint seed "
-          f"{state['seed']} weights {np.round(state['weights'], 4).tolist()}, config seed "
-          f"{self.seed} weights {np.round(self.weights, 4).tolist()}. Use the original "
-          "config (seed, tasks, sampling) or a new workdir.")
+    weights = np.asarray(state["weights"], np.float64)
+    same_weights = weights.shape == self.weights.shape and np.allclose(weights, self.weights)
+    if int(state["seed"]) == self.seed and same_weights:
+      return
+    changed = "config.seed" if int(state["seed"]) != self.seed else (
+        "the task weights (config.tasks, config.sampling)")
+    raise ValueError(
+        f"{changed}: the checkpoint's task schedule differs from this config's: checkpoint "
+        f"seed {state['seed']} weights {np.round(weights, 4).tolist()}, config seed "
+        f"{self.seed} weights {np.round(self.weights, 4).tolist()}. Resume with the original "
+        "config (seed, tasks, sampling) or use a new workdir.")

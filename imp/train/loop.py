@@ -1,8 +1,9 @@
 """The AGD training loop (IMP Algorithm 1), top to bottom.
 
-  plan (open_run: sources -> Plan -> sharded state) -> programs (every train and eval program
-  compiled before step 1: table, programs.json, memory check) -> per-task grain iterators
-  -> resume -> steps: task of step t -> its batch -> its compiled program -> metrics
+  plan (open_run: sources -> Plan -> sharded state) -> resume (checkpoint read and checked)
+  -> programs (every train and eval program compiled before step 1: table, programs.json,
+  memory check) -> per-task grain iterators at the checkpoint's positions
+  -> steps: task of step t -> its batch -> its compiled program -> metrics
   -> periodic evaluation and checkpoints -> summary
 
 config.sampling.schedule picks the tasks of step t: "agd" (default) the one sampled task,
@@ -139,18 +140,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   log.info("tasks (name, weight): %s",
            ", ".join(f"{t.name}={t.weight:.3f}" for t in plan.registry))
 
-  # ---- Programs: every train and eval program compiled before step 1 -----------------------
-  compile_programs(run, hooks)
-
-  # ---- Input pipelines: one grain iterator per task variant ---------------------------------
-  iterators = task_iterators(run)
-
-  # ---- Resume -------------------------------------------------------------------------------
-  state = run.state
+  # ---- Resume: read and checked before anything compiles (a changed seed or schedule, a
+  # changed model stops in seconds, not after the compiles) ---------------------------------
+  state, meta = run.state, None
   restored = restore(run)
   if restored is not None:
     state, meta = restored
-    plan.sampler.check_state(meta["sampler"])
+    try:
+      plan.sampler.check_state(meta["sampler"])
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+
+  # ---- Programs: every train and eval program compiled before step 1 -----------------------
+  compile_programs(run, hooks)
+
+  # ---- Input pipelines: one grain iterator per task variant, at the checkpoint's positions --
+  iterators = task_iterators(run)
+  if meta is not None:
     iterators.set_state(meta["data"])
     log.info("resumed from step %d", int(state.step))
 
