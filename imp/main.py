@@ -108,16 +108,18 @@ _MEMORY_BUDGET = flags.DEFINE_float(
 
 
 def _summary_lines(summary: dict) -> list[str]:
+  from imp.train.train_log import wrap
+
   cache = summary["step_cache"]
   speed = summary["steps_per_second"]  # None when this run took no step (resumed at the end)
   lines = [
       f"steps: {summary['steps']} ({summary['steps_this_run']} this run) in "
       f"{summary['wall_seconds']:.1f}s" + (f", {speed} steps/s" if speed is not None else ""),
-      f"step cache: {cache['size']} programs, {cache['misses']} compiles, {cache['hits']} hits, "
-      f"{cache['compile_seconds']:.1f}s compiling = {100 * cache['compile_share']:.1f}% of wall, "
-      f"{cache['xla_compiles_after_warmup']} XLA compiles after warm-up",
+      f"compiling: {cache['size']} programs, {cache['compile_seconds']:.1f} s of wall time = "
+      f"{100 * cache['compile_share']:.1f}% of the run; {cache['xla_compiles_after_warmup']} "
+      "XLA compiles after warm-up",
       f"data wait: {100 * (summary['data_wait_share'] or 0):.1f}% of loop time",
-      "task steps: " + ", ".join(f"{k}={v}" for k, v in summary["task_steps"].items()),
+      *wrap("task steps:", [f"{k}={v}" for k, v in summary["task_steps"].items()]),
   ]
   lines += [f"{k}: {v:.4f}" for k, v in summary["eval"].items()]
   return lines
@@ -151,6 +153,8 @@ def _config_path() -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # A redirected stdout (`> log`, a pipe) is block-buffered: flush every line as printed.
+  sys.stdout.reconfigure(line_buffering=True)
   # Our own INFO lines (compiles, resume) go to the console once, through our handler; they
   # do not propagate to absl's root handler, which would print each a second time. Libraries
   # (orbax) only warn.

@@ -124,7 +124,7 @@ def test_main_trains_from_another_folder(tmp_path):
   # The compile table is logged once (absl's root handler used to print every line a second
   # time), and it lists every program the step cache compiled.
   assert out.count("compiled before step 1:") == 1, out[-3000:]
-  totals = re.findall(r"^(\d+) programs, [\d.]+s compiling", out, flags=re.M)
+  totals = re.findall(r"^(\d+) programs: [\d.]+ s of compiler time", out, flags=re.M)
   assert totals == [str(summary["step_cache"]["misses"])], (totals, summary["step_cache"])
 
 

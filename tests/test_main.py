@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,10 @@ def _one_fatal_line(out):
 def test_main_trains_writes_metrics_summary_checkpoint_and_resumes(tmp_path):
   out = _run(tmp_path, "--config.total_steps=12")
   assert "== summary" in out and "digits/zero_shot_top1" in out
+  # A console a person follows: short lines; the compile footer says what its times are.
+  assert max(len(line) for line in out.splitlines()) <= 120, out
+  assert re.search(r"^step 12: loss \S+=\d", out, flags=re.M), out
+  assert re.search(r"s of compiler time summed over them, [\d.]+ s of wall time", out), out
 
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   train = [r for r in records if r["kind"] == "train"]
@@ -90,3 +95,22 @@ def test_shipped_experiments_load_by_name_from_any_folder(tmp_path):
   for spec in ("digits:smoke", "experiments/digits_moe.py:smoke"):
     out = _run(tmp_path, "--mode=describe", config=spec, cwd=tmp_path)
     assert "total_steps = 40" in out
+
+
+def test_console_lines_are_flushed_and_fit(monkeypatch):
+  """A redirected stdout is block-buffered: each line must reach it when printed."""
+  import io
+
+  from imp.train.train_log import fit, say, wrap
+
+  raw = io.BytesIO()
+  monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, write_through=False))
+  say("step 4: loss a=1.000")
+  assert raw.getvalue() == b"step 4: loss a=1.000\n"
+  items = [f"task_{i}/base=1.000" for i in range(12)]
+  line = fit("step 4: loss", items, "| 1.0% of wall compiling")
+  assert len(line) <= 120 and line.endswith("more") and "task_0/base=1.000" in line
+  assert fit("step 4: loss", items[:2], "| tail") == ("step 4: loss task_0/base=1.000 "
+                                                       "task_1/base=1.000 | tail")
+  lines = wrap("step 4: eval", items)
+  assert all(len(x) <= 120 for x in lines) and " ".join(lines).count("=1.000") == 12

@@ -281,10 +281,14 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
                  f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
                  f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9}")
   total = sum(r.compile_seconds for r in reports)
-  lines.append(f"{len(reports)} programs, {total:.1f}s compiling"
-               + (f" ({wall_seconds:.1f}s wall)" if wall_seconds is not None else "")
-               + "; GFLOPs per device and call, every scanned layer counted; input = the "
-               "batch per device (part of args); peak = args + out + temp, donated state once")
+  # Programs compile concurrently, so their seconds overlap: the sum is compiler time, the
+  # wall time is what the run waited.
+  lines.append(f"{len(reports)} programs: {total:.1f} s of compiler time summed over them"
+               + (f", {wall_seconds:.1f} s of wall time (they compile in parallel)"
+                  if wall_seconds is not None else ""))
+  lines.append("GFLOPs per device and call, every scanned layer counted; input MiB: the batch "
+               "per device (part of args)")
+  lines.append("peak = args + out + temp, the donated state counted once")
   return lines
 
 

@@ -39,7 +39,7 @@ from imp.run.restore import Run, compilation_cache, open_run, restore, task_iter
 from imp.train.preemption import Preemption
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
-from imp.train.train_log import NonFiniteError, OnMetrics, TrainLog
+from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, OnMetrics, TrainLog, say, wrap
 
 log = logging.getLogger("imp")
 
@@ -137,8 +137,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     raise ConfigError(str(e)) from e
   check_best_metric(config, hooks)
   plan, cache = run.plan, run.cache
-  log.info("tasks (name, weight): %s",
-           ", ".join(f"{t.name}={t.weight:.3f}" for t in plan.registry))
+  log.info("%s", "\n".join(wrap("tasks (name=weight):",  # below the log's 14-character prefix
+                                [f"{t.name}={t.weight:.3f}" for t in plan.registry],
+                                CONSOLE_WIDTH - 14)))
 
   # ---- Resume: read and checked before anything compiles (a changed seed or schedule, a
   # changed model stops in seconds, not after the compiles) ---------------------------------
@@ -190,7 +191,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     evals = hooks.evaluate(infer_fn(run, state.params))
     train_log.writer.write(done, evals, kind="eval")
     run.checkpointer.save_best(done, state, _meta(run, iterators), evals)
-    bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+    for line in wrap(f"step {done}: eval", [f"{k}={v:.4f}" for k, v in evals.items()]):
+      say(line, bar.write)
     return evals
 
   with Preemption() as preemption:
@@ -216,8 +218,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       stopping = done == end or preempted
 
       if done % config.log_every == 0 or stopping:
-        bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
-                                  sum(s.skips.count for s in run.sources.values())))
+        say(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
+                            sum(s.skips.count for s in run.sources.values())), bar.write)
         train_log.check_nonfinite(dict(config.get("nonfinite") or {}),
                                   (run.checkpointer.latest_step(), run.checkpointer.directory))
 
@@ -231,9 +233,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
         evals = evaluate_and_log(done, state)
 
       if preempted:
-        bar.write(f"step {done}: signal {preemption.signal} received; saved a checkpoint at "
-                  f"step {done} in {run.checkpointer.directory}; rerun the same command to "
-                  "resume.")
+        say(f"step {done}: signal {preemption.signal} received; saved a checkpoint at step "
+            f"{done}; rerun the same command to resume.", bar.write)
+        say(f"  checkpoints: {run.checkpointer.directory}", bar.write)
         break
     # A run stopped after its final save but before its final evaluation finished (or the
     # command of a finished run is rerun): evaluate the final checkpoint now.

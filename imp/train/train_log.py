@@ -1,10 +1,16 @@
 """The training log: step metrics buffered on the device, per-task means written every
-`log_every` steps, the NaN/Inf guard's skips counted and config.nonfinite applied."""
+`log_every` steps, the NaN/Inf guard's skips counted and config.nonfinite applied.
+
+The console gets short lines (at most CONSOLE_WIDTH characters) that a person can follow;
+every metric is in metrics.jsonl and TensorBoard. Each line is flushed when it is written,
+so a redirected stdout or a pipe (`> log`, `| tee log`) shows it at once.
+"""
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -14,6 +20,43 @@ from imp.train.metric_writers import MetricWriter
 
 # (task name, metric name -> mean since the last write, steps of that task since then)
 OnMetrics = Callable[[str, Mapping[str, np.ndarray], int], None]
+
+
+CONSOLE_WIDTH = 120
+
+
+def say(line: str, write: Callable[[str], None] | None = None) -> None:
+  """Prints `line` (through `write`, e.g. a progress bar's, which keeps the bar below it)
+  and flushes: stdout is block-buffered when it is not a terminal."""
+  (write or print)(line)
+  sys.stdout.flush()
+
+
+def fit(head: str, items: Sequence[str], tail: str = "", width: int = CONSOLE_WIDTH) -> str:
+  """`head item item ... tail` in at most `width` characters: the tail goes first, then the
+  items that do not fit become "+k more" (they are in metrics.jsonl)."""
+  if len(line := " ".join([head, *items, tail]).rstrip()) <= width:
+    return line
+  shown = list(items)
+  while shown:
+    more = f"+{len(items) - len(shown)} more" if len(shown) < len(items) else ""
+    if len(line := " ".join(x for x in [head, *shown, more] if x)) <= width:
+      return line
+    shown.pop()
+  return f"{head} +{len(items)} more"[:width]
+
+
+def wrap(head: str, items: Sequence[str], width: int = CONSOLE_WIDTH) -> list[str]:
+  """`head item item ...` over as many lines of at most `width` characters as it takes
+  (continuation lines indented); for what must all be seen, like eval results."""
+  lines, line = [], head
+  for item in items:
+    if len(line) + 1 + len(item) > width and line.strip():
+      lines.append(line)
+      line = "  " + item
+    else:
+      line = f"{line} {item}" if line else item
+  return [*lines, line]
 
 
 class NonFiniteError(RuntimeError):
@@ -91,11 +134,11 @@ class TrainLog:
     self.writer.write(step, dict(scalars, **{f"step_cache/{k}": v
                                              for k, v in cache_stats.items()},
                                  **{"data/skipped_examples": data_skipped}))
-    line = "  ".join(f"{k}={v:.3f}" for k, v in sorted(scalars.items())
-                     if k.endswith(("/loss", "/accuracy")))
-    return (f"step {step}: {line}  (step cache: {cache_stats['size']} programs, "
-            f"{cache_stats['hits']} hits, {100 * cache_stats['compile_share']:.1f}% of wall "
-            "compiling)" + (f"  ({data_skipped} bad examples skipped)" if data_skipped else ""))
+    losses = [f"{k[:-len('/loss')]}={v:.3f}" for k, v in sorted(scalars.items())
+              if k.endswith("/loss") and "/moe/" not in k]
+    skipped = f" ({data_skipped} bad examples skipped)" if data_skipped else ""
+    return fit(f"step {step}{skipped}: loss", losses,
+               f"| {100 * cache_stats['compile_share']:.1f}% of wall compiling")
 
   def check_nonfinite(self, settings: Mapping, checkpoint: tuple[int | None, Path]) -> None:
     """Applies config.nonfinite after a write; `checkpoint` is (latest step, directory)."""
