@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from imp.analysis import plots
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
 from imp.evaluate import EvalSuite
 from imp.plan.plan import ConfigError
@@ -34,7 +35,8 @@ __all__ = ["ConfigError", "EvalSuite", "NonFiniteError", "build", "compilation_c
            "default_hooks", "evaluate", "markdown_table", "task_iterators", "train"]
 
 def default_hooks(run: Run) -> loop.Hooks:
-  """The eval suite of config.evals, and the MoE expert-usage heatmap at the end."""
+  """The eval suite of config.evals; at the end, the run's plots (loss per task, eval results
+  over steps, steps per task; the expert-usage heatmap of an MoE run)."""
   suite = EvalSuite(run.config.evals, run.sources, rows=eval_rows(run))
   usage = ExpertUsage()  # MoE router probabilities per task/modality
 
@@ -44,10 +46,18 @@ def default_hooks(run: Run) -> loop.Hooks:
         usage.add(f"{task} {name.split('/')[1]}", value, count=steps)
 
   def on_close(workdir: Path) -> None:
-    if usage:
-      log.info("expert usage heatmap: %s",
-               plot_expert_usage(usage.means(), workdir / "moe_expert_usage.png",
-                                 label="mean router probability"))
+    names = [t.name for t in run.registry]
+    try:  # a plot that fails must not cost the run its summary: say so and go on
+      drawn = plots.write_run_plots(workdir, names, run.sampler.task_index)
+      if usage:
+        drawn["moe_expert_usage"] = plot_expert_usage(
+            usage.means(), workdir / "moe_expert_usage.png", label="mean router probability")
+    except (OSError, ValueError, RuntimeError) as e:
+      log.warning("plots not written: %s: %s", type(e).__name__, e)
+      return
+    log.info("plots: %s/analysis/ (%s)", workdir, ", ".join(
+        p.name for k, p in drawn.items() if k != "moe_expert_usage") + (
+        f"; {drawn['moe_expert_usage']}" if usage else ""))
 
   return loop.Hooks(evaluate=suite.run, eval_programs=suite.programs,
                     metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close,

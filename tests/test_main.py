@@ -56,6 +56,9 @@ def test_main_trains_writes_metrics_summary_checkpoint_and_resumes(tmp_path):
                                   "digits/raw_pixel_probe_top1"}
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["12", "6"]
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  # Pictures without asking: the run's plots are in its workdir.
+  plots = {p.name for p in (tmp_path / "analysis").glob("*.png") if p.stat().st_size > 1000}
+  assert plots == {"loss_curves.png", "eval_metrics.png", "task_counts.png"}, plots
 
   # A changed seed would change the task schedule: refused before anything compiles.
   line = _one_fatal_line(_run(tmp_path, "--config.total_steps=16", "--config.seed=3",

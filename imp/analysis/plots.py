@@ -1,23 +1,31 @@
-"""Run plots (matplotlib PNG): per-task loss curves, task sampling counts, task matrices.
+"""Run plots (matplotlib PNG): per-task loss curves, eval metrics over steps, task sampling
+counts, task matrices.
+
+Every training run writes them at its end (`imp.experiment`'s end-of-run hook calls
+`write_run_plots`); this command redraws them, and adds them to TensorBoard:
 
   python -m imp.analysis.plots --config experiments/digits.py --workdir /tmp/digits
 
-writes `<workdir>/analysis/loss_curves.png` (from metrics.jsonl), `task_counts.png` (the
-seeded task schedule: the task of step t is a pure function of the seed and t, so the counts
-are recomputed exactly rather than logged) and, for MoE runs, the expert-usage heatmap
-(`imp.analysis.expert_usage`). The images also go to TensorBoard (`<workdir>/tensorboard`,
-tag `analysis/<name>`). Interference and affinity matrices come from
+writes `<workdir>/analysis/loss_curves.png` (from metrics.jsonl), `eval_metrics.png` (every
+eval result over steps, from metrics.jsonl), `task_counts.png` (the seeded task schedule: the
+task of step t is a pure function of the seed and t, so the counts are recomputed exactly
+rather than logged); MoE runs also leave the expert-usage heatmap `<workdir>/
+moe_expert_usage.png` (`imp.analysis.expert_usage`). The images also go to TensorBoard
+(`<workdir>/tensorboard`, tag `analysis/<name>`). Interference and affinity matrices come from
 `python -m imp.analysis.interference`, which calls `plot_task_matrix`.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from imp import paths
 
 
 def _pyplot():
@@ -31,7 +39,7 @@ def _pyplot():
 
 def read_metrics(path: str | Path, kind: str = "train") -> list[dict]:
   """The records of one kind in a metrics.jsonl."""
-  path = Path(path)
+  path = paths.as_path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist; train into this workdir first.")
   records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -49,6 +57,17 @@ def loss_curves(records: Sequence[Mapping]) -> dict[str, tuple[np.ndarray, np.nd
           for t, v in sorted(curves.items())}
 
 
+def eval_curves(records: Sequence[Mapping]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """result name -> (steps [n], value [n]) from eval records ("<entry>/<metric>")."""
+  curves: dict[str, list[tuple[int, float]]] = {}
+  for r in records:
+    for key, value in r.items():
+      if key not in ("step", "kind") and isinstance(value, int | float):
+        curves.setdefault(key, []).append((int(r["step"]), float(value)))
+  return {k: (np.array([s for s, _ in v]), np.array([x for _, x in v]))
+          for k, v in sorted(curves.items())}
+
+
 def cumulative_counts(schedule: npt.ArrayLike, num_tasks: int) -> np.ndarray:
   """[steps, tasks]: how often each task was sampled up to and including each step."""
   s = np.asarray(schedule)
@@ -56,10 +75,13 @@ def cumulative_counts(schedule: npt.ArrayLike, num_tasks: int) -> np.ndarray:
 
 
 def _save(fig, path: str | Path) -> Path:
-  path = Path(path)
+  """The figure as a PNG at `path` (local or a bucket), written whole or not at all."""
+  path = paths.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
   _pyplot().close(fig)
+  paths.write_bytes(path, buffer.getvalue())
   return path
 
 
@@ -70,7 +92,23 @@ def plot_loss_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) 
     ax.plot(steps, loss, label=task)
   ax.set_xlabel("step")
   ax.set_ylabel("training loss (mean over the log interval)")
+  ax.set_title("Training loss per task")
   ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def plot_eval_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) -> Path:
+  """Every eval result (accuracies, recalls: fractions in [0, 1]) over the steps it was
+  measured at; markers, since a run may evaluate only at its end."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for name, (steps, values) in curves.items():
+    ax.plot(steps, 100 * values, marker="o", label=f"{name} ({100 * values[-1]:.1f}%)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("held-out result (%)")
+  ax.set_title("Evaluation results over training")
+  if curves:
+    ax.legend(fontsize=7)
   return _save(fig, path)
 
 
@@ -82,8 +120,28 @@ def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
     ax.plot(np.arange(1, len(counts) + 1), counts[:, k], label=f"{name} ({counts[-1, k]})")
   ax.set_xlabel("step")
   ax.set_ylabel("times sampled")
+  ax.set_title("Steps per task (AGD schedule)")
   ax.legend(fontsize=7)
   return _save(fig, path)
+
+
+def write_run_plots(workdir: str | Path, names: Sequence[str],
+                    task_of_step: Callable[[int], int]) -> dict[str, Path]:
+  """The plots of a run from its metrics.jsonl: `<workdir>/analysis/{loss_curves,
+  eval_metrics,task_counts}.png`. `task_of_step` is the run's seeded schedule; its counts
+  cover the steps the log reached."""
+  workdir = paths.as_path(workdir)
+  out = workdir / "analysis"
+  train = read_metrics(workdir / "metrics.jsonl")
+  evals = read_metrics(workdir / "metrics.jsonl", kind="eval")
+  steps = max((int(r["step"]) for r in train), default=0)
+  schedule = [task_of_step(t) for t in range(steps)]
+  return {
+      "loss_curves": plot_loss_curves(loss_curves(train), out / "loss_curves.png"),
+      "eval_metrics": plot_eval_curves(eval_curves(evals), out / "eval_metrics.png"),
+      "task_counts": plot_task_counts(cumulative_counts(schedule, len(names)), names,
+                                      out / "task_counts.png"),
+  }
 
 
 def plot_task_matrix(matrix: npt.ArrayLike, tasks: Sequence[str], path, title: str) -> Path:
@@ -126,16 +184,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
   config, workdir = ablations.config_from_file(args.config), Path(args.workdir)
-  out = workdir / "analysis"
-  records = read_metrics(workdir / "metrics.jsonl")
-  images = {"loss_curves": plot_loss_curves(loss_curves(records), out / "loss_curves.png")}
   summary = json.loads((workdir / "summary.json").read_text())
   # The registry and the seeded sampler of this run.
   plan = build_plan(config, facts_of_sources(load_sources(config.datasets)))
-  schedule = [plan.sampler.task_index(t) for t in range(int(summary["steps"]))]
-  names = [t.name for t in plan.registry]
-  images["task_counts"] = plot_task_counts(cumulative_counts(schedule, len(names)), names,
-                                           out / "task_counts.png")
+  images = write_run_plots(workdir, [t.name for t in plan.registry], plan.sampler.task_index)
   add_to_tensorboard(workdir, images, int(summary["steps"]))
   print("wrote " + ", ".join(str(p) for p in images.values()))
 
