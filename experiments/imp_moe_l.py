@@ -17,9 +17,8 @@ diagonal positives would be wrong.
 Text is T5's SentencePiece vocabulary (32,000 pieces; ids shift by one for padding, hence
 `text_vocab_size=32_001`). The model file is not shipped and nothing downloads it: set
 `--config.datasets.laion400m.tokenizer.model_file=/path/to/spm.model` (one shared reference:
-setting it for one dataset sets it for every dataset; the dry run reads no text and needs
-none). Without it, a training run stops with a message naming
-`datasets.<name>.tokenizer`.
+setting it for any one dataset sets it for all six; the dry run reads no text and needs
+none).
 
 Evaluation: zero-shot top-1 on Kinetics-400 (the paper's headline, Table 1; label names in
 the prepared directory's metadata) and video-text and video-audio Recall@1/5/10 on the
@@ -37,11 +36,12 @@ Datasets (§4.1): LAION-400M is read from TFDS (`laion400m`, its `images` config
 WTS-70M and VCC are not public; ImageNet-21k, WIT (TFDS's `wit` holds no images),
 HowTo100M and AudioSet are not in TFDS with media, so they are read from directories
 prepared with `python -m imp.data.prepare` (set `--config.datasets.<name>.directory`).
-The dry run needs none of them: `dry_run.datasets` declares their sizes, classes and
-modalities.
+A training run without them stops before loading anything, with one message that lists
+every dataset still to prepare and the key to set for it. The dry run needs none of them:
+`dry_run.datasets` declares their sizes, classes and modalities.
 
   python -m imp.main --config experiments/imp_moe_l.py --mode=dry_run --cpu_devices=8 \
-      --dry_run_batch_divisor=8192
+      --dry_run_batch_divisor=2048
   python -m imp.main --config experiments/imp_moe_l.py:chips=256 --workdir gs://b/imp_moe_l \
       --config.datasets.laion400m.tokenizer.model_file=/path/to/t5/spm.model
 """

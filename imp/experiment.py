@@ -55,9 +55,9 @@ def default_hooks(run: Run) -> loop.Hooks:
     except (OSError, ValueError, RuntimeError) as e:
       log.warning("plots not written: %s: %s", type(e).__name__, e)
       return
-    log.info("plots: %s/analysis/ (%s)", workdir, ", ".join(
-        p.name for k, p in drawn.items() if k != "moe_expert_usage") + (
-        f"; {drawn['moe_expert_usage']}" if usage else ""))
+    # Relative names: the workdir is in the summary's header, and lines stay short.
+    log.info("plots in the workdir: %s", " ".join(
+        str(p.relative_to(workdir)) for p in drawn.values()))
 
   return loop.Hooks(evaluate=suite.run, eval_programs=suite.programs,
                     metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close,

@@ -146,6 +146,26 @@ def _check_workdir(workdir: str) -> None:
            f"e.g. --workdir=/tmp/{Path(_config_path()).stem}.")
 
 
+DRY_RUN = "--mode=dry_run --cpu_devices=8 --dry_run_batch_divisor=2048"  # one recipe, docs too
+
+
+def _check_data(config) -> None:
+  """Datasets not prepared (paper configs: their data is not shipped): one message listing
+  each with the key to set, and the dry run that needs no data, before anything loads."""
+  from imp.data import readiness
+
+  missing = readiness.unprepared(config.datasets)
+  if not missing or _DEBUG.value:  # --debug: the sources' own error with its traceback
+    return
+  lines = [f"{len(missing)} dataset(s) of --config={_config_path()} are not prepared: "
+           f"{', '.join(missing)}. Set, for each:"]
+  lines += [f"  {name}: {need}" for name, needs in missing.items() for need in needs]
+  lines += ["Preparing folders: python -m imp.data.prepare (docs/own_data.md). The dry run "
+            "compiles every program without any data:",
+            f"  python -m imp.main --config {_config_path()} {DRY_RUN}"]
+  _fatal("\n".join(lines))
+
+
 def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
@@ -193,6 +213,8 @@ def main(argv: list[str]) -> None:
     return
   if _MODE.value != "dry_run" or _WORKDIR.value:
     _check_workdir(workdir)
+  if _MODE.value in ("train", "eval"):
+    _check_data(config)
   try:
     if _MODE.value == "dry_run":
       from imp.plan import dry_run

@@ -12,8 +12,8 @@ SMALL = ["--config.model.depth=1", "--config.model.width=32", "--config.model.ml
          "--config.log_every=4", "--config.checkpoint_every=6", "--config.eval_every=0"]
 
 
-def _run(workdir, *flags, status=0, config="experiments/digits.py:smoke", cwd=ROOT):
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _run(workdir, *flags, status=0, config="experiments/digits.py:smoke", cwd=ROOT, **env):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), **env)
   cmd = [sys.executable, "-m", "imp.main", "--config", config, f"--workdir={workdir}", *SMALL,
          *flags]
   proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -117,3 +117,26 @@ def test_console_lines_are_flushed_and_fit(monkeypatch):
                                                        "task_1/base=1.000 | tail")
   lines = wrap("step 4: eval", items)
   assert all(len(x) <= 120 for x in lines) and " ".join(lines).count("=1.000") == 12
+
+
+def test_paper_configs_without_data_list_every_dataset_and_the_dry_run(tmp_path):
+  from imp.config import files
+  from imp.data import readiness
+
+  empty = str(tmp_path / "tfds")  # no TFDS dataset prepared here, whatever this machine has
+  out = _run(tmp_path / "run", config="experiments/imp_moe_l.py", status=2, TFDS_DATA_DIR=empty)
+  assert out.count("FATAL ") == 1 and "Traceback" not in out, out[-3000:]
+  message = out[out.index("FATAL "):]
+  names = ("audioset", "howto100m", "imagenet21k", "kinetics400", "laion400m", "wit")
+  assert "6 dataset(s) of --config=experiments/imp_moe_l.py are not prepared: " \
+         f"{', '.join(names)}." in message
+  for name in names[:4] + names[5:]:
+    assert f"  {name}: --config.datasets.{name}.directory=DIR" in message
+  assert "  laion400m: --config.datasets.laion400m.data_dir=DIR" in message
+  assert "  wit: --config.datasets.wit.tokenizer.model_file=PATH" in message
+  assert message.rstrip().endswith("--mode=dry_run --cpu_devices=8 --dry_run_batch_divisor=2048")
+  for name in ("imp_b", "imp_moe_b"):
+    config = files.from_file(name)
+    config.datasets.imagenet.data_dir = empty
+    missing = readiness.unprepared(config.datasets)
+    assert list(missing) == ["imagenet"] and "data_dir=DIR" in missing["imagenet"][0], missing
