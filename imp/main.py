@@ -53,31 +53,11 @@ def _define_config_flag():
     _bad_command_line(e, sys.argv)
 
 
-def _shipped_by_name(argv: list[str]) -> list[str]:
-  """argv with `--config NAME[:arg]` (a shipped experiment's name, or experiments/X.py from
-  another folder) made the file's path, which is what ml_collections loads."""
-  out = list(argv)
-  for i, a in enumerate(out):
-    spec = a.split("=", 1)[1] if a.startswith("--config=") else (
-        out[i + 1] if a == "--config" and i + 1 < len(out) else None)
-    if spec is None:
-      continue
-    try:
-      resolved = files.resolve(spec)
-    except FileNotFoundError:
-      continue  # `diagnose` names it, with a did-you-mean
-    if a == "--config":
-      out[i + 1] = resolved
-    else:
-      out[i] = f"--config={resolved}"
-  return out
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every error (an unknown override key, a value of the wrong
   type, a config variant that fails) as one line naming the flag; `--debug` shows the
   traceback instead."""
-  argv = _shipped_by_name(argv)
+  argv = files.resolve_argv(argv)
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:

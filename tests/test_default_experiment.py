@@ -1,7 +1,7 @@
 """The default experiment, in full: the accuracy bar of the core issue (about 4 minutes).
 
 Run with `python -m pytest -q -m slow`. Wall-time goals (compile share, minutes) are reported
-in summary.json and the README, not asserted here.
+in summary.json and docs/experiments.md, not asserted here.
 """
 
 import json

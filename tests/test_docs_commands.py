@@ -1,4 +1,4 @@
-"""The data commands of README.md ("Your own data") and docs/data.md, run on files made here.
+"""The data commands of docs/data.md, run on files made here.
 
 `write_media_examples(root)` writes a small folder of each media kind; the test runs the
 documented commands on it (from `root`, as a user would) and checks what they print. The

@@ -47,6 +47,27 @@ def resolve(spec: str) -> str:
   raise FileNotFoundError(f"--config={spec}: no such file {path!r}.{hint}")
 
 
+def resolve_argv(argv: list[str]) -> list[str]:
+  """A command line with `--config NAME[:arg]` (a shipped experiment's name, or
+  experiments/X.py from another folder) made the file's path, which is what ml_collections'
+  config flag loads. A spec that resolves to nothing is left for the caller's own error."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    spec = a.split("=", 1)[1] if a.startswith("--config=") else (
+        out[i + 1] if a == "--config" and i + 1 < len(out) else None)
+    if spec is None:
+      continue
+    try:
+      resolved = resolve(spec)
+    except FileNotFoundError:
+      continue
+    if a == "--config":
+      out[i + 1] = resolved
+    else:
+      out[i] = f"--config={resolved}"
+  return out
+
+
 def from_file(spec: str):
   """`get_config([arg])` of the config file `spec` names ("path", "path:arg" or a shipped
   experiment's name), loaded by path as `imp.main --config` loads it."""

@@ -39,4 +39,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from imp.config import files
+
+  # `--config NAME` or experiments/X.py from any folder, as `imp.main` takes it.
+  app.run(main, argv=files.resolve_argv(sys.argv))
