@@ -93,11 +93,16 @@ def test_config_typo_suggests_a_shipped_experiment(tmp_path):
                   "Did you mean experiments/digits.py?")
 
 
-def test_shipped_experiments_load_by_name_from_any_folder(tmp_path):
+def test_shipped_experiments_load_by_name_from_any_folder(tmp_path, monkeypatch):
   """`--config NAME` and `--config experiments/X.py` from a folder outside the clone."""
-  for spec in ("digits:smoke", "experiments/digits_moe.py:smoke"):
-    out = _run(tmp_path, "--mode=describe", config=spec, cwd=tmp_path)
-    assert "total_steps = 40" in out
+  from imp.config import files
+
+  out = _run(tmp_path, "--mode=describe", config="digits:smoke", cwd=tmp_path)
+  assert "total_steps = 40" in out
+  monkeypatch.chdir(tmp_path)
+  assert files.resolve("experiments/digits_moe.py:smoke") == (
+      f"{ROOT}/experiments/digits_moe.py:smoke")
+  assert files.from_file("digits_moe:smoke").total_steps == 40
 
 
 def test_console_lines_are_flushed_and_fit(monkeypatch):
