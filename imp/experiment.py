@@ -48,7 +48,8 @@ def default_hooks(run: Run) -> loop.Hooks:
   def on_close(workdir: Path) -> None:
     names = [t.name for t in run.registry]
     try:  # a plot that fails must not cost the run its summary: say so and go on
-      drawn = plots.write_run_plots(workdir, names, run.sampler.task_index)
+      schedule = run.sampler.task_index if run.plan.schedule == "agd" else None
+      drawn = plots.write_run_plots(workdir, names, schedule)
       if usage:
         drawn["moe_expert_usage"] = plot_expert_usage(
             usage.means(), workdir / "moe_expert_usage.png", label="mean router probability")

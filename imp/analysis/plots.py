@@ -126,22 +126,23 @@ def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
 
 
 def write_run_plots(workdir: str | Path, names: Sequence[str],
-                    task_of_step: Callable[[int], int]) -> dict[str, Path]:
+                    task_of_step: Callable[[int], int] | None) -> dict[str, Path]:
   """The plots of a run from its metrics.jsonl: `<workdir>/analysis/{loss_curves,
-  eval_metrics,task_counts}.png`. `task_of_step` is the run's seeded schedule; its counts
-  cover the steps the log reached."""
+  eval_metrics,task_counts}.png`. `task_of_step` is the run's seeded AGD schedule (its counts
+  cover the steps the log reached); None (weighted-sum steps train every task) draws no
+  counts."""
   workdir = paths.as_path(workdir)
   out = workdir / "analysis"
   train = read_metrics(workdir / "metrics.jsonl")
   evals = read_metrics(workdir / "metrics.jsonl", kind="eval")
   steps = max((int(r["step"]) for r in train), default=0)
-  schedule = [task_of_step(t) for t in range(steps)]
-  return {
-      "loss_curves": plot_loss_curves(loss_curves(train), out / "loss_curves.png"),
-      "eval_metrics": plot_eval_curves(eval_curves(evals), out / "eval_metrics.png"),
-      "task_counts": plot_task_counts(cumulative_counts(schedule, len(names)), names,
-                                      out / "task_counts.png"),
-  }
+  drawn = {"loss_curves": plot_loss_curves(loss_curves(train), out / "loss_curves.png"),
+           "eval_metrics": plot_eval_curves(eval_curves(evals), out / "eval_metrics.png")}
+  if task_of_step is not None and steps:
+    schedule = [task_of_step(t) for t in range(steps)]
+    drawn["task_counts"] = plot_task_counts(cumulative_counts(schedule, len(names)), names,
+                                            out / "task_counts.png")
+  return drawn
 
 
 def plot_task_matrix(matrix: npt.ArrayLike, tasks: Sequence[str], path, title: str) -> Path:
