@@ -3,6 +3,7 @@ r"""Command line: train or evaluate an experiment.
   python -m imp.main --config experiments/digits.py --workdir /tmp/digits \
       --config.total_steps=500 --config.model.depth=2
   python -m imp.main                       # the default experiment into ./workdirs/digits
+  python -m imp.main --config digits_moe:smoke   # a shipped experiment by name, from any folder
   python -m imp.main --mode=eval --config experiments/digits.py --workdir /tmp/digits
   python -m imp.main --mode=dry_run --config experiments/imp_moe_l.py --cpu_devices=8 \
       --dry_run_batch_divisor=2048      # compile every task for the mesh; no data, no params
