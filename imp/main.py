@@ -151,9 +151,8 @@ def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _console() -> None:
+  """Lines reach a redirected stdout as printed; imp's own log lines are printed once."""
   # A redirected stdout (`> log`, a pipe) is block-buffered: flush every line as printed.
   sys.stdout.reconfigure(line_buffering=True)
   # Our own INFO lines (compiles, resume) go to the console once, through our handler; they
@@ -166,6 +165,12 @@ def main(argv: list[str]) -> None:
   imp_logger.setLevel(logging.INFO)
   imp_logger.addHandler(handler)
   imp_logger.propagate = False
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _console()
   if _CPU_DEVICES.value:  # must precede the first use of a device
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
