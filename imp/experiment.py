@@ -27,7 +27,7 @@ from imp.plan.plan import ConfigError
 from imp.run.infer import eval_rows, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
 from imp.train import loop
-from imp.train.train_log import NonFiniteError
+from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, wrap
 
 log = logging.getLogger("imp")
 
@@ -56,9 +56,10 @@ def default_hooks(run: Run) -> loop.Hooks:
     except (OSError, ValueError, RuntimeError) as e:
       log.warning("plots not written: %s: %s", type(e).__name__, e)
       return
-    # Relative names: the workdir is in the summary's header, and lines stay short.
-    log.info("plots in the workdir: %s", " ".join(
-        str(p.relative_to(workdir)) for p in drawn.values()))
+    # Relative names (the workdir heads the summary), wrapped below the log's 14-character
+    # prefix: console lines stay short.
+    log.info("%s", "\n".join(wrap("plots in the workdir:", [
+        str(p.relative_to(workdir)) for p in drawn.values()], CONSOLE_WIDTH - 14)))
 
   return loop.Hooks(evaluate=suite.run, eval_programs=suite.programs,
                     metric_names=suite.metric_names, on_metrics=on_metrics, on_close=on_close,
