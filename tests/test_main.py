@@ -91,6 +91,11 @@ def test_config_typo_suggests_a_shipped_experiment(tmp_path):
   line = _one_fatal_line(_run(tmp_path, config="experiments/digit.py", status=2))
   assert line == ("FATAL --config=experiments/digit.py: no such file 'experiments/digit.py'. "
                   "Did you mean experiments/digits.py?")
+  evaluate = subprocess.run(
+      [sys.executable, "-m", "imp.evaluate", "--config=experiments/digit.py",
+       f"--workdir={tmp_path}"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      capture_output=True, text=True, timeout=120)
+  assert evaluate.returncode == 2 and evaluate.stderr == line + "\n", evaluate.stderr
 
 
 def test_shipped_experiments_load_by_name_from_any_folder(tmp_path, monkeypatch):

@@ -47,10 +47,11 @@ def resolve(spec: str) -> str:
   raise FileNotFoundError(f"--config={spec}: no such file {path!r}.{hint}")
 
 
-def resolve_argv(argv: list[str]) -> list[str]:
+def resolve_argv(argv: list[str], *, strict: bool = False) -> list[str]:
   """A command line with `--config NAME[:arg]` (a shipped experiment's name, or
   experiments/X.py from another folder) made the file's path, which is what ml_collections'
-  config flag loads. A spec that resolves to nothing is left for the caller's own error."""
+  config flag loads. A spec that resolves to nothing raises `resolve`'s FileNotFoundError
+  when `strict`, else is left for the caller's own error."""
   out = list(argv)
   for i, a in enumerate(out):
     spec = a.split("=", 1)[1] if a.startswith("--config=") else (
@@ -60,6 +61,8 @@ def resolve_argv(argv: list[str]) -> list[str]:
     try:
       resolved = resolve(spec)
     except FileNotFoundError:
+      if strict:
+        raise
       continue
     if a == "--config":
       out[i + 1] = resolved

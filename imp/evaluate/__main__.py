@@ -41,5 +41,11 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from imp.config import files
 
-  # `--config NAME` or experiments/X.py from any folder, as `imp.main` takes it.
-  app.run(main, argv=files.resolve_argv(sys.argv))
+  # `--config NAME` or experiments/X.py from any folder, as `imp.main` takes it; a config
+  # file that is not there is one line with a did-you-mean, as in `imp.main`.
+  try:
+    argv = files.resolve_argv(sys.argv, strict=True)
+  except FileNotFoundError as e:
+    sys.stderr.write(f"FATAL {e}\n")
+    sys.exit(2)
+  app.run(main, argv=argv)
