@@ -93,7 +93,8 @@ def plot_loss_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) 
   ax.set_xlabel("step")
   ax.set_ylabel("training loss (mean over the log interval)")
   ax.set_title("Training loss per task")
-  ax.legend(fontsize=7)
+  if curves:  # a run whose log has no loss yet still gets its (empty, titled) plot
+    ax.legend(fontsize=7)
   return _save(fig, path)
 
 
