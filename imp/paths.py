@@ -11,14 +11,17 @@ application default credentials or `STORAGE_EMULATOR_HOST` for gcsfs, AWS's chai
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
-from typing import Union
+from collections.abc import Iterator
 
 from etils import epath
 
 Path = epath.Path
-PathLike = Union[str, os.PathLike, epath.Path]
+PathLike = str | os.PathLike | epath.Path
 
 URL_SCHEMES = ("gs://", "s3://")
 
@@ -46,6 +49,92 @@ def as_path(path: PathLike, *, key: str = "path") -> epath.Path:
   if not is_url(text):
     text = os.path.expanduser(text)
   return epath.Path(text)
+
+
+def bucket_of(path: PathLike) -> str:
+  """`gs://bucket` of `gs://bucket/a/b` (the same for s3://)."""
+  scheme, rest = str(path).split("://", 1)
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def check_reachable(path: PathLike, *, key: str = "path") -> epath.Path:
+  """`as_path(path)`, after making sure its bucket exists and the credentials may list it.
+
+  A run would otherwise compile for a minute and then fail at its first write. Local paths
+  pass unchecked (their directory is made when the run writes).
+
+  Raises:
+    PathError: naming `key`, the URL and the client library's reason.
+  """
+  result = as_path(path, key=key)
+  if not is_url(result):
+    return result
+  bucket = bucket_of(result)
+  try:
+    found = epath.Path(bucket).exists()
+  except Exception as e:  # noqa: BLE001 - refused credentials, no network: the library's words
+    reason = " ".join(str(e).split())[:300] or type(e).__name__
+    raise PathError(f"{key}={str(result)!r}: cannot reach {bucket} ({type(e).__name__}: "
+                    f"{reason}); credentials: {_CREDENTIALS[bucket[:2]]}.") from e
+  if not found:
+    raise PathError(f"{key}={str(result)!r}: bucket {bucket} does not exist (or these "
+                    f"credentials may not see it); create it or pick another. Credentials: "
+                    f"{_CREDENTIALS[bucket[:2]]}.")
+  return result
+
+
+_CREDENTIALS = {
+    "gs": "application default credentials (gcloud auth application-default login, or the "
+          "VM's service account)",
+    "s3": "AWS's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or the "
+          "instance role)",
+}
+
+
+@contextlib.contextmanager
+def local_copy(path: PathLike) -> Iterator[str]:
+  """A local file name for `path`: itself when local, else a temporary copy of the object
+  (for libraries that only open local files: sentencepiece, PIL, PyAV)."""
+  path = as_path(path)
+  if not is_url(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="imp_copy_") as tmp:
+    local = os.path.join(tmp, path.name)
+    with path.open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst)
+    yield local
+
+
+def move_tree(source: PathLike, target: PathLike) -> None:
+  """Moves the folder `source` to `target`: a rename on a local disk; in a bucket, where a
+  folder is only a name prefix, a server-side copy of every object under it, then a delete.
+  (fsspec's own recursive move also copies the folder names themselves, which s3 refuses.)"""
+  source, target = as_path(source), as_path(target)
+  if not is_url(source):
+    source.rename(target)
+    return
+  import fsspec  # noqa: PLC0415 - the bucket clients load only for bucket paths
+
+  fs, root = fsspec.core.url_to_fs(str(source))
+  _, destination = fsspec.core.url_to_fs(str(target))
+  for name in fs.find(root):
+    fs.copy(name, destination + name[len(root):])
+  fs.rm(root, recursive=True)
+
+
+def upload_tree(local: PathLike, target: PathLike) -> None:
+  """Copies the files under the local folder `local` to `target` (a bucket prefix or a local
+  folder), each one whole."""
+  target = as_path(target)
+  for root, _, files in os.walk(local):
+    for name in files:
+      rel = os.path.relpath(os.path.join(root, name), local)
+      destination = target / rel
+      if not is_url(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+      with open(os.path.join(root, name), "rb") as src, destination.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:

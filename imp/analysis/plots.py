@@ -12,12 +12,16 @@ tag `analysis/<name>`). Interference and affinity matrices come from
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from imp import paths
+from imp.paths import Path
+from imp.train import metric_writers
 
 
 def _pyplot():
@@ -29,12 +33,11 @@ def _pyplot():
   return plt
 
 
-def read_metrics(path: str | Path, kind: str = "train") -> list[dict]:
-  """The records of one kind in a metrics.jsonl."""
-  path = Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist; train into this workdir first.")
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_metrics(workdir: paths.PathLike, kind: str = "train") -> list[dict]:
+  """The records of one kind in a run's metrics (metrics.jsonl, or its segments in a bucket)."""
+  records = metric_writers.read_metrics(workdir)
+  if not records:
+    raise FileNotFoundError(f"no metrics in {workdir}; train into this workdir first.")
   return [r for r in records if r.get("kind") == kind]
 
 
@@ -55,11 +58,15 @@ def cumulative_counts(schedule: npt.ArrayLike, num_tasks: int) -> np.ndarray:
   return np.cumsum(np.eye(num_tasks, dtype=np.int64)[s], axis=0)
 
 
-def _save(fig, path: str | Path) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+def save_figure(fig, path: paths.PathLike) -> paths.Path:
+  """The figure as a PNG at `path` (a local file or an object in a bucket), whole or absent."""
+  path = paths.as_path(path, key="output")
+  if not paths.is_url(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   _pyplot().close(fig)
+  paths.write_bytes(path, png.getvalue())
   return path
 
 
@@ -71,7 +78,7 @@ def plot_loss_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) 
   ax.set_xlabel("step")
   ax.set_ylabel("training loss (mean over the log interval)")
   ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
@@ -83,7 +90,7 @@ def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
   ax.set_xlabel("step")
   ax.set_ylabel("times sampled")
   ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_task_matrix(matrix: npt.ArrayLike, tasks: Sequence[str], path, title: str) -> Path:
@@ -99,17 +106,16 @@ def plot_task_matrix(matrix: npt.ArrayLike, tasks: Sequence[str], path, title: s
   ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
   ax.set_title(title, fontsize=9)
   fig.colorbar(image, ax=ax)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def add_to_tensorboard(workdir: str | Path, images: Mapping[str, Path], step: int) -> None:
   """PNG files as TensorBoard images under `analysis/<name>`."""
-  from tensorboardX import SummaryWriter
-
   plt = _pyplot()
-  writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+  writer = metric_writers.summary_writer(paths.as_path(workdir, key="--workdir") / "tensorboard")
   for name, path in images.items():
-    pixels = plt.imread(path)[..., :3]  # [H, W, 3] floats in [0, 1]
+    with paths.as_path(path).open("rb") as f:
+      pixels = plt.imread(f, format="png")[..., :3]  # [H, W, 3] floats in [0, 1]
     writer.add_image(f"analysis/{name}", pixels, step, dataformats="HWC")
   writer.close()
 
@@ -125,9 +131,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--config", required=True, help="experiment config file[:arg]")
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
-  config, workdir = ablations.config_from_file(args.config), Path(args.workdir)
+  config = ablations.config_from_file(args.config)
+  try:
+    workdir = paths.check_reachable(args.workdir, key="--workdir")
+  except paths.PathError as e:
+    parser.exit(2, f"FATAL {e}\n")
   out = workdir / "analysis"
-  records = read_metrics(workdir / "metrics.jsonl")
+  records = read_metrics(workdir)
   images = {"loss_curves": plot_loss_curves(loss_curves(records), out / "loss_curves.png")}
   summary = json.loads((workdir / "summary.json").read_text())
   # The registry and the seeded sampler of this run.

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import jax
 import numpy as np
 
+from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.train.metric_writers import MetricWriter
 
 # (task name, metric name -> mean since the last write, steps of that task since then)
