@@ -123,18 +123,18 @@ def move_tree(source: PathLike, target: PathLike) -> None:
   fs.rm(root, recursive=True)
 
 
-def upload_tree(local: PathLike, target: PathLike) -> None:
+def upload_tree(local: PathLike, target: PathLike, *, last: str | None = None) -> None:
   """Copies the files under the local folder `local` to `target` (a bucket prefix or a local
-  folder), each one whole."""
+  folder), each one whole; the file named `last` (e.g. an index of the others) goes last."""
   target = as_path(target)
-  for root, _, files in os.walk(local):
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), local)
-      destination = target / rel
-      if not is_url(destination):
-        destination.parent.mkdir(parents=True, exist_ok=True)
-      with open(os.path.join(root, name), "rb") as src, destination.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
+  files = sorted(os.path.relpath(os.path.join(root, name), local)
+                 for root, _, names in os.walk(local) for name in names)
+  for rel in sorted(files, key=lambda f: f == last):
+    destination = target / rel
+    if not is_url(destination):
+      destination.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.path.join(local, rel), "rb") as src, destination.open("wb") as dst:
+      shutil.copyfileobj(src, dst)
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
