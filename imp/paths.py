@@ -18,12 +18,20 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 
+import fsspec
 from etils import epath
 
 Path = epath.Path
 PathLike = str | os.PathLike | epath.Path
 
 URL_SCHEMES = ("gs://", "s3://")
+
+# No cached listings: several processes, and tensorstore (orbax's array writer, which does not
+# go through fsspec), change a run's bucket, and fsspec keeps one filesystem per thread, so a
+# listing one thread cached goes stale when another moves a checkpoint (orbax then found a
+# set-aside step still "there" and failed to delete it).
+for _protocol in ("gs", "gcs", "s3", "s3a"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
 class PathError(ValueError):
@@ -114,8 +122,6 @@ def move_tree(source: PathLike, target: PathLike) -> None:
   if not is_url(source):
     source.rename(target)
     return
-  import fsspec  # noqa: PLC0415 - the bucket clients load only for bucket paths
-
   fs, root = fsspec.core.url_to_fs(str(source))
   _, destination = fsspec.core.url_to_fs(str(target))
   for name in fs.find(root):

@@ -1,0 +1,144 @@
+"""Runs that live in a bucket: gs:// against fake-gcs-server and s3:// against moto's server,
+both on 127.0.0.1 (tests/storage_emulators.py), reached only through the client libraries'
+own environment variables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_digits_config
+from test_prepare import _write_image_folder
+from test_reliability import ROOT, _assert_bit_identical, _final_params, _main, _wait_for_step
+
+from imp import experiment, paths
+from imp.config.digits import TEMPLATES
+from imp.plan.plan import ConfigError
+from imp.train.metric_writers import read_metrics
+
+TOTAL = 12  # steps of every run here; checkpoints every 4
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """One local compilation cache for every run of this module: each compiles the same programs."""
+  return str(tmp_path_factory.mktemp("compilation_cache"))
+
+
+def _config(cache_dir, total_steps=TOTAL, **overrides):
+  return tiny_digits_config(total_steps, compilation_cache_dir=cache_dir, **overrides)
+
+
+def _committed_steps(checkpoints: paths.Path) -> list[int]:
+  """Steps whose save finished: orbax marks a finished save in a bucket with a commit file."""
+  import fsspec
+
+  fs, root = fsspec.core.url_to_fs(str(checkpoints))
+  fs.invalidate_cache()  # another process wrote them: this one's listings are stale
+  return sorted(int(name.split("/")[-2]) for name in fs.glob(f"{root}/*/commit_success.txt")
+                if name.split("/")[-2].isdigit())
+
+
+def _event_scalars(logdir: str) -> set[str]:
+  """The scalar tags TensorBoard itself reads from `logdir` (a bucket prefix)."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(logdir)
+  events.Reload()
+  return set(events.Tags()["scalars"])
+
+
+def test_a_bad_workdir_is_one_fatal_line_before_any_compile(gcs_emulator, tmp_path):
+  for workdir, said in (("ftp://host/run", "unknown scheme ftp://; valid: a local path"),
+                        ("gs://no-such-bucket/run", "bucket gs://no-such-bucket does not exist")):
+    proc = subprocess.run([sys.executable, "-m", "imp.main", f"--workdir={workdir}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    fatal = [x for x in proc.stderr.splitlines() if x.startswith("FATAL")]
+    assert fatal == [f"FATAL --workdir={workdir!r}: {fatal[0].split(': ', 1)[1]}"]
+    assert said in fatal[0] and "compiled" not in proc.stdout + proc.stderr
+  assert list(tmp_path.iterdir()) == []  # no local folder "ftp:" or "gs:"
+
+
+def test_gs_run_survives_sigterm_kill9_and_a_corrupt_checkpoint(gcs_emulator, tmp_path,
+                                                                   cache_dir):
+  """(b) SIGTERM saves to the bucket, the rerun resumes; (a) that rerun, killed with kill -9
+  after a committed checkpoint, resumes; (c) with its newest checkpoint corrupted in the
+  bucket, the older one is used; the run ends on the straight local run's parameters and
+  evaluation."""
+  straight = experiment.train(_config(cache_dir), tmp_path / "straight")
+  workdir = gcs_emulator.make_bucket("cut") + "/run"
+  flags = [f"--config.total_steps={TOTAL}", "--config.checkpoint_every=4",
+           f"--config.compilation_cache_dir={cache_dir}"]
+  first = _main(workdir, *flags)
+  _wait_for_step(first, 2)
+  first.send_signal(signal.SIGTERM)
+  out = first.communicate(timeout=300)[0]
+  assert first.returncode == 0 and "received; saved a checkpoint at step" in out, out[-3000:]
+  checkpoints = paths.as_path(workdir) / "checkpoints"
+  sigterm_step = _committed_steps(checkpoints)[-1]
+  assert 2 <= sigterm_step < 4
+  second = _main(workdir, *flags)
+  _wait_for_step(second, 6)
+  deadline = time.monotonic() + 120
+  while 4 not in _committed_steps(checkpoints) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  second.kill()
+  second.communicate(timeout=60)
+  # Each run's metric records start a segment at its first logged step: the rerun resumed.
+  segments = sorted(p.name for p in (paths.as_path(workdir) / "metrics.jsonl.d").iterdir())
+  assert segments == ["0000000001.jsonl", f"{sigterm_step + 1:010d}.jsonl"], segments
+  committed = _committed_steps(checkpoints)
+  assert len(committed) >= 2 and committed[-1] < TOTAL, committed
+  newest, older = committed[-1], committed[-2]
+  paths.write_text(checkpoints / str(newest) / "meta" / "metadata", '{"sampler": {"se')
+  resumed = experiment.train(_config(cache_dir), workdir)
+  assert resumed["steps_this_run"] == TOTAL - older
+  assert (paths.as_path(workdir) / "checkpoints_corrupt" / str(newest) / "meta").is_dir()
+  assert resumed["eval"] == straight["eval"]
+  _assert_bit_identical(_final_params(_config(cache_dir), tmp_path / "straight"),
+                        _final_params(_config(cache_dir), workdir))
+  # Everything the run wrote is in the bucket, readable as from a local run.
+  run = paths.as_path(workdir)
+  assert json.loads((run / "summary.json").read_text())["steps"] == TOTAL
+  assert json.loads((run / "programs.json").read_text())["programs"]
+  logged = {r["step"] for r in read_metrics(run) if r["kind"] == "train"}
+  assert logged >= set(range(older + 2 - older % 2, TOTAL + 1, 2)), sorted(logged)  # every 2
+  assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
+
+
+def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
+  """(e) `prepare --output gs://...`, then a run reading it with source="arrayrecord"."""
+  from imp.data.prepare import main as prepare
+
+  _write_image_folder(tmp_path / "digits")
+  data = gcs_emulator.make_bucket("data") + "/digits"
+  meta = prepare(["image_folder", "--input", str(tmp_path / "digits"), "--output", data,
+                  "--test-fraction", "0.25", "--seed", "3"])
+  listed = sorted(p.name for p in paths.as_path(data).iterdir())
+  assert listed == ["metadata.json", "test.array_record", "train.array_record"]
+  config = _config(cache_dir, checkpoint_every=0, total_steps=4)
+  config.datasets.digits = dict(source="arrayrecord", directory=data, label_templates=TEMPLATES)
+  summary = experiment.train(config, tmp_path / "run")
+  assert summary["steps"] == 4 and sum(summary["task_steps"].values()) == 4
+  assert meta["splits"]["test"]["count"] == 30
+  with pytest.raises(ConfigError, match=r"datasets.digits.directory='gs://data/gone' does not "):
+    config.datasets.digits.directory = "gs://data/gone"
+    experiment.train(config, tmp_path / "run2")
+
+
+def test_s3_run_writes_its_files_and_refuses_checkpoints(s3_emulator, cache_dir):
+  """(f) an s3:// run: metrics, summary, programs and TensorBoard in the bucket; checkpoints,
+  which orbax cannot write to s3://, refused before any compile."""
+  workdir = s3_emulator.make_bucket("runs") + "/smoke"
+  summary = experiment.train(_config(cache_dir, checkpoint_every=0, total_steps=4), workdir)
+  run = paths.as_path(workdir)
+  assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"] == 4
+  assert [r["step"] for r in read_metrics(run) if r["kind"] == "train"] == [2, 4]
+  assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
+  with pytest.raises(ConfigError, match=r"workdir='s3://runs/other': orbax cannot write "):
+    experiment.train(_config(cache_dir), "s3://runs/other")
