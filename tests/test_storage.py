@@ -131,14 +131,24 @@ def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
     experiment.train(config, tmp_path / "run2")
 
 
-def test_s3_run_writes_its_files_and_refuses_checkpoints(s3_emulator, cache_dir):
-  """(f) an s3:// run: metrics, summary, programs and TensorBoard in the bucket; checkpoints,
-  which orbax cannot write to s3://, refused before any compile."""
-  workdir = s3_emulator.make_bucket("runs") + "/smoke"
-  summary = experiment.train(_config(cache_dir, checkpoint_every=0, total_steps=4), workdir)
-  run = paths.as_path(workdir)
-  assert json.loads((run / "summary.json").read_text())["steps"] == summary["steps"] == 4
-  assert [r["step"] for r in read_metrics(run) if r["kind"] == "train"] == [2, 4]
-  assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
-  with pytest.raises(ConfigError, match=r"workdir='s3://runs/other': orbax cannot write "):
-    experiment.train(_config(cache_dir), "s3://runs/other")
+def test_s3_metrics_tensorboard_and_plots_and_a_refused_workdir(s3_emulator, cache_dir):
+  """(f), as far as orbax allows: a run's metric segments, TensorBoard events and plots go to
+  s3:// and read back (TensorBoard reads them itself); an s3:// workdir, whose checkpoints
+  orbax cannot keep, is refused naming the key before any compile."""
+  from imp.analysis.plots import save_figure
+  from imp.train.metric_writers import MetricWriter
+
+  run = paths.as_path(s3_emulator.make_bucket("runs") + "/smoke")
+  writer = MetricWriter(run)
+  for step in (2, 4):
+    writer.write(step, {"digits_cls/base/loss": 2.0 / step, "odd": float("nan")})
+  writer.close()
+  assert [(r["step"], r["digits_cls/base/loss"], r["odd"]) for r in read_metrics(run)] == [
+      (2, 1.0, "nan"), (4, 0.5, "nan")]
+  assert _event_scalars(str(run / "tensorboard")) == {"train/digits_cls/base/loss"}
+  import matplotlib.pyplot as plt
+
+  figure = save_figure(plt.figure(), run / "analysis" / "plot.png")
+  assert figure.read_bytes().startswith(b"\x89PNG")
+  with pytest.raises(ConfigError, match=r"workdir='s3://runs/smoke': orbax cannot keep "):
+    experiment.train(_config(cache_dir), str(run))

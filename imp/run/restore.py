@@ -61,7 +61,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   try:
     check_same_config(config.to_json_best_effort(sort_keys=True))  # every process, before step 1
     paths.check_reachable(workdir, key="workdir")  # a missing bucket: before any compile
-    check_storage(workdir, config.checkpoint_every)
+    check_storage(workdir)
     sources = load_sources(config.datasets)
   except ConfigError:
     raise

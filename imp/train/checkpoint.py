@@ -75,19 +75,19 @@ def _barrier_keys(manager: str) -> ocp.options.MultiprocessingOptions:
   return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"imp_{manager}")
 
 
-def check_storage(workdir: paths.PathLike, every: int) -> None:
-  """Refuses a checkpointing run in s3:// before it compiles: orbax 0.11's array store
-  (tensorstore OCDBT) sends every path that is not gs:// to the local-file driver ("Checkpoint
-  path should be absolute"), and its commit renames a folder, which s3 has not.
+def check_storage(workdir: paths.PathLike) -> None:
+  """Refuses an s3:// workdir before any compile: orbax 0.11 cannot keep checkpoints there.
+  Its array store (tensorstore) takes every path but gs:// for a local one: OCDBT stops with
+  "Checkpoint path should be absolute", and without OCDBT it writes into a local folder named
+  `s3:`. (A run always checkpoints: at its end and on SIGTERM.)
 
   Raises:
     paths.PathError: naming the workdir and what would work.
   """
-  if every > 0 and str(workdir).startswith("s3://"):
+  if str(workdir).startswith("s3://"):
     raise paths.PathError(
-        f"workdir={str(workdir)!r}: orbax cannot write checkpoints to s3:// (its array store "
-        "takes any path but gs:// for a local file); use gs://, a local or mounted path, or "
-        "config.checkpoint_every=0 for a run without checkpoints.")
+        f"workdir={str(workdir)!r}: orbax cannot keep checkpoints in s3:// (its array store "
+        "takes any path but gs:// for a local file); use gs:// or a local or mounted path.")
 
 
 class Checkpointer:
