@@ -152,3 +152,20 @@ def test_s3_metrics_tensorboard_and_plots_and_a_refused_workdir(s3_emulator, cac
   assert figure.read_bytes().startswith(b"\x89PNG")
   with pytest.raises(ConfigError, match=r"workdir='s3://runs/smoke': orbax cannot keep "):
     experiment.train(_config(cache_dir), str(run))
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_only_a_bucket_match_one_process(gcs_emulator, tmp_path):
+  """(d) 2 processes whose one shared storage is the bucket (the run's workdir, checkpoints
+  and compilation cache) end on the parameters and evaluation of 1 local process."""
+  from test_multiprocess import TINY, _assert_close, _run, _state
+
+  one, two = tmp_path / "one", gcs_emulator.make_bucket("pod") + "/run"
+  _run(1, 8, one, *TINY)
+  _run(2, 4, two, *TINY)
+  _assert_close(_state(one), _state(two))
+  summaries = [json.loads((paths.as_path(w) / "summary.json").read_text()) for w in (one, two)]
+  assert summaries[0]["task_steps"] == summaries[1]["task_steps"]
+  for name, value in summaries[0]["eval"].items():  # within one of the 360 test examples
+    assert abs(summaries[1]["eval"][name] - value) <= 1 / 360 + 1e-9, name
+  assert [r["step"] for r in read_metrics(one)] == [r["step"] for r in read_metrics(two)]
