@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,16 @@ def as_path(path: PathLike, *, key: str = "path") -> epath.Path:
   if not is_url(text):
     text = os.path.expanduser(text)
   return epath.Path(text)
+
+
+def command_line_path(path: PathLike, *, key: str) -> epath.Path:
+  """`check_reachable(path)` for a command's flag: a bad one is one `FATAL` line on stderr and
+  exit status 2, as imp.main reports a bad flag."""
+  try:
+    return check_reachable(path, key=key)
+  except PathError as e:
+    sys.stderr.write(f"FATAL {e}\n")
+    sys.exit(2)
 
 
 def bucket_of(path: PathLike) -> str:
@@ -144,12 +155,13 @@ def upload_tree(local: PathLike, target: PathLike, *, last: str | None = None) -
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
-  """Writes `data` whole or not at all: a local file through a temporary name and a rename;
-  an object in a bucket is one put, which is atomic already."""
+  """Writes `data` whole or not at all: a local file through a temporary name and a rename
+  (its folder made if missing); an object in a bucket is one put, which is atomic already."""
   path = as_path(path)
   if is_url(path):
     path.write_bytes(data)
     return
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
   try:
     tmp.write_bytes(data)

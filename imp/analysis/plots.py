@@ -61,8 +61,6 @@ def cumulative_counts(schedule: npt.ArrayLike, num_tasks: int) -> np.ndarray:
 def save_figure(fig, path: paths.PathLike) -> paths.Path:
   """The figure as a PNG at `path` (a local file or an object in a bucket), whole or absent."""
   path = paths.as_path(path, key="output")
-  if not paths.is_url(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   _pyplot().close(fig)
@@ -132,10 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
   config = ablations.config_from_file(args.config)
-  try:
-    workdir = paths.check_reachable(args.workdir, key="--workdir")
-  except paths.PathError as e:
-    parser.exit(2, f"FATAL {e}\n")
+  workdir = paths.command_line_path(args.workdir, key="--workdir")
   out = workdir / "analysis"
   records = read_metrics(workdir)
   images = {"loss_curves": plot_loss_curves(loss_curves(records), out / "loss_curves.png")}
