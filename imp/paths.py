@@ -1,7 +1,7 @@
 """One notion of a path: a local path, `gs://bucket/...` or `s3://bucket/...`.
 
 Every path a user gives imp (workdir, data directories, tokenizer files, the compilation
-cache, `prepare --input/--output`, evaluation and analysis outputs) goes through here. It is
+cache, `prepare --output`, evaluation and analysis outputs) goes through here. It is
 `etils.epath.Path`, the path type orbax itself uses, with fsspec (gcsfs, s3fs) behind the
 bucket schemes, so `pathlib.Path("gs://b/x")` (which folds the `//` into a local folder
 `gs:/b/x`) never appears. Credentials and emulators are the client libraries' own business:
@@ -11,13 +11,10 @@ application default credentials or `STORAGE_EMULATOR_HOST` for gcsfs, AWS's chai
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 
 import fsspec
 from etils import epath
@@ -108,21 +105,6 @@ _CREDENTIALS = {
     "s3": "AWS's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or the "
           "instance role)",
 }
-
-
-@contextlib.contextmanager
-def local_copy(path: PathLike) -> Iterator[str]:
-  """A local file name for `path`: itself when local, else a temporary copy of the object
-  (for libraries that only open local files: sentencepiece, PIL, PyAV)."""
-  path = as_path(path)
-  if not is_url(path):
-    yield os.fspath(path)
-    return
-  with tempfile.TemporaryDirectory(prefix="imp_copy_") as tmp:
-    local = os.path.join(tmp, path.name)
-    with path.open("rb") as src, open(local, "wb") as dst:
-      shutil.copyfileobj(src, dst)
-    yield local
 
 
 def move_tree(source: PathLike, target: PathLike) -> None:
