@@ -36,8 +36,7 @@ def _committed_steps(checkpoints: paths.Path) -> list[int]:
   """Steps whose save finished: orbax marks a finished save in a bucket with a commit file."""
   import fsspec
 
-  fs, root = fsspec.core.url_to_fs(str(checkpoints))
-  fs.invalidate_cache()  # another process wrote them: this one's listings are stale
+  fs, root = fsspec.core.url_to_fs(str(checkpoints))  # listings uncached (imp.paths): fresh
   return sorted(int(name.split("/")[-2]) for name in fs.glob(f"{root}/*/commit_success.txt")
                 if name.split("/")[-2].isdigit())
 
