@@ -161,10 +161,11 @@ def test_two_processes_sharing_only_a_bucket_match_one_process(gcs_emulator, tmp
 
   one, two = tmp_path / "one", gcs_emulator.make_bucket("pod") + "/run"
   _run(1, 8, one, *TINY)
-  _run(2, 4, two, *TINY)
+  _run(2, 4, two, *TINY, log_dir=tmp_path / "two_logs")  # local: the launcher writes them
   _assert_close(_state(one), _state(two))
   summaries = [json.loads((paths.as_path(w) / "summary.json").read_text()) for w in (one, two)]
   assert summaries[0]["task_steps"] == summaries[1]["task_steps"]
   for name, value in summaries[0]["eval"].items():  # within one of the 360 test examples
     assert abs(summaries[1]["eval"][name] - value) <= 1 / 360 + 1e-9, name
   assert [r["step"] for r in read_metrics(one)] == [r["step"] for r in read_metrics(two)]
+  assert not (ROOT / "gs:").exists()
