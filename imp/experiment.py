@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 
+from imp import paths
 from imp.analysis import plots
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
 from imp.evaluate import EvalSuite
+from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.plan.plan import ConfigError
 from imp.run.infer import eval_rows, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
@@ -101,9 +102,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
       run.checkpointer.close()
   if jax.process_index() == 0:
     step = int(state.step)
-    (run.workdir / "evaluation.json").write_text(
-        json.dumps({"step": step, "results": results}, indent=2) + "\n")
-    (run.workdir / "evaluation.md").write_text(markdown_table(results, step))
+    paths.write_text(run.workdir / "evaluation.json",
+                     json.dumps({"step": step, "results": results}, indent=2) + "\n")
+    paths.write_text(run.workdir / "evaluation.md", markdown_table(results, step))
   return results
 
 

@@ -197,6 +197,12 @@ def main(argv: list[str]) -> None:
 
     print("\n".join(schema.describe(config)))
     return
+  from imp import paths
+
+  try:  # a bad scheme or an unreachable bucket: one line now, not after a minute of compiling
+    paths.check_reachable(workdir, key="--workdir")
+  except paths.PathError as e:
+    _fatal(str(e))
   if _MODE.value != "dry_run" or _WORKDIR.value:
     _check_workdir(workdir)
   if _MODE.value in ("train", "eval"):
@@ -209,9 +215,9 @@ def main(argv: list[str]) -> None:
       reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
       print("\n".join(dry_run.report_lines(reports, facts)))
       if _WORKDIR.value:  # the same programs.json a training run writes, without training
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
         written = plan_programs.write_json(
-            facts["programs"], Path(workdir) / "programs.json", dry_run=True,
+            facts["programs"], paths.as_path(workdir) / "programs.json", dry_run=True,
             mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
             compile_wall_seconds=facts["compile_wall_seconds"])
         print(f"wrote {written}")

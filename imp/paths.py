@@ -1,7 +1,7 @@
 """One notion of a path: a local path, `gs://bucket/...` or `s3://bucket/...`.
 
 Every path a user gives imp (workdir, data directories, tokenizer files, the compilation
-cache, `prepare --input/--output`, evaluation and analysis outputs) goes through here. It is
+cache, `prepare --output`, evaluation and analysis outputs) goes through here. It is
 `etils.epath.Path`, the path type orbax itself uses, with fsspec (gcsfs, s3fs) behind the
 bucket schemes, so `pathlib.Path("gs://b/x")` (which folds the `//` into a local folder
 `gs:/b/x`) never appears. Credentials and emulators are the client libraries' own business:
@@ -12,15 +12,24 @@ application default credentials or `STORAGE_EMULATOR_HOST` for gcsfs, AWS's chai
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import uuid
-from typing import Union
 
+import fsspec
 from etils import epath
 
 Path = epath.Path
-PathLike = Union[str, os.PathLike, epath.Path]
+PathLike = str | os.PathLike | epath.Path
 
 URL_SCHEMES = ("gs://", "s3://")
+
+# No cached listings: several processes, and tensorstore (orbax's array writer, which does not
+# go through fsspec), change a run's bucket, and fsspec keeps one filesystem per thread, so a
+# listing one thread cached goes stale when another moves a checkpoint (orbax then found a
+# set-aside step still "there" and failed to delete it).
+for _protocol in ("gs", "gcs", "s3", "s3a"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
 class PathError(ValueError):
@@ -48,13 +57,93 @@ def as_path(path: PathLike, *, key: str = "path") -> epath.Path:
   return epath.Path(text)
 
 
+def command_line_path(path: PathLike, *, key: str) -> epath.Path:
+  """`check_reachable(path)` for a command's flag: a bad one is one `FATAL` line on stderr and
+  exit status 2, as imp.main reports a bad flag."""
+  try:
+    return check_reachable(path, key=key)
+  except PathError as e:
+    sys.stderr.write(f"FATAL {e}\n")
+    sys.exit(2)
+
+
+def bucket_of(path: PathLike) -> str:
+  """`gs://bucket` of `gs://bucket/a/b` (the same for s3://)."""
+  scheme, rest = str(path).split("://", 1)
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def check_reachable(path: PathLike, *, key: str = "path") -> epath.Path:
+  """`as_path(path)`, after making sure its bucket exists and the credentials may list it.
+
+  A run would otherwise compile for a minute and then fail at its first write. Local paths
+  pass unchecked (their directory is made when the run writes).
+
+  Raises:
+    PathError: naming `key`, the URL and the client library's reason.
+  """
+  result = as_path(path, key=key)
+  if not is_url(result):
+    return result
+  bucket = bucket_of(result)
+  try:
+    found = epath.Path(bucket).exists()
+  except Exception as e:  # noqa: BLE001 - refused credentials, no network: the library's words
+    reason = " ".join(str(e).split())[:300] or type(e).__name__
+    raise PathError(f"{key}={str(result)!r}: cannot reach {bucket} ({type(e).__name__}: "
+                    f"{reason}); credentials: {_CREDENTIALS[bucket[:2]]}.") from e
+  if not found:
+    raise PathError(f"{key}={str(result)!r}: bucket {bucket} does not exist (or these "
+                    f"credentials may not see it); create it or pick another. Credentials: "
+                    f"{_CREDENTIALS[bucket[:2]]}.")
+  return result
+
+
+_CREDENTIALS = {
+    "gs": "application default credentials (gcloud auth application-default login, or the "
+          "VM's service account)",
+    "s3": "AWS's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or the "
+          "instance role)",
+}
+
+
+def move_tree(source: PathLike, target: PathLike) -> None:
+  """Moves the folder `source` to `target`: a rename on a local disk; in a bucket, where a
+  folder is only a name prefix, a server-side copy of every object under it, then a delete.
+  (fsspec's own recursive move also copies the folder names themselves, which s3 refuses.)"""
+  source, target = as_path(source), as_path(target)
+  if not is_url(source):
+    source.rename(target)
+    return
+  fs, root = fsspec.core.url_to_fs(str(source))
+  _, destination = fsspec.core.url_to_fs(str(target))
+  for name in fs.find(root):
+    fs.copy(name, destination + name[len(root):])
+  fs.rm(root, recursive=True)
+
+
+def upload_tree(local: PathLike, target: PathLike, *, last: str | None = None) -> None:
+  """Copies the files under the local folder `local` to `target` (a bucket prefix or a local
+  folder), each one whole; the file named `last` (e.g. an index of the others) goes last."""
+  target = as_path(target)
+  files = sorted(os.path.relpath(os.path.join(root, name), local)
+                 for root, _, names in os.walk(local) for name in names)
+  for rel in sorted(files, key=lambda f: f == last):
+    destination = target / rel
+    if not is_url(destination):
+      destination.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.path.join(local, rel), "rb") as src, destination.open("wb") as dst:
+      shutil.copyfileobj(src, dst)
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
-  """Writes `data` whole or not at all: a local file through a temporary name and a rename;
-  an object in a bucket is one put, which is atomic already."""
+  """Writes `data` whole or not at all: a local file through a temporary name and a rename
+  (its folder made if missing); an object in a bucket is one put, which is atomic already."""
   path = as_path(path)
   if is_url(path):
     path.write_bytes(data)
     return
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
   try:
     tmp.write_bytes(data)

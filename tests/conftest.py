@@ -40,3 +40,39 @@ def av_digits_folders(tmp_path_factory) -> dict[str, str]:
     pytest.skip("espeak-ng is not installed (Debian: apt-get install espeak-ng); it "
                 "synthesises the spoken digits")
   return spoken_digits.main(["--output", str(tmp_path_factory.mktemp("av_digits"))])
+
+
+def _emulator_fixture(make):
+  """A session's emulator: started once, its client variables set for this process and its
+  subprocesses, stopped (and the variables restored) at the end of the session."""
+
+  @pytest.fixture(scope="session")
+  def emulator():
+    server = make()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+
+  return emulator
+
+
+def _fake_gcs():
+  from storage_emulators import FakeGcs
+
+  return FakeGcs()
+
+
+def _moto_s3():
+  from storage_emulators import MotoS3
+
+  return MotoS3()
+
+
+gcs_emulator = _emulator_fixture(_fake_gcs)  # fake-gcs-server on 127.0.0.1 (gs://)
+s3_emulator = _emulator_fixture(_moto_s3)  # moto's S3 server on 127.0.0.1 (s3://)

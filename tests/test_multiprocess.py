@@ -59,9 +59,10 @@ def crash_report(log_dir, lines_shown=120):
   return "\n".join(parts) or f"(no process logs in {log_dir})"
 
 
-def _run(processes, devices, workdir, *args, timeout=1200):
-  """imp.main in `processes` processes of `devices` CPU devices each; the finished process."""
-  log_dir = f"{workdir}_logs"
+def _run(processes, devices, workdir, *args, timeout=1200, log_dir=None):
+  """imp.main in `processes` processes of `devices` CPU devices each; the finished process.
+  Logs go to `log_dir` (a local folder; default beside a local workdir)."""
+  log_dir = log_dir or f"{workdir}_logs"
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu", LOG_DIR=log_dir)
   main = [*args, f"--workdir={workdir}", f"--cpu_devices={devices}"]
   command = ([sys.executable, "-m", "imp.main", *main] if processes == 1 else

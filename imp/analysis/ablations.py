@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from imp import paths
 from imp.config.files import from_file as config_from_file  # noqa: F401  (callers use this name)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +73,7 @@ def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
   out: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
   for seed in seeds:  # seed-major: a sweep cut short still has every variant
     for variant in variants:
-      workdir = Path(root) / study / variant / f"seed{seed}"
+      workdir = paths.as_path(root, key="--root") / study / variant / f"seed{seed}"
       done = workdir / "summary.json"
       if not done.exists() or json.loads(done.read_text()).get("stopped_early"):
         config = load_config(study, variant + (f",{budget}" if budget else ""))
@@ -90,8 +91,8 @@ def finished_runs(study: str, root: str | Path) -> dict[str, list[dict[str, Any]
   variants, _ = STUDIES[study]
   out = {}
   for variant in variants:
-    paths = sorted((Path(root) / study / variant).glob("seed*/summary.json"))
-    runs = [json.loads(p.read_text()) for p in paths]
+    found = sorted((paths.as_path(root, key="--root") / study / variant).glob("seed*/summary.json"))
+    runs = [json.loads(p.read_text()) for p in found]
     runs = [r for r in runs if not r.get("stopped_early")]  # a preempted run has no evals
     if runs:
       out[variant] = runs
@@ -131,19 +132,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="persistent XLA cache (default <root>/xla_cache): seeds of one "
                       "variant compile the same programs")
   args = parser.parse_args(argv)
+  root = paths.command_line_path(args.root, key="--root")
   import jax
 
   from imp import experiment  # the command composes the layers, as imp.main does
 
   jax.config.update("jax_compilation_cache_dir",
-                    args.compile_cache or str(Path(args.root) / "xla_cache"))
+                    args.compile_cache or str(root / "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   seeds = [int(s) for s in args.seeds.split(",")]
   for study in STUDIES if args.study == "all" else [args.study]:
     results = run_study(study, args.root, seeds, short=args.short, budget=args.budget,
                         train=experiment.train)
     text = table(study, results)
-    (Path(args.root) / f"{study}.md").write_text(text + "\n")
+    paths.write_text(root / f"{study}.md", text + "\n")
     print(f"\n## {study}\n\n{text}\n", flush=True)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
+
+from imp import paths
 
 
 class ExpertUsage:
@@ -35,13 +36,15 @@ class ExpertUsage:
     return bool(self._sums)
 
 
-def plot_expert_usage(means: Mapping[str, np.ndarray], path: str | Path,
-                      label: str = "fraction of tokens") -> Path:
+def plot_expert_usage(means: Mapping[str, np.ndarray], path: paths.PathLike,
+                      label: str = "fraction of tokens") -> paths.Path:
   """One heatmap per MoE layer: rows are tasks/modalities, columns experts. Writes a PNG."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
+  from imp.analysis.plots import save_figure
 
   rows = list(means)
   stacked = np.stack([means[r] for r in rows])  # [rows, layers, experts]
@@ -57,7 +60,4 @@ def plot_expert_usage(means: Mapping[str, np.ndarray], path: str | Path,
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(rows if layer == 0 else [""] * len(rows))
   fig.colorbar(image, ax=axes[0].tolist(), label=label)
-  path = Path(path)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)

@@ -212,8 +212,8 @@ def default_selections(depth_units: int) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> None:
   import argparse
   import json
-  from pathlib import Path
 
+  from imp import paths
   from imp.analysis import ablations, plots
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       "layer's FFN and the whole encoder)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  out = paths.command_line_path(args.workdir, key="--workdir") / "analysis"
   config = ablations.config_from_file(args.config)
   selections = dict(s.split("=", 1) for s in args.select)
   if not selections:
@@ -235,9 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   lr = args.lr if args.lr is not None else float(config.optimizer.learning_rate)
   result = analyse(config, args.workdir, batches=args.batches, selections=selections, lr=lr,
                    seed=args.seed)
-  out = Path(args.workdir) / "analysis"
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "interference.json").write_text(json.dumps(result, indent=2) + "\n")
+  paths.write_text(out / "interference.json", json.dumps(result, indent=2) + "\n")
   for label, r in result["selections"].items():
     plots.plot_task_matrix(r["interference"], r["tasks"], out / f"interference_{label}.png",
                            f"interference I(i, j), {label}")

@@ -20,12 +20,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from imp import paths
+from imp.paths import Path
+from imp.train import metric_writers
 
 
 def _pyplot():
@@ -37,12 +38,11 @@ def _pyplot():
   return plt
 
 
-def read_metrics(path: str | Path, kind: str = "train") -> list[dict]:
-  """The records of one kind in a metrics.jsonl."""
-  path = paths.as_path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist; train into this workdir first.")
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_metrics(workdir: paths.PathLike, kind: str = "train") -> list[dict]:
+  """The records of one kind in a run's metrics (metrics.jsonl, or its segments in a bucket)."""
+  records = metric_writers.read_metrics(workdir)
+  if not records:
+    raise FileNotFoundError(f"no metrics in {workdir}; train into this workdir first.")
   return [r for r in records if r.get("kind") == kind]
 
 
@@ -74,14 +74,13 @@ def cumulative_counts(schedule: npt.ArrayLike, num_tasks: int) -> np.ndarray:
   return np.cumsum(np.eye(num_tasks, dtype=np.int64)[s], axis=0)
 
 
-def _save(fig, path: str | Path) -> Path:
-  """The figure as a PNG at `path` (local or a bucket), written whole or not at all."""
-  path = paths.as_path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+def save_figure(fig, path: paths.PathLike) -> paths.Path:
+  """The figure as a PNG at `path` (a local file or an object in a bucket), whole or absent."""
+  path = paths.as_path(path, key="output")
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
   _pyplot().close(fig)
-  paths.write_bytes(path, buffer.getvalue())
+  paths.write_bytes(path, png.getvalue())
   return path
 
 
@@ -95,7 +94,7 @@ def plot_loss_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) 
   ax.set_title("Training loss per task")
   if curves:  # a run whose log has no loss yet still gets its (empty, titled) plot
     ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_eval_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) -> Path:
@@ -110,7 +109,7 @@ def plot_eval_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path) 
   ax.set_title("Evaluation results over training")
   if curves:
     ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
@@ -123,7 +122,7 @@ def plot_task_counts(counts: np.ndarray, names: Sequence[str], path) -> Path:
   ax.set_ylabel("times sampled")
   ax.set_title("Steps per task (AGD schedule)")
   ax.legend(fontsize=7)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def write_run_plots(workdir: str | Path, names: Sequence[str],
@@ -134,8 +133,8 @@ def write_run_plots(workdir: str | Path, names: Sequence[str],
   counts."""
   workdir = paths.as_path(workdir)
   out = workdir / "analysis"
-  train = read_metrics(workdir / "metrics.jsonl")
-  evals = read_metrics(workdir / "metrics.jsonl", kind="eval")
+  train = read_metrics(workdir)
+  evals = read_metrics(workdir, kind="eval")
   steps = max((int(r["step"]) for r in train), default=0)
   drawn = {"loss_curves": plot_loss_curves(loss_curves(train), out / "loss_curves.png"),
            "eval_metrics": plot_eval_curves(eval_curves(evals), out / "eval_metrics.png")}
@@ -159,17 +158,16 @@ def plot_task_matrix(matrix: npt.ArrayLike, tasks: Sequence[str], path, title: s
   ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
   ax.set_title(title, fontsize=9)
   fig.colorbar(image, ax=ax)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def add_to_tensorboard(workdir: str | Path, images: Mapping[str, Path], step: int) -> None:
   """PNG files as TensorBoard images under `analysis/<name>`."""
-  from tensorboardX import SummaryWriter
-
   plt = _pyplot()
-  writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+  writer = metric_writers.summary_writer(paths.as_path(workdir, key="--workdir") / "tensorboard")
   for name, path in images.items():
-    pixels = plt.imread(path)[..., :3]  # [H, W, 3] floats in [0, 1]
+    with paths.as_path(path).open("rb") as f:
+      pixels = plt.imread(f, format="png")[..., :3]  # [H, W, 3] floats in [0, 1]
     writer.add_image(f"analysis/{name}", pixels, step, dataformats="HWC")
   writer.close()
 
@@ -185,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--config", required=True, help="experiment config file[:arg]")
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
-  config, workdir = ablations.config_from_file(args.config), Path(args.workdir)
+  config = ablations.config_from_file(args.config)
+  workdir = paths.command_line_path(args.workdir, key="--workdir")
   summary = json.loads((workdir / "summary.json").read_text())
   # The registry and the seeded sampler of this run.
   plan = build_plan(config, facts_of_sources(load_sources(config.datasets)))

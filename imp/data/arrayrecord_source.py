@@ -21,7 +21,6 @@ import functools
 import io
 import json
 import math
-import os
 import struct
 import threading
 import zipfile
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from imp import paths
 from imp.data.sources import DataSource, LazyFields, modalities_of, register_source
 
 METADATA_FILE = "metadata.json"
@@ -230,19 +230,19 @@ class ArrayRecordSplit:
     return f"ArrayRecordSplit({self.path}, {len(self)} examples)"
 
 
-def read_metadata(directory: str) -> dict[str, Any]:
+def read_metadata(directory: paths.PathLike) -> dict[str, Any]:
   """The checked metadata.json of a prepared directory; ValueError naming the file and why."""
-  path = os.path.join(directory, METADATA_FILE)
-  if not os.path.isfile(path):
-    present = sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+  directory = paths.as_path(directory)
+  path = directory / METADATA_FILE
+  if not path.is_file():
+    present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else None
     holds = ("it is not a directory" if present is None
              else f"the directory holds: {', '.join(present) or 'nothing'}")
     raise ValueError(
         f"{path}: missing; a directory prepared by `python -m imp.data.prepare` has one "
         f"({holds}).")
   try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
+    meta = json.loads(path.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{path}: not readable JSON ({e}).") from e
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -280,21 +280,26 @@ def arrayrecord_source(
     raise ValueError(
         f"datasets.{name}.directory is not set; set it to a directory prepared by `python -m "
         f"imp.data.prepare` (e.g. --config.datasets.{name}.directory=DIR).")
-  directory = os.path.expanduser(str(directory))
-  if not os.path.isdir(directory):
-    what = "is not a directory" if os.path.exists(directory) else "does not exist"
+  key = f"datasets.{name}.directory"
+  directory = paths.as_path(directory, key=key)
+  if str(directory).startswith("s3://"):  # array_record opens local files and gs:// only
+    raise paths.PathError(f"{key}={str(directory)!r}: array_record reads local files and "
+                          "gs:// objects, not s3://; copy the prepared directory to gs:// or "
+                          "a local disk.")
+  if not directory.is_dir():
+    what = "is not a directory" if directory.exists() else "does not exist"
     raise ValueError(
-        f"datasets.{name}.directory={directory!r} {what}; set it to a directory prepared by "
+        f"{key}={str(directory)!r} {what}; set it to a directory prepared by "
         f"`python -m imp.data.prepare` (it holds metadata.json and <split>.array_record).")
   meta = read_metadata(directory)
   splits = {}
   for split, info in meta["splits"].items():
-    path = os.path.join(directory, info.get("file", split_file(split)))
-    if not os.path.isfile(path):
+    path = directory / info.get("file", split_file(split))
+    if not path.is_file():
       raise ValueError(
-          f"{path}: missing; {os.path.join(directory, METADATA_FILE)} lists split {split!r} "
+          f"{path}: missing; {directory / METADATA_FILE} lists split {split!r} "
           f"with {info.get('count')} examples in it.")
-    splits[split] = ArrayRecordSplit(path, meta["fields"], int(info["count"]))
+    splits[split] = ArrayRecordSplit(str(path), meta["fields"], int(info["count"]))
   class_names = tuple(str(c) for c in meta["class_names"])
   return DataSource(
       name=name,

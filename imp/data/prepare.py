@@ -39,11 +39,13 @@ import dataclasses
 import functools
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from imp import paths
 from imp.data import audio, images, video, video_file
 from imp.data.arrayrecord_source import METADATA_FILE
 from imp.data.prepare_inputs import (
@@ -180,16 +182,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_output(output: str, overwrite: bool) -> None:
-  if not os.path.isdir(output):
-    if os.path.exists(output):
+  out = paths.check_reachable(output, key="--output")
+  if not out.is_dir():
+    if out.exists():
       raise ValueError(f"--output {output}: exists and is not a directory.")
     return
-  old = [f for f in os.listdir(output) if f == METADATA_FILE or f.endswith(".array_record")]
+  old = [p for p in out.iterdir() if p.name == METADATA_FILE or p.name.endswith(".array_record")]
   if old and not overwrite:
     raise ValueError(f"--output {output}: already holds a prepared dataset "
-                     f"({', '.join(sorted(old))}); pass --overwrite to replace it.")
-  for f in old:
-    os.remove(os.path.join(output, f))
+                     f"({', '.join(sorted(p.name for p in old))}); pass --overwrite to replace "
+                     "it.")
+  for p in old:
+    p.unlink()
+
+
+def _write(output: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+  """write_dataset into `output`; into a bucket through a local folder, uploaded when whole
+  (array_record writes local files only), metadata.json last so that a reader never finds it
+  before the files it lists."""
+  if not paths.is_url(output):
+    return write_dataset(output, *args, **kwargs)
+  with tempfile.TemporaryDirectory(prefix="imp_prepare_") as local:
+    meta = write_dataset(local, *args, **kwargs)
+    paths.upload_tree(local, output, last=METADATA_FILE)
+  return meta
 
 
 def _manifest_columns(args: argparse.Namespace,
@@ -285,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   given = args.input
   source = os.path.abspath(os.path.expanduser(args.input))
   args.input = source
-  output = os.path.expanduser(args.output)
+  output = str(paths.as_path(args.output, key="--output"))
   _check_flags(args)
   _check_output(output, args.overwrite)
   unlabelled: list[dict] = []
@@ -318,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if class_names:
     print(f"found {len(class_names)} classes: "
           + ", ".join(f"{name} ({counts[name]})" for name in class_names))
-  meta = write_dataset(output, splits, decode, class_names=class_names, on_error=args.on_error,
+  meta = _write(output, splits, decode, class_names=class_names, on_error=args.on_error,
                        metadata={"kind": args.kind, "source": source, "options": options},
                        skipped=unlabelled, split_info=split_info)
   _print_summary(args.kind, given, output, meta)

@@ -21,13 +21,13 @@ Config entry (`config.datasets.<name>`):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from imp import paths
 from imp.data.sources import DataSource, LazyFields, modalities_of, register_source
 
 # Fields a `features` entry may map, and which of them are modalities (registry.MODALITIES).
@@ -193,7 +193,8 @@ def tfds_source(
   if not isinstance(tfds_name, str) or not tfds_name:
     raise ValueError(f"datasets.{name}.tfds_name must be a TFDS dataset name, got {tfds_name!r}.")
   if data_dir is not None:
-    data_dir = os.path.expanduser(str(data_dir))
+    # TFDS reads gs:// itself (through etils.epath); as_path refuses other schemes by name.
+    data_dir = str(paths.as_path(data_dir, key=f"datasets.{name}.data_dir"))
   splits = _as_dict(splits, f"datasets.{name}.splits")
   features = _as_dict(features, f"datasets.{name}.features")
   if not splits:

@@ -14,11 +14,12 @@ model's own eos piece (+ 1), when it has one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
+
+from imp import paths
 
 
 class Tokenizer(Protocol):
@@ -63,14 +64,14 @@ class SentencePieceTokenizer:
 
     if model_file is None:  # an unset ml_collections placeholder
       raise ValueError("model_file is not set: give the path of a SentencePiece .model file.")
-    path = os.path.expanduser(str(model_file))
-    if not os.path.isfile(path):
+    path = paths.as_path(model_file, key="model_file")
+    if not path.is_file():
       raise ValueError(f"{path}: SentencePiece model file not found.")
-    try:
-      self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    try:  # the model's bytes: sentencepiece opens local files only, the path may be a bucket's
+      self._sp = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
     except (RuntimeError, OSError) as e:
       raise ValueError(f"{path}: not a SentencePiece model ({e}).") from e
-    self.model_file = path
+    self.model_file = str(path)
     self.vocab_size = self._sp.get_piece_size() + 1
     eos = self._sp.eos_id()
     self.eos_id = eos + 1 if eos >= 0 else None

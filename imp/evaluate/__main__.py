@@ -13,7 +13,6 @@ both directions and the linear probe (logistic regression, L2 chosen by cross-va
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,7 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from imp import experiment
+  from imp import experiment, paths
   from imp.plan import ConfigError
 
   try:
@@ -35,7 +34,7 @@ def main(argv: list[str]) -> None:
   except (ConfigError, FileNotFoundError) as e:
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(2)
-  print((Path(_WORKDIR.value) / "evaluation.md").read_text())
+  print((paths.as_path(_WORKDIR.value) / "evaluation.md").read_text())
 
 
 if __name__ == "__main__":

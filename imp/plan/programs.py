@@ -28,11 +28,11 @@ import math
 import re
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 
+from imp import paths
 from imp.model import IMPModel
 from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
 from imp.parallel.rules import under_rules
@@ -292,11 +292,12 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
   return lines
 
 
-def write_json(reports: Sequence[ProgramReport], path: str | Path, **facts: Any) -> Path:
+def write_json(reports: Sequence[ProgramReport], path: paths.PathLike, **facts: Any,
+               ) -> paths.Path:
   """programs.json: {"programs": [one dict per program], **facts}."""
   rows = [dict(dataclasses.asdict(r), peak_bytes=r.peak_bytes) for r in reports]
-  path = Path(path)
-  path.write_text(json.dumps(dict(facts, programs=rows), indent=2) + "\n")
+  path = paths.as_path(path)
+  paths.write_text(path, json.dumps(dict(facts, programs=rows), indent=2) + "\n")
   return path
 
 

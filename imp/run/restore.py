@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -19,11 +18,13 @@ import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
+from imp import paths
 from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.parallel.distributed import check_same_config
 from imp.parallel.mesh import process_rows
+from imp.paths import Path  # a local path, gs:// or s3:// (etils.epath)
 from imp.plan.plan import ConfigError, Plan, build_plan, facts_of_sources
-from imp.train.checkpoint import Checkpointer
+from imp.train.checkpoint import Checkpointer, check_storage
 from imp.train.placement import init_sharded_state
 from imp.train.state import TrainState
 from imp.train.step_cache import StepCache
@@ -59,13 +60,15 @@ def open_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   """
   try:
     check_same_config(config.to_json_best_effort(sort_keys=True))  # every process, before step 1
+    paths.check_reachable(workdir, key="workdir")  # a missing bucket: before any compile
+    check_storage(workdir)
     sources = load_sources(config.datasets)
   except ConfigError:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from e
   plan = build_plan(config, facts_of_sources(sources))
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir, key="workdir")
   workdir.mkdir(parents=True, exist_ok=True)
   state = init_sharded_state(plan.model, plan.tx, config.seed, plan.shardings)
   checkpointer = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,

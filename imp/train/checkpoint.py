@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from imp import paths
+from imp.paths import Path
 from imp.train import checksums
 from imp.train.state import TrainState
 
@@ -74,13 +75,29 @@ def _barrier_keys(manager: str) -> ocp.options.MultiprocessingOptions:
   return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"imp_{manager}")
 
 
+def check_storage(workdir: paths.PathLike) -> None:
+  """Refuses an s3:// workdir before any compile: orbax 0.11 cannot keep checkpoints there.
+  Its array store (tensorstore) takes every path but gs:// for a local one: OCDBT stops with
+  "Checkpoint path should be absolute", and without OCDBT it writes into a local folder named
+  `s3:`. (A run always checkpoints: at its end and on SIGTERM.)
+
+  Raises:
+    paths.PathError: naming the workdir and what would work.
+  """
+  if str(workdir).startswith("s3://"):
+    raise paths.PathError(
+        f"workdir={str(workdir)!r}: orbax cannot keep checkpoints in s3:// (its array store "
+        "takes any path but gs:// for a local file); use gs:// or a local or mounted path.")
+
+
 class Checkpointer:
   """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
   def __init__(self, directory: str | Path, *, every: int, keep: int = 2,
                best_metric: str | None = None, best_mode: str = "max",
                restore_step: int | None = None):
-    self.directory = Path(directory).absolute()
+    directory = paths.as_path(directory, key="workdir")
+    self.directory = directory if paths.is_url(directory) else directory.absolute()
     self.every = int(every)
     # config.restore_step: restore this step, not the newest intact one.
     self.restore_step = None if restore_step is None else int(restore_step)
@@ -253,7 +270,7 @@ class Checkpointer:
     self._sync(f"set_aside_{step}")  # every process has looked before process 0 moves it
     if jax.process_index() == 0:
       self.set_aside_directory.mkdir(parents=True, exist_ok=True)
-      (self.directory / str(step)).rename(target)
+      paths.move_tree(self.directory / str(step), target)
     self._sync(f"set_aside_{step}_done")
     self._manager.reload()
     return target

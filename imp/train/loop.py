@@ -22,16 +22,17 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 from tqdm import tqdm
 
+from imp import paths
 from imp.model import Request
 from imp.parallel.mesh import put_batch
 from imp.parallel.rules import under_rules
+from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.plan import programs as plan_programs
 from imp.plan.plan import ConfigError
 from imp.run.infer import Infer, infer_fn
@@ -269,5 +270,5 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     hooks.on_close(run.workdir)
   train_log.writer.close()
   if jax.process_index() == 0:
-    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    paths.write_text(run.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary

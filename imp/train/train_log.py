@@ -11,11 +11,11 @@ from __future__ import annotations
 import collections
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
 
+from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.train.metric_writers import MetricWriter
 
 # (task name, metric name -> mean since the last write, steps of that task since then)

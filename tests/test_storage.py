@@ -1,0 +1,171 @@
+"""Runs that live in a bucket: gs:// against fake-gcs-server and s3:// against moto's server,
+both on 127.0.0.1 (tests/storage_emulators.py), reached only through the client libraries'
+own environment variables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_digits_config
+from test_prepare import _write_image_folder
+from test_reliability import ROOT, _assert_bit_identical, _final_params, _main, _wait_for_step
+
+from imp import experiment, paths
+from imp.config.digits import TEMPLATES
+from imp.plan.plan import ConfigError
+from imp.train.metric_writers import read_metrics
+
+TOTAL = 12  # steps of every run here; checkpoints every 4
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """One local compilation cache for every run of this module: each compiles the same programs."""
+  return str(tmp_path_factory.mktemp("compilation_cache"))
+
+
+def _config(cache_dir, total_steps=TOTAL, **overrides):
+  return tiny_digits_config(total_steps, compilation_cache_dir=cache_dir, **overrides)
+
+
+def _committed_steps(checkpoints: paths.Path) -> list[int]:
+  """Steps whose save finished: orbax marks a finished save in a bucket with a commit file."""
+  import fsspec
+
+  fs, root = fsspec.core.url_to_fs(str(checkpoints))  # listings uncached (imp.paths): fresh
+  return sorted(int(name.split("/")[-2]) for name in fs.glob(f"{root}/*/commit_success.txt")
+                if name.split("/")[-2].isdigit())
+
+
+def _event_scalars(logdir: str) -> set[str]:
+  """The scalar tags TensorBoard itself reads from `logdir` (a bucket prefix)."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(logdir)
+  events.Reload()
+  return set(events.Tags()["scalars"])
+
+
+def test_a_bad_workdir_is_one_fatal_line_before_any_compile(gcs_emulator, tmp_path):
+  for workdir, said in (("ftp://host/run", "unknown scheme ftp://; valid: a local path"),
+                        ("gs://no-such-bucket/run", "bucket gs://no-such-bucket does not exist")):
+    proc = subprocess.run([sys.executable, "-m", "imp.main", f"--workdir={workdir}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    fatal = [x for x in proc.stderr.splitlines() if x.startswith("FATAL")]
+    assert fatal == [f"FATAL --workdir={workdir!r}: {fatal[0].split(': ', 1)[1]}"]
+    assert said in fatal[0] and "compiled" not in proc.stdout + proc.stderr
+  assert list(tmp_path.iterdir()) == []  # no local folder "ftp:" or "gs:"
+
+
+def test_gs_run_survives_sigterm_kill9_and_a_corrupt_checkpoint(gcs_emulator, tmp_path,
+                                                                   cache_dir):
+  """(b) SIGTERM saves to the bucket, the rerun resumes; (a) that rerun, killed with kill -9
+  after a committed checkpoint, resumes; (c) with its newest checkpoint corrupted in the
+  bucket, the older one is used; the run ends on the straight local run's parameters and
+  evaluation."""
+  straight = experiment.train(_config(cache_dir), tmp_path / "straight")
+  workdir = gcs_emulator.make_bucket("cut") + "/run"
+  flags = [f"--config.total_steps={TOTAL}", "--config.checkpoint_every=4",
+           f"--config.compilation_cache_dir={cache_dir}"]
+  first = _main(workdir, *flags)
+  _wait_for_step(first, 2)
+  first.send_signal(signal.SIGTERM)
+  out = first.communicate(timeout=300)[0]
+  assert first.returncode == 0 and "received; saved a checkpoint at step" in out, out[-3000:]
+  checkpoints = paths.as_path(workdir) / "checkpoints"
+  sigterm_step = _committed_steps(checkpoints)[-1]
+  assert 2 <= sigterm_step < 4
+  second = _main(workdir, *flags)
+  _wait_for_step(second, 6)
+  deadline = time.monotonic() + 120
+  while 4 not in _committed_steps(checkpoints) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  second.kill()
+  second.communicate(timeout=60)
+  # Each run's metric records start a segment at its first logged step: the rerun resumed.
+  segments = sorted(p.name for p in (paths.as_path(workdir) / "metrics.jsonl.d").iterdir())
+  assert segments == ["0000000001.jsonl", f"{sigterm_step + 1:010d}.jsonl"], segments
+  committed = _committed_steps(checkpoints)
+  assert len(committed) >= 2 and committed[-1] < TOTAL, committed
+  newest, older = committed[-1], committed[-2]
+  paths.write_text(checkpoints / str(newest) / "meta" / "metadata", '{"sampler": {"se')
+  resumed = experiment.train(_config(cache_dir), workdir)
+  assert resumed["steps_this_run"] == TOTAL - older
+  assert (paths.as_path(workdir) / "checkpoints_corrupt" / str(newest) / "meta").is_dir()
+  assert resumed["eval"] == straight["eval"]
+  _assert_bit_identical(_final_params(_config(cache_dir), tmp_path / "straight"),
+                        _final_params(_config(cache_dir), workdir))
+  # Everything the run wrote is in the bucket, readable as from a local run.
+  run = paths.as_path(workdir)
+  assert json.loads((run / "summary.json").read_text())["steps"] == TOTAL
+  assert json.loads((run / "programs.json").read_text())["programs"]
+  logged = {r["step"] for r in read_metrics(run) if r["kind"] == "train"}
+  assert logged >= set(range(older + 2 - older % 2, TOTAL + 1, 2)), sorted(logged)  # every 2
+  assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
+
+
+def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
+  """(e) `prepare --output gs://...`, then a run reading it with source="arrayrecord"."""
+  from imp.data.prepare import main as prepare
+
+  _write_image_folder(tmp_path / "digits")
+  data = gcs_emulator.make_bucket("data") + "/digits"
+  meta = prepare(["image_folder", "--input", str(tmp_path / "digits"), "--output", data,
+                  "--test-fraction", "0.25", "--seed", "3"])
+  listed = sorted(p.name for p in paths.as_path(data).iterdir())
+  assert listed == ["metadata.json", "test.array_record", "train.array_record"]
+  config = _config(cache_dir)  # the other runs' programs: compiled once, in the cache
+  config.datasets.digits = dict(source="arrayrecord", directory=data, label_templates=TEMPLATES)
+  summary = experiment.train(config, tmp_path / "run")
+  assert summary["steps"] == TOTAL and sum(summary["task_steps"].values()) == TOTAL
+  assert meta["splits"]["test"]["count"] == 30
+  with pytest.raises(ConfigError, match=r"datasets.digits.directory='gs://data/gone' does not "):
+    config.datasets.digits.directory = "gs://data/gone"
+    experiment.train(config, tmp_path / "run2")
+
+
+def test_s3_metrics_tensorboard_and_plots_and_a_refused_workdir(s3_emulator, cache_dir):
+  """(f), as far as orbax allows: a run's metric segments, TensorBoard events and plots go to
+  s3:// and read back (TensorBoard reads them itself); an s3:// workdir, whose checkpoints
+  orbax cannot keep, is refused naming the key before any compile."""
+  from imp.analysis.plots import save_figure
+  from imp.train.metric_writers import MetricWriter
+
+  run = paths.as_path(s3_emulator.make_bucket("runs") + "/smoke")
+  writer = MetricWriter(run)
+  for step in (2, 4):
+    writer.write(step, {"digits_cls/base/loss": 2.0 / step, "odd": float("nan")})
+  writer.close()
+  assert [(r["step"], r["digits_cls/base/loss"], r["odd"]) for r in read_metrics(run)] == [
+      (2, 1.0, "nan"), (4, 0.5, "nan")]
+  assert _event_scalars(str(run / "tensorboard")) == {"train/digits_cls/base/loss"}
+  import matplotlib.pyplot as plt
+
+  figure = save_figure(plt.figure(), run / "analysis" / "plot.png")
+  assert figure.read_bytes().startswith(b"\x89PNG")
+  with pytest.raises(ConfigError, match=r"workdir='s3://runs/smoke': orbax cannot keep "):
+    experiment.train(_config(cache_dir), str(run))
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_only_a_bucket_match_one_process(gcs_emulator, tmp_path):
+  """(d) 2 processes whose one shared storage is the bucket (the run's workdir, checkpoints
+  and compilation cache) end on the parameters and evaluation of 1 local process."""
+  from test_multiprocess import TINY, _assert_close, _run, _state
+
+  one, two = tmp_path / "one", gcs_emulator.make_bucket("pod") + "/run"
+  _run(1, 8, one, *TINY)
+  _run(2, 4, two, *TINY, log_dir=tmp_path / "two_logs")  # local: the launcher writes them
+  _assert_close(_state(one), _state(two))
+  summaries = [json.loads((paths.as_path(w) / "summary.json").read_text()) for w in (one, two)]
+  assert summaries[0]["task_steps"] == summaries[1]["task_steps"]
+  for name, value in summaries[0]["eval"].items():  # within one of the 360 test examples
+    assert abs(summaries[1]["eval"][name] - value) <= 1 / 360 + 1e-9, name
+  assert [r["step"] for r in read_metrics(one)] == [r["step"] for r in read_metrics(two)]
+  assert not (ROOT / "gs:").exists()
