@@ -101,6 +101,11 @@ def _summary_lines(summary: dict) -> list[str]:
   return lines
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+  record.exc_info, record.exc_text, record.stack_info = None, None, None
+  return True
+
+
 def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
@@ -112,6 +117,9 @@ def main(argv: list[str]) -> None:
   # do not propagate to absl's root handler, which would print each a second time. Libraries
   # (orbax) only warn.
   absl_logging.set_verbosity(absl_logging.WARNING)
+  # orbax logs each failure of an asynchronous save with its traceback from several threads
+  # (hundreds of lines on a full disk); imp reports it in one FATAL line, so one line each.
+  logging.getLogger("absl").addFilter(_without_traceback)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   imp_logger = logging.getLogger("imp")
@@ -166,7 +174,8 @@ def main(argv: list[str]) -> None:
       finish()
       return
     summary = experiment.train(config, workdir)
-  except (experiment.ConfigError, experiment.NonFiniteError) as e:
+  except (experiment.ConfigError, experiment.NonFiniteError,
+          experiment.CheckpointSaveError, experiment.WorkdirBusyError) as e:
     if _DEBUG.value:
       raise
     _fatal(str(e))

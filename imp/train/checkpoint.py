@@ -9,13 +9,22 @@ A finished checkpoint can still rot or be torn by a copy. Resuming verifies it: 
 must parse, every array must read, and the arrays' checksums must match the saved ones.
 An unreadable newest checkpoint is reported in one line (step, file, why), moved to
 `<workdir>/checkpoints_corrupt/<step>` (never deleted) and the next newest is tried, with
-every process agreeing on each verdict. `config.restore_step` picks a step by hand.
+every process agreeing on each verdict. `config.restore_step` picks a step by hand. With
+every numbered checkpoint unreadable, the best one (`<workdir>/checkpoints_best`) is tried.
+
+Saves are asynchronous: orbax writes in a thread and reports a failure (full disk, lost
+bucket, permission) only when waited on. Each save waits for the previous one's outcome first,
+and so does the end of the run; a failure is a CheckpointSaveError naming the path, the error,
+the free space where known and the newest checkpoint that did commit. orbax deletes an old
+checkpoint only after a newer one committed, so that one is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,23 @@ _REASON_BYTES = 400  # a reason is shared between processes in a fixed-size buff
 class CheckpointError(ValueError):
   """No checkpoint can be restored as asked (config.restore_step names a missing or
   unreadable one)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (full disk, lost bucket, permission): the run stops."""
+
+
+def free_space(directory: Path) -> str:
+  """'N MiB free of M MiB' on the file system of `directory` (or its nearest existing
+  parent), or 'free space unknown' (a bucket)."""
+  where = Path(directory)
+  while not where.exists() and where != where.parent:
+    where = where.parent
+  try:
+    usage = shutil.disk_usage(where)
+  except OSError:
+    return "free space unknown"
+  return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
 
 
 def _reason(error: BaseException) -> str:
@@ -87,6 +113,7 @@ class Checkpointer:
     self.set_aside_directory = self.directory.with_name(self.directory.name + "_corrupt")
     self._state_handler = ocp.StandardCheckpointHandler()
     self._barriers = 0
+    self._started: dict[int, int | None] = {}  # id(manager) -> step of its latest save
     self.best_metric = best_metric
     self._best = None
     if best_metric:
@@ -117,11 +144,40 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  @contextlib.contextmanager
+  def _saving(self, manager: ocp.CheckpointManager, step: int | None):
+    """Turns any failure of a save, or of waiting for one, into a CheckpointSaveError."""
+    # orbax names the failed save only in its traceback: it is the one last started
+    step = self._started.get(id(manager)) if step is None else step
+    self._started[id(manager)] = step
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore/OSError: every one is fatal
+      committed = self._committed()
+      directory = Path(str(manager.directory))
+      raise CheckpointSaveError(
+          f"checkpoint save of step {step} to {directory} failed: {_reason(e)} "
+          f"({free_space(directory)}); the newest committed checkpoint, step {committed}, "
+          "is kept. Free space or fix the path, then rerun the same command to resume."
+      ) from e
+
+  def _committed(self) -> int | None:
+    """The newest numbered checkpoint on disk (orbax's own list already drops the ones a
+    pending save was to delete)."""
+    try:
+      self._manager.reload()
+      return self._manager.latest_step()
+    except Exception:  # noqa: BLE001 - the storage that failed the save may fail this too
+      return None
+
   def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
-    """Starts an asynchronous save of `state` and `meta` (plus the state's checksums)."""
+    """Starts an asynchronous save of `state` and `meta` (plus the state's checksums), after
+    the previous save's outcome (CheckpointSaveError if it failed)."""
     meta = dict(meta, checksums=checksums.checksums(state))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self.wait()  # the previous save's failure names its own step
+    with self._saving(self._manager, step):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, state: TrainState, meta: dict[str, Any],
                 metrics: dict[str, float]) -> None:
@@ -129,9 +185,12 @@ class Checkpointer:
     if self._best is None or step in self._best.all_steps():  # re-evaluated, already offered
       return
     meta = dict(meta, checksums=checksums.checksums(state))
-    self._best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
+    with self._saving(self._best, None):
+      self._best.wait_until_finished()
+    with self._saving(self._best, step):
+      self._best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
   def check_compatible(self, template: TrainState, step: int, metadata: Any = None) -> None:
     """Raises a ValueError listing every parameter whose shape differs from the checkpoint."""
@@ -264,10 +323,14 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"imp_checkpoint_{name}_{self._barriers}")
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the pending save; CheckpointSaveError if it failed."""
+    with self._saving(self._manager, None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for the pending saves and closes; CheckpointSaveError if one failed."""
     for manager in (self._manager, self._best):
       if manager is not None:
-        manager.wait_until_finished()
+        with self._saving(manager, None):
+          manager.wait_until_finished()
         manager.close()

@@ -35,6 +35,8 @@ from imp.plan import programs as plan_programs
 from imp.plan.plan import ConfigError
 from imp.run.infer import Infer, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore, task_iterators
+from imp.train import lease
+from imp.train.lease import WorkdirBusyError
 from imp.train.preemption import Preemption
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
@@ -42,7 +44,8 @@ from imp.train.train_log import NonFiniteError, OnMetrics, TrainLog
 
 log = logging.getLogger("imp")
 
-__all__ = ["ConfigError", "Hooks", "NonFiniteError", "compilation_cache", "train"]
+__all__ = ["ConfigError", "Hooks", "NonFiniteError", "WorkdirBusyError", "compilation_cache",
+           "train"]
 
 
 @dataclasses.dataclass
@@ -118,7 +121,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     stop_after: stop (with a checkpoint) after this many steps of this run, as a preemption
       would; for notebooks and tests.
   """
-  with compilation_cache(config, workdir):
+  # One run per workdir (imp/train/lease.py): a second one is refused before it writes.
+  with lease.hold(workdir, take=jax.process_index() == 0), compilation_cache(config, workdir):
     return _train(config, workdir, hooks, stop_after)
 
 

@@ -1,0 +1,98 @@
+"""Faults tried on purpose (docs/faults.md): a failed save, a second run in one workdir, a
+signal during an evaluation, unreadable checkpoints, interrupted data preparation."""
+
+import errno
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import tiny_digits_config as _small
+from orbax.checkpoint._src.handlers import json_checkpoint_handler
+from test_reliability import _main
+
+from imp import experiment
+from imp.train import lease
+
+
+def _fail_save_of(monkeypatch, step):
+  """The asynchronous write of checkpoint `step`'s metadata fails as on a full disk."""
+  real = json_checkpoint_handler.JsonCheckpointHandler._save_fn
+
+  async def failing(self, x, directory):
+    if re.search(rf"/checkpoints/{step}\b", str(directory)):
+      raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+    return await real(self, x, directory)
+
+  monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", failing)
+
+
+def test_failed_asynchronous_save_stops_at_the_next_save_and_keeps_the_committed_one(
+    tmp_path, monkeypatch):
+  _fail_save_of(monkeypatch, 8)
+  with pytest.raises(experiment.CheckpointSaveError) as error:
+    experiment.train(_small(total_steps=12, checkpoint_keep=1), tmp_path)
+  message = str(error.value)
+  assert "checkpoint save of step 8 to" in message and "No space left on device" in message
+  assert "MiB free of" in message and "newest committed checkpoint, step 4, is kept" in message
+  kept = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert kept == ["4"]  # keep=1: step 4 is deleted only once a newer one commits
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MB tmpfs (root only): too small for the smoke run's checkpoints."""
+  if os.geteuid() != 0:
+    pytest.skip("mounting a tmpfs needs root")
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  yield disk
+  subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_full_disk_stops_with_one_fatal_line(small_disk):
+  proc = _main(small_disk / "run", "--config.total_steps=40", "--config.checkpoint_every=10",
+               "--config.compilation_cache_dir=off")
+  out = proc.communicate(timeout=600)[0]
+  fatal = [line for line in out.splitlines() if line.startswith("FATAL")]
+  assert proc.returncode != 0 and len(fatal) == 1, out
+  assert "No space left on device" in fatal[0] and "MiB free of 1.0 MiB" in fatal[0], fatal
+  assert len(out.splitlines()) < 60, out  # not hundreds of lines of orbax tracebacks
+
+
+def test_second_run_in_a_live_runs_workdir_is_refused_naming_the_holder(tmp_path):
+  with lease.Lease(tmp_path) as held:
+    start = time.perf_counter()
+    with pytest.raises(experiment.WorkdirBusyError) as error:
+      experiment.train(_small(), tmp_path)
+    assert time.perf_counter() - start < 5
+    assert (f"in use by the run of pid {os.getpid()} on host {socket.gethostname()} since "
+            f"{held.since}") in str(error.value)
+    assert not (tmp_path / "checkpoints").exists()
+  assert not (tmp_path / lease.LEASE_FILE).exists()  # released at the end
+
+
+@pytest.mark.parametrize("how", ["pid_gone", "expired"])
+def test_lease_of_a_gone_holder_is_taken_over(tmp_path, how, caplog):
+  proc = subprocess.Popen(["true"])  # a pid that has exited
+  proc.wait()
+  holder = {"host": socket.gethostname() if how == "pid_gone" else "other-host",
+            "pid": proc.pid if how == "pid_gone" else 1, "since": "2026-12-06 00:00:00 UTC",
+            "refreshed": time.time() - (0 if how == "pid_gone" else 2 * lease.EXPIRY_SECONDS),
+            "token": "old"}
+  (tmp_path / lease.LEASE_FILE).write_text(json.dumps(holder))
+  with lease.Lease(tmp_path) as taken:
+    stored = json.loads((tmp_path / lease.LEASE_FILE).read_text())
+    assert stored["token"] == taken.token and stored["pid"] == os.getpid()
+  assert "taking over the lease" in caplog.text
+  # A live holder on another host, refreshed just now, is not taken over.
+  holder.update(host="other-host", pid=1, refreshed=time.time())
+  (tmp_path / lease.LEASE_FILE).write_text(json.dumps(holder))
+  with pytest.raises(lease.WorkdirBusyError, match="pid 1 on host other-host"):
+    lease.Lease(tmp_path).acquire()
