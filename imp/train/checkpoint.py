@@ -260,14 +260,34 @@ class Checkpointer:
       older = [s for s in steps if s < candidate]
       moved = self._set_aside(candidate)
       log.warning("checkpoint step %d is unreadable (%s); moved to %s; %s", candidate, problem,
-                  moved, f"trying step {older[-1]}" if older else "no older checkpoint: "
-                  "starting from step 0")
+                  moved, f"trying step {older[-1]}" if older else "no older checkpoint")
+    return self._restore_best(template, abstract)
+
+  def _restore_best(self, template: TrainState, abstract: Any,
+                    ) -> tuple[TrainState, dict[str, Any]] | None:
+    """The best checkpoint (checkpoints_best/<step>) when no numbered one is readable: an
+    older, intact state beats starting from step 0."""
+    best = self.directory.with_name(self.directory.name + "_best")
+    steps = sorted((int(p.name) for p in best.iterdir() if p.name.isdigit()),
+                   reverse=True) if best.is_dir() else []
+    for step in steps:
+      restored, problem = self._verified(template, abstract, step, best)
+      if not problem:
+        log.warning("no numbered checkpoint is readable: resuming from the best checkpoint, "
+                    "step %d in %s", step, best)
+        return restored
+      log.warning("best checkpoint step %d is unreadable too (%s)", step, problem)
+    log.warning("no readable checkpoint in %s%s: starting from step 0", self.directory,
+                f" or {best}" if steps else "")
     return None
 
   def _verified(self, template: TrainState, abstract: Any, step: int,
+                directory: Path | None = None,
                 ) -> tuple[tuple[TrainState, dict[str, Any]] | None, str | None]:
-    """(state, meta) of `step` read and checked, or (None, "file: why") on every process."""
-    where = self.directory / str(step)
+    """(state, meta) of `step` (in `directory`, by default the numbered checkpoints) read and
+    checked, or (None, "file: why") on every process."""
+    directory = directory or self.directory
+    where = directory / str(step)
     problem, metadata, meta, state = None, None, None, None
     try:  # the array tree first: a model that does not fit is the config's error, not rot
       metadata = self._state_handler.metadata(where / "state")
@@ -299,7 +319,7 @@ class Checkpointer:
       return None, (f"state arrays {', '.join(bad[:3])}{more}: checksum differs from the "
                     "saved one (the array data changed after the save)")
     meta.pop("checksums", None)
-    log.info("restored checkpoint %s from %s (checksums verified)", step, self.directory)
+    log.info("restored checkpoint %s from %s (checksums verified)", step, directory)
     return (state, meta), None
 
   def _set_aside(self, step: int) -> Path:
