@@ -9,12 +9,14 @@ import socket
 import subprocess
 import time
 
+import jax.numpy as jnp
 import pytest
 from conftest import tiny_digits_config as _small
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 from test_reliability import _main
 
 from imp import experiment
+from imp.model import embedders
 from imp.train import lease
 
 
@@ -96,3 +98,23 @@ def test_lease_of_a_gone_holder_is_taken_over(tmp_path, how, caplog):
   (tmp_path / lease.LEASE_FILE).write_text(json.dumps(holder))
   with pytest.raises(lease.WorkdirBusyError, match="pid 1 on host other-host"):
     lease.Lease(tmp_path).acquire()
+
+
+def test_nonfinite_stop_acts_at_its_step_and_names_the_committed_checkpoint(
+    tmp_path, monkeypatch, capsys):
+  normalize = embedders.normalize_pixels
+
+  def poisoned(x, dtype):  # fault injection: only the high-resolution variant's images
+    return normalize(x, dtype) * (jnp.nan if x.shape[1] >= 16 else 1)
+
+  monkeypatch.setattr(embedders, "normalize_pixels", poisoned)
+  config = _small(total_steps=12, log_every=100, checkpoint_every=1,
+                  **{"nonfinite.policy": "stop"})
+  with pytest.raises(experiment.NonFiniteError) as error:
+    experiment.train(config, tmp_path)
+  step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+  assert step > 0, "the config's first step trains a high-resolution task: pick another seed"
+  assert f"the newest checkpoint is step {step} in" in str(error.value)
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [step + 1]  # written at the bad step, not at 100
+  assert f"NaN/Inf guard: skipped the update of 1 step(s): {step} (" in capsys.readouterr().out

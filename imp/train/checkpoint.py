@@ -342,6 +342,11 @@ class Checkpointer:
       self._barriers += 1
       multihost_utils.sync_global_devices(f"imp_checkpoint_{name}_{self._barriers}")
 
+  def committed(self) -> tuple[int | None, Path]:
+    """(newest committed step, directory), after the pending save's outcome."""
+    self.wait()
+    return self.latest_step(), self.directory
+
   def wait(self) -> None:
     """Waits for the pending save; CheckpointSaveError if it failed."""
     with self._saving(self._manager, None):

@@ -177,6 +177,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   start = int(state.step)
   end = total if stop_after is None else min(total, start + int(stop_after))
   counts = collections.Counter()  # steps that trained each task
+  nonfinite = dict(config.get("nonfinite") or {})
+  stop_on_nonfinite = nonfinite.get("policy", "skip") == "stop"
   steps_run, evals, data_wait, compiles_in_loop = 0, {}, 0.0, 0
   loop_start = time.perf_counter()
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
@@ -213,11 +215,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       preempted = preemption.reached(done)
       stopping = done == end or preempted
 
-      if done % config.log_every == 0 or stopping:
+      # nonfinite.policy='stop' reads this step's flag (one host sync per step) so the run
+      # stops at the step that went bad, not at the next log interval.
+      if (done % config.log_every == 0 or stopping or
+          (stop_on_nonfinite and train_log.nonfinite_now(len(names)))):
         bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
                                   sum(s.skips.count for s in run.sources.values())))
-        train_log.check_nonfinite(dict(config.get("nonfinite") or {}),
-                                  (run.checkpointer.latest_step(), run.checkpointer.directory))
+        train_log.check_nonfinite(nonfinite, run.checkpointer.committed)
 
       # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
       if stopping or run.checkpointer.should_save(done):
@@ -258,9 +262,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       "eval": evals,
       "eval_seconds": hooks.eval_seconds(),  # per eval entry, its latest evaluation
   }
-  train_log.writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
-                                 "data_wait_share": summary["data_wait_share"] or 0.0},
-                         kind="summary")
+  train_log.writer.write(start + steps_run,  # the last step run, also when stopped early
+                         {"compile_share": summary["step_cache"]["compile_share"],
+                          "data_wait_share": summary["data_wait_share"] or 0.0}, kind="summary")
   if hooks.on_close is not None and jax.process_index() == 0:  # only process 0 writes files
     hooks.on_close(run.workdir)
   train_log.writer.close()
