@@ -5,8 +5,10 @@ import errno
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 
 import jax.numpy as jnp
@@ -118,3 +120,20 @@ def test_nonfinite_stop_acts_at_its_step_and_names_the_committed_checkpoint(
   records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [step + 1]  # written at the bad step, not at 100
   assert f"NaN/Inf guard: skipped the update of 1 step(s): {step} (" in capsys.readouterr().out
+
+
+def test_signal_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, monkeypatch):
+  real_run, signalled = experiment.EvalSuite.run, []
+
+  def long_evaluation(self, infer):  # a real evaluation, repeated as a long one would take
+    signalled.append(time.perf_counter())
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    while True:
+      real_run(self, infer)
+
+  monkeypatch.setattr(experiment.EvalSuite, "run", long_evaluation)
+  summary = experiment.train(_small(total_steps=8, eval_every=4, checkpoint_every=3), tmp_path)
+  seconds = time.perf_counter() - signalled[0] - 0.5
+  assert summary["steps"] == 4 and summary["stopped_early"] and seconds < 3, (summary, seconds)
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [3, 4]  # step 4 saved on the signal, though not a checkpoint_every step

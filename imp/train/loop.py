@@ -16,6 +16,7 @@ Evaluation and expert-usage plots are end-of-run hooks the caller passes in (`Ho
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,7 +38,7 @@ from imp.run.infer import Infer, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore, task_iterators
 from imp.train import lease
 from imp.train.lease import WorkdirBusyError
-from imp.train.preemption import Preemption
+from imp.train.preemption import EvaluationAbandoned, Preemption
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
 from imp.train.train_log import NonFiniteError, OnMetrics, TrainLog
@@ -187,7 +188,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   def evaluate_and_log(done: int, state: TrainState) -> dict[str, float]:
     if hooks.evaluate is None:
       return {}
-    evals = hooks.evaluate(infer_fn(run, state.params))
+    with preemption.abandoning():  # a signal now raises EvaluationAbandoned in here
+      evals = hooks.evaluate(infer_fn(run, state.params))
     train_log.writer.write(done, evals, kind="eval")
     run.checkpointer.save_best(done, state, _meta(run, iterators), evals)
     bar.write(f"step {done}: eval " + "  ".join(f"{k}={v:.4f}" for k, v in evals.items()))
@@ -224,13 +226,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
         train_log.check_nonfinite(nonfinite, run.checkpointer.committed)
 
       # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
-      if stopping or run.checkpointer.should_save(done):
+      saved = stopping or run.checkpointer.should_save(done)
+      if saved:
         run.checkpointer.save(done, state, _meta(run, iterators))
 
       # A preemption's grace period is short: save and go; the rerun evaluates a final step.
+      # A signal during an evaluation abandons it (imp/train/preemption.py).
       if not preempted and (done == total or (config.eval_every and
                                               done % config.eval_every == 0)):
-        evals = evaluate_and_log(done, state)
+        try:
+          evals = evaluate_and_log(done, state)
+        except EvaluationAbandoned:
+          preempted = True
+          if not saved:
+            run.checkpointer.save(done, state, _meta(run, iterators))
 
       if preempted:
         bar.write(f"step {done}: signal {preemption.signal} received; saved a checkpoint at "
@@ -240,7 +249,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     # A run stopped after its final save but before its final evaluation finished (or the
     # command of a finished run is rerun): evaluate the final checkpoint now.
     if start == total:
-      evals = evaluate_and_log(total, state)
+      with contextlib.suppress(EvaluationAbandoned):  # the next rerun evaluates it again
+        evals = evaluate_and_log(total, state)
   bar.close()
   run.checkpointer.close()
 
