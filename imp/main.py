@@ -119,7 +119,8 @@ def main(argv: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   # orbax logs each failure of an asynchronous save with its traceback from several threads
   # (hundreds of lines on a full disk); imp reports it in one FATAL line, so one line each.
-  logging.getLogger("absl").addFilter(_without_traceback)
+  for name in ("absl", "asyncio"):  # asyncio: the failed writes' "never retrieved" tasks
+    logging.getLogger(name).addFilter(_without_traceback)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   imp_logger = logging.getLogger("imp")
