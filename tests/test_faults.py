@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import pytest
 from conftest import tiny_digits_config as _small
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
+from test_prepare import _write_image_folder
 from test_reliability import _main
 
 from imp import experiment
+from imp.data import prepare, spoken_digits
 from imp.model import embedders
 from imp.train import lease
 
@@ -144,3 +146,38 @@ def test_signal_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, mon
   assert summary["steps"] == 4 and summary["stopped_early"] and seconds < 3, (summary, seconds)
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [3, 4]  # step 4 saved on the signal, though not a checkpoint_every step
+
+
+def test_interrupted_prepare_and_spoken_digits_leave_nothing_that_looks_finished(
+    tmp_path, monkeypatch):
+  _write_image_folder(tmp_path / "images", per_class=2)
+  seen = []  # what --output held when the process was stopped
+  real_decoder = prepare._decoder
+
+  def decoder(*args):
+    decode = real_decoder(*args)
+
+    def stopped_on_the_fifth(item):  # a kill -9 could come at any file
+      seen.append(sorted(p.name for p in (tmp_path / "prepared").glob("*")))
+      if len(seen) == 5:
+        raise KeyboardInterrupt
+      return decode(item)
+    return stopped_on_the_fifth
+
+  monkeypatch.setattr(prepare, "_decoder", decoder)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.main(["image_folder", "--input", str(tmp_path / "images"), "--output",
+                  str(tmp_path / "prepared"), "--test-fraction", "0.5"])
+  monkeypatch.undo()
+
+  def synthesise(text, path, **kwargs):  # the second WAV file never comes
+    seen.append(sorted(p.name for p in (tmp_path / "av_digits").glob("*")))
+    if len(seen) > 6:
+      raise KeyboardInterrupt
+    open(path, "wb").close()
+
+  monkeypatch.setattr(spoken_digits, "synthesise", synthesise)
+  with pytest.raises(KeyboardInterrupt):
+    spoken_digits.main(["--output", str(tmp_path / "av_digits")])
+  assert seen == [[]] * 7  # nothing under either --output while it was being written
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nor after

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from imp import paths
 from imp.data import audio, images, video, video_file
 from imp.data.arrayrecord_source import METADATA_FILE
 from imp.data.prepare_inputs import (
@@ -318,9 +319,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if class_names:
     print(f"found {len(class_names)} classes: "
           + ", ".join(f"{name} ({counts[name]})" for name in class_names))
-  meta = write_dataset(output, splits, decode, class_names=class_names, on_error=args.on_error,
-                       metadata={"kind": args.kind, "source": source, "options": options},
-                       skipped=unlabelled, split_info=split_info)
+  # Written beside --output and moved in when complete (metadata last): an interrupted
+  # prepare leaves no dataset that looks finished.
+  with paths.folder_when_complete(output, last=METADATA_FILE) as partial:
+    meta = write_dataset(str(partial), splits, decode, class_names=class_names,
+                         on_error=args.on_error, skipped=unlabelled, split_info=split_info,
+                         metadata={"kind": args.kind, "source": source, "options": options})
   _print_summary(args.kind, given, output, meta)
   return meta
 
