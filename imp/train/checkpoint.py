@@ -66,13 +66,13 @@ def free_space(directory: Path) -> str:
   return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException, limit: int = _REASON_BYTES - 40) -> str:
   """One line for an error: the innermost cause (tensorstore's status is short; the outer
-  error repeats the whole TensorStore spec)."""
+  error repeats the whole TensorStore spec), at most `limit` characters."""
   while error.__cause__ is not None:  # `raise ... from`: not the context (json's StopIteration)
     error = error.__cause__
   text = " ".join(str(error).split()) or type(error).__name__
-  return f"{type(error).__name__}: {text}"[:_REASON_BYTES - 40]
+  return f"{type(error).__name__}: {text}"[:limit]
 
 
 def _agree(problem: str | None) -> str | None:
@@ -156,7 +156,7 @@ class Checkpointer:
       committed = self._committed()
       directory = Path(str(manager.directory))
       raise CheckpointSaveError(
-          f"checkpoint save of step {step} to {directory} failed: {_reason(e)} "
+          f"checkpoint save of step {step} to {directory} failed: {_reason(e, 2000)} "
           f"({free_space(directory)}); the newest committed checkpoint, step {committed}, "
           "is kept. Free space or fix the path, then rerun the same command to resume."
       ) from e
