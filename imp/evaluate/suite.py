@@ -273,12 +273,11 @@ class EvalSuite:
       for k in keys:
         parts[k].append(np.asarray(outputs[k])[mask])
       for k in ("label", "raw"):
-        if k in batches[0]:
+        left = raw_rows - sum(len(p) for p in parts[k]) if k == "raw" and raw_rows else None
+        if k in batches[0] and (left is None or left > 0):  # the same on every process
           rows = _gather(batches[0][k], first.rows, first.batch_size)[mask]
-          kept = sum(len(p) for p in parts[k])
-          if k == "raw" and raw_rows:
-            rows = rows[:max(raw_rows - kept, 0)]
-          parts[k].append(rows)
+          # a copy: a view would keep the whole batch's raw inputs alive
+          parts[k].append(rows if left is None or left >= len(rows) else rows[:left].copy())
       bar.update(1)
     bar.close()
     out = {k: np.concatenate(v) for k, v in parts.items() if v}
