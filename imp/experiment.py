@@ -28,12 +28,15 @@ from imp.plan.plan import ConfigError
 from imp.run.infer import eval_rows, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
 from imp.train import loop
+from imp.train.checkpoint import CheckpointSaveError
+from imp.train.lease import WorkdirBusyError
 from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, wrap
 
 log = logging.getLogger("imp")
 
-__all__ = ["ConfigError", "EvalSuite", "NonFiniteError", "build", "compilation_cache",
-           "default_hooks", "evaluate", "markdown_table", "task_iterators", "train"]
+__all__ = ["CheckpointSaveError", "ConfigError", "EvalSuite", "NonFiniteError",
+           "WorkdirBusyError", "build", "compilation_cache", "default_hooks", "evaluate",
+           "markdown_table", "task_iterators", "train"]
 
 def default_hooks(run: Run) -> loop.Hooks:
   """The eval suite of config.evals; at the end, the run's plots (loss per task, eval results

@@ -147,6 +147,11 @@ def _check_data(config) -> None:
   _fatal("\n".join(lines))
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+  record.exc_info, record.exc_text, record.stack_info = None, None, None
+  return True
+
+
 def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
@@ -159,6 +164,10 @@ def _console() -> None:
   # do not propagate to absl's root handler, which would print each a second time. Libraries
   # (orbax) only warn.
   absl_logging.set_verbosity(absl_logging.WARNING)
+  # orbax logs each failure of an asynchronous save with its traceback from several threads
+  # (hundreds of lines on a full disk); imp reports it in one FATAL line, so one line each.
+  for name in ("absl", "asyncio"):  # asyncio: the failed writes' "never retrieved" tasks
+    logging.getLogger(name).addFilter(_without_traceback)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   imp_logger = logging.getLogger("imp")
@@ -229,7 +238,8 @@ def main(argv: list[str]) -> None:
       finish()
       return
     summary = experiment.train(config, workdir)
-  except (experiment.ConfigError, experiment.NonFiniteError) as e:
+  except (experiment.ConfigError, experiment.NonFiniteError,
+          experiment.CheckpointSaveError, experiment.WorkdirBusyError) as e:
     if _DEBUG.value:
       raise
     _fatal(str(e))

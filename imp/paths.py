@@ -11,6 +11,7 @@ application default credentials or `STORAGE_EMULATOR_HOST` for gcsfs, AWS's chai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -156,3 +157,30 @@ def write_bytes(path: PathLike, data: bytes) -> None:
 def write_text(path: PathLike, text: str) -> None:
   """`write_bytes` for UTF-8 text."""
   write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def folder_when_complete(path: PathLike, *, last: str | None = None):
+  """Yields a temporary sibling folder (`.<name>.partial-<id>`) to write a local folder into;
+  when the block completes, it becomes `path` (a rename; into an existing `path` its entries
+  are moved, `last` - the file that marks the folder finished - after the others). An
+  interrupted block leaves nothing at `path` that looks finished: its partial folder is
+  deleted, or after a kill -9 left under a name no reader takes for data.
+  """
+  path = as_path(path)
+  if is_url(path):  # a bucket has no folders to rename: objects appear one by one
+    yield path
+    return
+  tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+  tmp.mkdir(parents=True)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if not path.exists():
+    os.rename(tmp, path)
+    return
+  for name in sorted(os.listdir(tmp), key=lambda n: n == last):
+    os.replace(tmp / name, path / name)
+  tmp.rmdir()

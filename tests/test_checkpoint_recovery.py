@@ -142,3 +142,18 @@ def test_checksums_change_with_one_bit_and_with_swapped_elements():
   swapped = np.asarray(tree["w"])[[1, 0, 2]]  # same values, two rows exchanged
   assert checksums.mismatches(dict(tree, w=jnp.asarray(swapped)), saved) == ["w"]
   assert checksums.mismatches(dict(tree, b=tree["b"] * 2), saved) == ["b"]
+
+
+def test_best_checkpoint_is_restored_when_every_numbered_one_is_unreadable(
+    finished_run, tmp_path, caplog):
+  workdir = _copy(finished_run, tmp_path)
+  best = [p.name for p in (workdir / "checkpoints_best").iterdir() if p.name.isdigit()]
+  assert best == ["8"]  # the smoke config keeps the best checkpoint of its final evaluation
+  for step in ("4", "8"):
+    CORRUPTIONS["meta_json"][0](workdir / "checkpoints" / step)
+  exp = experiment.build(_config(), workdir)
+  with caplog.at_level(logging.WARNING, logger="imp.checkpoint"):
+    state, meta = exp.checkpointer.restore(exp.state, shardings=exp.shardings)
+  exp.checkpointer.close()
+  assert int(state.step) == 8 and "sampler" in meta
+  assert "resuming from the best checkpoint, step 8" in caplog.text

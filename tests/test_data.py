@@ -6,6 +6,7 @@ import pytest
 
 from imp.data import ByteTokenizer, TaskIterators, eval_batches, load_source, task_dataset
 from imp.data.pipeline import prompt_tokens
+from imp.data.sources import ArraySplit, DataSource
 from imp.data.transforms import resize_image
 from imp.tasks import Task, Variant
 
@@ -149,3 +150,15 @@ def test_pipeline_batches_audio(digits):
                        spectrogram=(16, 8))
   # The raw baseline's input: mean and std over time of each of the 8 mel bins.
   assert evals.batches[0]["audio"].shape == (4, 16, 8, 1) and evals.raw.shape == (10, 16)
+
+
+def test_a_record_of_another_channel_count_is_named_by_dataset_split_and_index():
+  images = np.empty(16, object)
+  for i in range(16):
+    images[i] = np.zeros((8, 8, 3 if i == 11 else 1), np.uint8)  # record 11 is RGB
+  source = DataSource("mixed", ("image",), ("a", "b"),
+                      {"train": ArraySplit({"image": images, "label": np.arange(16) % 2})})
+  task = _task(modalities=("image",), resolution=(8, 8), batch=16)
+  with pytest.raises(ValueError, match=r"dataset 'mixed', split 'train', example 11: an image "
+                                       r"of 3 channel\(s\) in a batch of 1-channel images"):
+    next(iter(task_dataset(source, task, seed=0)))

@@ -199,3 +199,21 @@ def test_raw_probe_off_drops_the_baseline(digits):
   suite = EvalSuite(evals, {"digits": digits})
   assert suite.metric_names == ("digits/linear_probe_top1",)
   assert set(suite.run(fake_infer)) == {"digits/linear_probe_top1"}
+
+
+def test_raw_probe_fits_on_its_bounded_sample_named_in_the_result(digits):
+  evals = {"digits": dict(dataset="digits", modality="image", resolution=8, batch_size=100,
+                          zero_shot=False, linear_probe=True, raw_probe_examples=150)}
+  suite = EvalSuite(evals, {"digits": digits})
+  name = "digits/raw_pixel_probe_top1_first150"  # 1,437 train and 360 test images: sampled
+  assert suite.metric_names == ("digits/linear_probe_top1", name)
+
+  def first(split):  # the first 150 raw inputs and labels of the split, in stream order
+    batches = list(EvalStream(digits, split, modality="image", resolution=(8, 8),
+                              batch_size=100, raw=True))
+    return [np.concatenate([b[k][b["mask"]] for b in batches])[:150] for k in ("raw", "label")]
+
+  expected = linear_probe(*first("train"), *first("test")).accuracy
+  assert suite.run(fake_infer)[name] == pytest.approx(expected, abs=1e-6)
+  with pytest.raises(ValueError, match=r"evals.digits.raw_probe_examples=-1 must be a whole"):
+    EvalSuite({"digits": dict(evals["digits"], raw_probe_examples=-1)}, {"digits": digits})

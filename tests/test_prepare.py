@@ -139,8 +139,8 @@ def test_corrupt_file_fails_or_is_skipped(tmp_path, capsys):
   with pytest.raises(ValueError, match=r"broken.png: not an image file Pillow can read.*"
                                        r"--on-error skip"):
     _prepare("image_folder", src, tmp_path / "fail", "--test-fraction", 0.25)
-  assert not os.path.exists(tmp_path / "fail" / "metadata.json")
-  assert not [f for f in os.listdir(tmp_path / "fail") if f.endswith(".array_record")]
+  assert not os.path.exists(tmp_path / "fail")  # written beside it: nothing is left
+  assert os.listdir(tmp_path) == ["in"]
   capsys.readouterr()
   meta = _prepare("image_folder", src, tmp_path / "skip", "--test-fraction", 0.25,
                   "--on-error", "skip")
@@ -371,3 +371,23 @@ def test_csv_manifest_audio_text_pairs(tone_folder, tmp_path):
   assert data.modalities == ("audio", "text")
   texts = {str(e["text"]) for e in _examples(data.split("train"))}
   assert texts <= {"a low tone", "a mid tone", "a high tone"}
+
+
+def test_mixed_grayscale_and_rgb_folder_is_converted_to_one_channel_count(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  for label, channels in (("a", 3), ("a", 3), ("a", 1), ("b", 3), ("b", 3), ("b", 1)) * 2:
+    folder = tmp_path / "in" / label
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(str(folder / f"{len(os.listdir(folder))}_{channels}.png"),
+                rng.integers(0, 255, (6, 6, channels), dtype=np.uint8))
+  meta = _prepare("image_folder", tmp_path / "in", tmp_path / "rgb", "--test-fraction", 0.5)
+  assert "converted 4 of 12 images to 3 channel(s) (--channels majority)" in (
+      capsys.readouterr().out)
+  source = load_source("mixed", dict(source="arrayrecord", directory=str(tmp_path / "rgb")))
+  shapes = {e["image"].shape for s in ("train", "test") for e in _examples(source.split(s))}
+  assert shapes == {(6, 6, 3)} and meta["options"]["channels"] == 3
+  _prepare("image_folder", tmp_path / "in", tmp_path / "gray", "--channels", 1)
+  assert "converted 8 of 12 images to 1 channel(s)" in capsys.readouterr().out
+  with pytest.raises(ValueError, match=r"mixes 8 image\(s\) of 3 channel\(s\) with 4 of 1: "
+                                       r".*_1.png.*--channels majority, 1 or 3"):
+    _prepare("image_folder", tmp_path / "in", tmp_path / "fail", "--channels", "fail")

@@ -35,6 +35,9 @@ def test_resumed_run_is_bit_identical_to_a_straight_run(tmp_path):
   straight = experiment.train(_small(), tmp_path / "straight")
   first = experiment.train(_small(), tmp_path / "resumed", stop_after=6)
   assert first["steps"] == 6 and first["stopped_early"]
+  lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(x) for x in lines]
+  assert [r["step"] for r in records if r["kind"] == "summary"] == [6]  # the last step run
   second = experiment.train(_small(), tmp_path / "resumed")
   assert second["steps_this_run"] == 6 and straight["steps_this_run"] == 12
   _assert_bit_identical(_final_params(_small(), tmp_path / "straight"),

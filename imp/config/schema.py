@@ -139,7 +139,9 @@ KEYS: list[Key] = [
         ("clips", "int", 1, "evenly spaced clips per test video, outputs averaged"),
         ("fuse", "tuple[str]", (), "modalities the classifier reads encoded together (M3SAT)"),
         ("raw_probe", "bool", True, "the raw-input baseline probe beside the linear probe "
-         "(holds [examples, raw dim] of both splits)"),
+         "(holds [examples, raw dim] of its sample of both splits)"),
+        ("raw_probe_examples", "int", 2048, "the raw probe's sample: the first n examples of "
+         "each split, named in its result (`..._first<n>`) when a split is larger; 0: all"),
         ("merge_experts", "bool", False, "evaluate with each condition's experts merged into "
          "dense layers (data-independent model.moe.condition)"),
     )),

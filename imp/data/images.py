@@ -125,3 +125,30 @@ def write_image(path: str, image: np.ndarray, **save_options) -> None:
   if image.ndim == 3 and image.shape[2] == 1:
     image = image[..., 0]
   Image.fromarray(image).save(path, **save_options)
+
+
+def image_channels(path: str) -> int | None:
+  """The channels `read_image` gives a file (1 or 3), from its header alone; None when the
+  header does not say (an unreadable file: decoding it reports why)."""
+  try:
+    if os.path.splitext(path)[1].lower() == ".npy":
+      shape = np.load(path, mmap_mode="r").shape
+      return 1 if len(shape) == 2 else int(shape[-1])
+    from PIL import Image
+
+    with Image.open(path) as image:
+      return 1 if image.mode in (*_GRAY_MODES, "LA") else 3
+  except Exception:  # noqa: BLE001 - any unreadable header: the decode names the file and why
+    return None
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 [H, W, C] with `channels` (1 or 3): gray repeated into RGB, or RGB to luminance
+  (Pillow's ITU-R 601-2 'L')."""
+  if image.shape[2] == channels:
+    return image
+  if channels == 3:
+    return np.repeat(image, 3, axis=2)
+  from PIL import Image
+
+  return np.asarray(Image.fromarray(image).convert("L"), np.uint8)[..., None]

@@ -75,12 +75,15 @@ class AudioOptions:
 class ImageOptions:
   resize: tuple[int, int] | None = None
   center_crop: bool = False
+  channels: int | None = None  # every image converted to this many channels (1 or 3)
 
 
 # --- Decoding -------------------------------------------------------------------------------
 
 
 def _image(image: np.ndarray, options: ImageOptions) -> np.ndarray:
+  if options.channels is not None:
+    image = images.to_channels(image, options.channels)
   if options.resize is None:
     return image
   return images.resize(image, options.resize, options.center_crop)
@@ -161,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize images/frames")
   p.add_argument("--center-crop", action="store_true",
                  help="with --resize: keep the aspect ratio, scale to cover H x W, cut the centre")
+  p.add_argument("--channels", choices=("majority", "1", "3", "fail"), default="majority",
+                 help="images: convert every image to the channels most of them have, or to 1 "
+                      "or 3; 'fail' refuses a mix, naming the files")
   p.add_argument("--sample-rate", type=int, help="audio: resample every file to this rate (Hz)")
   p.add_argument("--log-mel", action="store_true", help="audio: store log-mel spectrograms")
   p.add_argument("--num-mel-bins", type=int, default=64)
@@ -201,7 +207,10 @@ def _write(output: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
   (array_record writes local files only), metadata.json last so that a reader never finds it
   before the files it lists."""
   if not paths.is_url(output):
-    return write_dataset(output, *args, **kwargs)
+    # Written beside `output` and moved in when complete (metadata last): an interrupted
+    # prepare leaves no dataset that looks finished.
+    with paths.folder_when_complete(output, last=METADATA_FILE) as partial:
+      return write_dataset(str(partial), *args, **kwargs)
   with tempfile.TemporaryDirectory(prefix="imp_prepare_") as local:
     meta = write_dataset(local, *args, **kwargs)
     paths.upload_tree(local, output, last=METADATA_FILE)
@@ -257,7 +266,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 def _decoder(modality: str, args: argparse.Namespace,
              options: dict[str, Any]) -> Callable[[Item], dict[str, np.ndarray]]:
   """The decoding function for a modality; records its options in `options`."""
-  image_options = ImageOptions(tuple(args.resize) if args.resize else None, args.center_crop)
+  image_options = ImageOptions(tuple(args.resize) if args.resize else None, args.center_crop,
+                               options.get("channels"))
   audio_options = AudioOptions(args.log_mel, args.num_mel_bins, args.window_ms, args.hop_ms,
                                args.clip_seconds, args.sample_rate)
   if modality == "image":
@@ -272,6 +282,28 @@ def _decoder(modality: str, args: argparse.Namespace,
                              audio_options=audio_options if args.video_audio else None)
   options["audio"] = dataclasses.asdict(audio_options)
   return functools.partial(audio_example, options=audio_options)
+
+
+def _channels(items: Sequence[Item], setting: str) -> int:
+  """The one channel count of every stored image (--channels): a dataset mixing grayscale
+  and RGB would fail at its first batch. Prints how many images are converted."""
+  found = {item.path: images.image_channels(item.path) for item in items}
+  counts = collections.Counter(c for c in found.values() if c is not None)
+  if setting in ("1", "3"):
+    target = int(setting)
+  else:  # the majority; a tie goes to RGB, which loses nothing
+    target = max(counts, key=lambda c: (counts[c], c)) if counts else 3
+  other = sorted(p for p, c in found.items() if c is not None and c != target)
+  if other and setting == "fail":
+    shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+    raise ValueError(
+        f"--input mixes {counts[target]} image(s) of {target} channel(s) with {len(other)} of "
+        f"{4 - target}: {shown}. Pass --channels majority, 1 or 3 to convert them.")
+  if other:
+    print(f"converted {len(other)} of {len(found)} images to {target} channel(s) "
+          f"(--channels {setting}): {', '.join(other[:5])}"
+          + (f" and {len(other) - 5} more" if len(other) > 5 else ""))
+  return target
 
 
 def _splits(args: argparse.Namespace, items: Sequence[Item],
@@ -327,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.class_names:
     options["class_names"] = parse_class_names(args.class_names)
     items = rename_labels(items, options["class_names"])
+  if modality == "image":
+    options["channels"] = _channels(items, args.channels)
   decode = _decoder(modality, args, options)
   splits, split_info = _splits(args, items, options)
   counts = collections.Counter(item.label for item in items if item.label is not None)

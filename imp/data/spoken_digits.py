@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from imp import paths
 from imp.data import prepare
 from imp.data.images import write_image
 from imp.data.sources import DIGIT_NAMES
@@ -159,6 +160,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
   p.add_argument("--clip-seconds", type=float, default=1.0)
   args = p.parse_args(argv)
   output = empty_output_dir(args.output, args.overwrite)
+  # Built beside --output and renamed when complete: an interrupted build (only wav/, say)
+  # leaves nothing that the experiments take for finished data.
+  with paths.folder_when_complete(output) as partial:
+    build_folders(str(partial), args)
+  return {"spoken": os.path.join(output, "prepared", "spoken"),
+          "images": os.path.join(output, "prepared", "images")}
+
+
+def build_folders(output: str, args: argparse.Namespace) -> None:
+  """Speech, its manifest, the digit images and both prepared datasets under `output`."""
   manifest = write_spoken_digits(os.path.join(output, "wav"), train_voices=args.train_voices,
                                  test_voices=args.test_voices, speeds=args.speeds,
                                  pitches=args.pitches)
@@ -172,7 +183,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
                 "--clip-seconds", str(args.clip_seconds)])
   prepare.main(["image_folder", "--input", os.path.join(output, "images"), "--output",
                 prepared["images"], "--test-fraction", "0.2", "--seed", "0"])
-  return prepared
 
 
 if __name__ == "__main__":

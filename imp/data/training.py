@@ -102,6 +102,19 @@ class _TrainBatches:
     raise ValueError(f"dataset {self.source.name!r}, split {self.split_name!r}: every one of "
                      f"its {n} examples failed; the first: {self.source.skips.reasons[:1]}")
 
+  def _check_channels(self, images: list[np.ndarray], indices: list[int]) -> None:
+    """One channel count per batch: else a ValueError naming the odd record (not NumPy's
+    concatenate error, which names none)."""
+    channels = [x.shape[-1] if x.ndim == 3 else 1 for x in images]
+    common = max(set(channels), key=channels.count)
+    odd = [(i, c) for i, c in zip(indices, channels, strict=True) if c != common]
+    if odd:
+      index, c = odd[0]
+      raise ValueError(
+          f"{self._where(index)}: an image of {c} channel(s) in a batch of {common}-channel "
+          f"images ({len(odd)} such in this batch); prepare the data again, which converts "
+          "every image to one channel count (`prepare --channels`).")
+
   def _images(self, images: list[np.ndarray], u: np.ndarray, size: tuple[int, int]):
     """uint8 [rows, *size, C] from uint8 images [H, W, C] (any sizes) and their draws."""
     if len({x.shape for x in images}) > 1:  # different sizes: one at a time, same draws
@@ -132,6 +145,7 @@ class _TrainBatches:
       out["audio"] = out["audio"].astype(self.audio_dtype, copy=False)
     variant = self.task.variant
     if "image" in parts[0]:
+      self._check_channels([p["image"] for p in parts], indices)
       out["image"] = self._images([p["image"] for p in parts], u, variant.resolution)
     if "video" in parts[0]:
       clips = np.stack([p["video"] for p in parts])  # [rows, frames, H, W, C] uint8

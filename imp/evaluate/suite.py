@@ -19,8 +19,9 @@ masked, each batch's outputs reduced to the pooled features / embeddings / logit
 needs before the next batch is read; no split's inputs are held. With `rows` (a process's
 [start, stop) of a global batch, `imp.parallel.mesh.process_rows`), each process reads only its
 rows; `infer` returns the whole batch's outputs (replicated), and labels and raw-baseline
-inputs are gathered across processes. `raw_probe=False` drops the raw-input baseline probe,
-whose [examples, pixels] matrix is the one thing that grows with the raw inputs.
+inputs are gathered across processes. The raw-input baseline probe's [examples, pixels] matrix
+is the one thing that grows with the raw inputs: it holds the first `raw_probe_examples`
+(default 2048) of each split, named in its result, or nothing with `raw_probe=False`.
 
 `merge_experts=True` evaluates an entry with every MoE layer run as the dense layer its
 condition's experts merge into (Uni-Perceiver-MoE §3.3): each request carries the flag.
@@ -54,7 +55,7 @@ Rows = Callable[[int], tuple[int, int]]  # global batch size -> this process's [
 _EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
               "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
               "retrieval", "retrieval_positives", "classifier", "clips", "fuse", "raw_probe",
-              "merge_experts")
+              "raw_probe_examples", "merge_experts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,7 @@ class _Entry:
   clips: int = 1  # evenly spaced clips per video, outputs averaged over them
   fuse: tuple[str, ...] = ()  # modalities the `classifier` head reads encoded together (M3SAT)
   raw_probe: bool = True  # the raw-input baseline probe beside the linear probe
+  raw_probe_examples: int = 2048  # the raw probe's sample: the first n of each split (0: all)
   merge_experts: bool = False  # evaluate with the experts merged per condition (§3.3)
 
   def request(self, **outputs: Any) -> Request:
@@ -147,9 +149,21 @@ def _flag(name: str, spec: Mapping[str, Any], key: str) -> bool:
   return bool(value)
 
 
+def _count(name: str, spec: Mapping[str, Any], key: str, default: int) -> int:
+  value = spec.get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"evals.{name}.{key}={value!r} must be a whole number >= 0 (0: all).")
+  return int(value)
+
+
 def _raw_name(entry: _Entry) -> str:
-  """The baseline probe's result name: raw pixels for images, the raw spectrogram for audio."""
-  return "raw_pixel_probe_top1" if entry.modality == "image" else "raw_input_probe_top1"
+  """The baseline probe's result name: raw pixels for images, the raw spectrogram for audio;
+  `_first<n>` where it fits on a sample of a split (evals.<entry>.raw_probe_examples)."""
+  name = "raw_pixel_probe_top1" if entry.modality == "image" else "raw_input_probe_top1"
+  n = entry.raw_probe_examples
+  sampled = n and any(len(entry.source.split(s)) > n
+                      for s in (entry.train_split, entry.test_split))
+  return f"{name}_first{n}" if sampled else name
 
 
 def _gather(local: np.ndarray, rows: tuple[int, int], batch_size: int) -> np.ndarray:
@@ -197,6 +211,7 @@ class EvalSuite:
           retrieval=pairs, retrieval_positives=positives,
           head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips,
           fuse=tuple(spec.get("fuse") or ()), raw_probe=bool(spec.get("raw_probe", True)),
+          raw_probe_examples=_count(name, spec, "raw_probe_examples", 2048),
           merge_experts=_flag(name, spec, "merge_experts")))
       if set(self.entries[-1].fuse) - set(self.entries[-1].source.modalities):
         raise ValueError(f"evals.{name}.fuse={spec['fuse']}: dataset {spec['dataset']!r} has "
@@ -241,11 +256,12 @@ class EvalSuite:
       raise ValueError(f"evals.{entry.name}.batch_size={entry.batch_size}: {e}") from e
 
   def _collect(self, infer: Infer, request: Request, streams: Sequence[EvalStream],
-               keys: Sequence[str], desc: str) -> dict[str, np.ndarray]:
+               keys: Sequence[str], desc: str, raw_rows: int = 0) -> dict[str, np.ndarray]:
     """Outputs `keys` per example [examples, ...] of the streams' examples (several streams:
     the same examples' modalities, read together for a fused head), plus "label" [examples]
     and, where the first stream reads it, "raw" [examples, dim]. Padded rows are dropped and
-    a video's clips averaged (`clip_mean`; embeddings normalised) before the next batch."""
+    a video's clips averaged (`clip_mean`; embeddings normalised) before the next batch.
+    `raw_rows` (0: all) bounds "raw" to the first rows: host memory of the raw probe."""
     first = streams[0]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (*keys, "label", "raw")}
     bar = tqdm(total=first.num_batches, desc=desc, unit="batch", leave=False, disable=None,
@@ -257,8 +273,11 @@ class EvalSuite:
       for k in keys:
         parts[k].append(np.asarray(outputs[k])[mask])
       for k in ("label", "raw"):
-        if k in batches[0]:
-          parts[k].append(_gather(batches[0][k], first.rows, first.batch_size)[mask])
+        left = raw_rows - sum(len(p) for p in parts[k]) if k == "raw" and raw_rows else None
+        if k in batches[0] and (left is None or left > 0):  # the same on every process
+          rows = _gather(batches[0][k], first.rows, first.batch_size)[mask]
+          # a copy: a view would keep the whole batch's raw inputs alive
+          parts[k].append(rows if left is None or left >= len(rows) else rows[:left].copy())
       bar.update(1)
     bar.close()
     out = {k: np.concatenate(v) for k, v in parts.items() if v}
@@ -335,7 +354,7 @@ class EvalSuite:
       keys = [f"embedding/{m}"] * e.zero_shot + [f"features/{m}"] * e.linear_probe
       test = self._collect(infer, e.request(embed=(m,) if e.zero_shot else (), features=(m,)),
                            [self._stream(e, e.test_split, raw=raw)], keys,
-                           f"eval {e.name} {e.test_split}")
+                           f"eval {e.name} {e.test_split}", e.raw_probe_examples * e.clips)
     if e.zero_shot:
       prompts = prompt_tokens(e.source, e.text_length, e.templates)  # [C, T, L]
       classes, templates, length = prompts.shape
@@ -352,7 +371,7 @@ class EvalSuite:
     if e.linear_probe:
       train = self._collect(infer, e.request(embed=(m,) if e.zero_shot else (), features=(m,)),
                             [self._stream(e, e.train_split, raw=raw)], [f"features/{m}"],
-                            f"eval {e.name} {e.train_split}")
+                            f"eval {e.name} {e.train_split}", e.raw_probe_examples * e.clips)
       train_x, test_x = train[f"features/{m}"], test[f"features/{m}"]
       if np.isfinite(train_x).all() and np.isfinite(test_x).all():
         probe = linear_probe(train_x, train["label"], test_x, test["label"]).accuracy
@@ -360,8 +379,9 @@ class EvalSuite:
         probe = float("nan")
       results[f"{e.name}/linear_probe_top1"] = probe
       if raw:  # computed once: the raw inputs do not change during training
-        self._raw_probe[e.name] = linear_probe(train["raw"], train["label"], test["raw"],
-                                               test["label"]).accuracy
+        n_train, n_test = len(train["raw"]), len(test["raw"])  # the first n of each split
+        self._raw_probe[e.name] = linear_probe(train["raw"], train["label"][:n_train],
+                                               test["raw"], test["label"][:n_test]).accuracy
       if e.raw_probe:
         results[f"{e.name}/{_raw_name(e)}"] = self._raw_probe[e.name]
     results.update(self._retrieval(infer, e))

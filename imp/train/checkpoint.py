@@ -9,13 +9,22 @@ A finished checkpoint can still rot or be torn by a copy. Resuming verifies it: 
 must parse, every array must read, and the arrays' checksums must match the saved ones.
 An unreadable newest checkpoint is reported in one line (step, file, why), moved to
 `<workdir>/checkpoints_corrupt/<step>` (never deleted) and the next newest is tried, with
-every process agreeing on each verdict. `config.restore_step` picks a step by hand.
+every process agreeing on each verdict. `config.restore_step` picks a step by hand. With
+every numbered checkpoint unreadable, the best one (`<workdir>/checkpoints_best`) is tried.
+
+Saves are asynchronous: orbax writes in a thread and reports a failure (full disk, lost
+bucket, permission) only when waited on. Each save waits for the previous one's outcome first,
+and so does the end of the run; a failure is a CheckpointSaveError naming the path, the error,
+the free space where known and the newest checkpoint that did commit. orbax deletes an old
+checkpoint only after a newer one committed, so that one is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from typing import Any
 
 import jax
@@ -41,13 +50,32 @@ class CheckpointError(ValueError):
   unreadable one)."""
 
 
-def _reason(error: BaseException) -> str:
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (full disk, lost bucket, permission): the run stops."""
+
+
+def free_space(directory: Path) -> str:
+  """'N MiB free of M MiB' on the file system of `directory` (or its nearest existing
+  parent), or 'free space unknown' (a bucket)."""
+  if paths.is_url(directory):
+    return "free space unknown"
+  where = paths.as_path(directory)
+  while not where.exists() and where != where.parent:
+    where = where.parent
+  try:
+    usage = shutil.disk_usage(where)
+  except OSError:
+    return "free space unknown"
+  return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
+
+
+def _reason(error: BaseException, limit: int = _REASON_BYTES - 40) -> str:
   """One line for an error: the innermost cause (tensorstore's status is short; the outer
-  error repeats the whole TensorStore spec)."""
+  error repeats the whole TensorStore spec), at most `limit` characters."""
   while error.__cause__ is not None:  # `raise ... from`: not the context (json's StopIteration)
     error = error.__cause__
   text = " ".join(str(error).split()) or type(error).__name__
-  return f"{type(error).__name__}: {text}"[:_REASON_BYTES - 40]
+  return f"{type(error).__name__}: {text}"[:limit]
 
 
 def _agree(problem: str | None) -> str | None:
@@ -104,6 +132,7 @@ class Checkpointer:
     self.set_aside_directory = self.directory.with_name(self.directory.name + "_corrupt")
     self._state_handler = ocp.StandardCheckpointHandler()
     self._barriers = 0
+    self._started: dict[int, int | None] = {}  # id(manager) -> step of its latest save
     self.best_metric = best_metric
     self._best = None
     if best_metric:
@@ -134,11 +163,40 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  @contextlib.contextmanager
+  def _saving(self, manager: ocp.CheckpointManager, step: int | None):
+    """Turns any failure of a save, or of waiting for one, into a CheckpointSaveError."""
+    # orbax names the failed save only in its traceback: it is the one last started
+    step = self._started.get(id(manager)) if step is None else step
+    self._started[id(manager)] = step
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore/OSError: every one is fatal
+      committed = self._committed()
+      directory = Path(str(manager.directory))
+      raise CheckpointSaveError(
+          f"checkpoint save of step {step} to {directory} failed: {_reason(e, 2000)} "
+          f"({free_space(directory)}); the newest committed checkpoint, step {committed}, "
+          "is kept. Free space or fix the path, then rerun the same command to resume."
+      ) from e
+
+  def _committed(self) -> int | None:
+    """The newest numbered checkpoint on disk (orbax's own list already drops the ones a
+    pending save was to delete)."""
+    try:
+      self._manager.reload()
+      return self._manager.latest_step()
+    except Exception:  # noqa: BLE001 - the storage that failed the save may fail this too
+      return None
+
   def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
-    """Starts an asynchronous save of `state` and `meta` (plus the state's checksums)."""
+    """Starts an asynchronous save of `state` and `meta` (plus the state's checksums), after
+    the previous save's outcome (CheckpointSaveError if it failed)."""
     meta = dict(meta, checksums=checksums.checksums(state))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self.wait()  # the previous save's failure names its own step
+    with self._saving(self._manager, step):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
   def save_best(self, step: int, state: TrainState, meta: dict[str, Any],
                 metrics: dict[str, float]) -> None:
@@ -146,9 +204,12 @@ class Checkpointer:
     if self._best is None or step in self._best.all_steps():  # re-evaluated, already offered
       return
     meta = dict(meta, checksums=checksums.checksums(state))
-    self._best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
+    with self._saving(self._best, None):
+      self._best.wait_until_finished()
+    with self._saving(self._best, step):
+      self._best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
   def check_compatible(self, template: TrainState, step: int, metadata: Any = None) -> None:
     """Raises a ValueError listing every parameter whose shape differs from the checkpoint."""
@@ -218,14 +279,34 @@ class Checkpointer:
       older = [s for s in steps if s < candidate]
       moved = self._set_aside(candidate)
       log.warning("checkpoint step %d is unreadable (%s); moved to %s; %s", candidate, problem,
-                  moved, f"trying step {older[-1]}" if older else "no older checkpoint: "
-                  "starting from step 0")
+                  moved, f"trying step {older[-1]}" if older else "no older checkpoint")
+    return self._restore_best(template, abstract)
+
+  def _restore_best(self, template: TrainState, abstract: Any,
+                    ) -> tuple[TrainState, dict[str, Any]] | None:
+    """The best checkpoint (checkpoints_best/<step>) when no numbered one is readable: an
+    older, intact state beats starting from step 0."""
+    best = self.directory.with_name(self.directory.name + "_best")
+    steps = sorted((int(p.name) for p in best.iterdir() if p.name.isdigit()),
+                   reverse=True) if best.is_dir() else []
+    for step in steps:
+      restored, problem = self._verified(template, abstract, step, best)
+      if not problem:
+        log.warning("no numbered checkpoint is readable: resuming from the best checkpoint, "
+                    "step %d in %s", step, best)
+        return restored
+      log.warning("best checkpoint step %d is unreadable too (%s)", step, problem)
+    log.warning("no readable checkpoint in %s%s: starting from step 0", self.directory,
+                f" or {best}" if steps else "")
     return None
 
   def _verified(self, template: TrainState, abstract: Any, step: int,
+                directory: Path | None = None,
                 ) -> tuple[tuple[TrainState, dict[str, Any]] | None, str | None]:
-    """(state, meta) of `step` read and checked, or (None, "file: why") on every process."""
-    where = self.directory / str(step)
+    """(state, meta) of `step` (in `directory`, by default the numbered checkpoints) read and
+    checked, or (None, "file: why") on every process."""
+    directory = directory or self.directory
+    where = directory / str(step)
     problem, metadata, meta, state = None, None, None, None
     try:  # the array tree first: a model that does not fit is the config's error, not rot
       metadata = self._state_handler.metadata(where / "state")
@@ -257,7 +338,7 @@ class Checkpointer:
       return None, (f"state arrays {', '.join(bad[:3])}{more}: checksum differs from the "
                     "saved one (the array data changed after the save)")
     meta.pop("checksums", None)
-    log.info("restored checkpoint %s from %s (checksums verified)", step, self.directory)
+    log.info("restored checkpoint %s from %s (checksums verified)", step, directory)
     return (state, meta), None
 
   def _set_aside(self, step: int) -> Path:
@@ -280,11 +361,20 @@ class Checkpointer:
       self._barriers += 1
       multihost_utils.sync_global_devices(f"imp_checkpoint_{name}_{self._barriers}")
 
+  def committed(self) -> tuple[int | None, Path]:
+    """(newest committed step, directory), after the pending save's outcome."""
+    self.wait()
+    return self.latest_step(), self.directory
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the pending save; CheckpointSaveError if it failed."""
+    with self._saving(self._manager, None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for the pending saves and closes; CheckpointSaveError if one failed."""
     for manager in (self._manager, self._best):
       if manager is not None:
-        manager.wait_until_finished()
+        with self._saving(manager, None):
+          manager.wait_until_finished()
         manager.close()

@@ -17,6 +17,7 @@ Evaluation and expert-usage plots are end-of-run hooks the caller passes in (`Ho
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,14 +38,17 @@ from imp.plan import programs as plan_programs
 from imp.plan.plan import ConfigError
 from imp.run.infer import Infer, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore, task_iterators
-from imp.train.preemption import Preemption
+from imp.train import lease
+from imp.train.lease import WorkdirBusyError
+from imp.train.preemption import EvaluationAbandoned, Preemption
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
 from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, OnMetrics, TrainLog, say, wrap
 
 log = logging.getLogger("imp")
 
-__all__ = ["ConfigError", "Hooks", "NonFiniteError", "compilation_cache", "train"]
+__all__ = ["ConfigError", "Hooks", "NonFiniteError", "WorkdirBusyError", "compilation_cache",
+           "train"]
 
 
 @dataclasses.dataclass
@@ -120,7 +124,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     stop_after: stop (with a checkpoint) after this many steps of this run, as a preemption
       would; for notebooks and tests.
   """
-  with compilation_cache(config, workdir):
+  # One run per workdir (imp/train/lease.py): a second one is refused before it writes.
+  with lease.hold(workdir, take=jax.process_index() == 0), compilation_cache(config, workdir):
     return _train(config, workdir, hooks, stop_after)
 
 
@@ -181,6 +186,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   start = int(state.step)
   end = total if stop_after is None else min(total, start + int(stop_after))
   counts = collections.Counter()  # steps that trained each task
+  nonfinite = dict(config.get("nonfinite") or {})
+  stop_on_nonfinite = nonfinite.get("policy", "skip") == "stop"
   steps_run, evals, data_wait, compiles_in_loop = 0, {}, 0.0, 0
   loop_start = time.perf_counter()
   bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
@@ -189,7 +196,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   def evaluate_and_log(done: int, state: TrainState) -> dict[str, float]:
     if hooks.evaluate is None:
       return {}
-    evals = hooks.evaluate(infer_fn(run, state.params))
+    with preemption.abandoning():  # a signal now raises EvaluationAbandoned in here
+      evals = hooks.evaluate(infer_fn(run, state.params))
     train_log.writer.write(done, evals, kind="eval")
     run.checkpointer.save_best(done, state, _meta(run, iterators), evals)
     for line in wrap(f"step {done}: eval", [f"{k}={v:.4f}" for k, v in evals.items()]):
@@ -218,20 +226,29 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       preempted = preemption.reached(done)
       stopping = done == end or preempted
 
-      if done % config.log_every == 0 or stopping:
+      # nonfinite.policy='stop' reads this step's flag (one host sync per step) so the run
+      # stops at the step that went bad, not at the next log interval.
+      if (done % config.log_every == 0 or stopping or
+          (stop_on_nonfinite and train_log.nonfinite_now(len(names)))):
         say(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
                             sum(s.skips.count for s in run.sources.values())), bar.write)
-        train_log.check_nonfinite(dict(config.get("nonfinite") or {}),
-                                  (run.checkpointer.latest_step(), run.checkpointer.directory))
+        train_log.check_nonfinite(nonfinite, run.checkpointer.committed)
 
       # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
-      if stopping or run.checkpointer.should_save(done):
+      saved = stopping or run.checkpointer.should_save(done)
+      if saved:
         run.checkpointer.save(done, state, _meta(run, iterators))
 
       # A preemption's grace period is short: save and go; the rerun evaluates a final step.
+      # A signal during an evaluation abandons it (imp/train/preemption.py).
       if not preempted and (done == total or (config.eval_every and
                                               done % config.eval_every == 0)):
-        evals = evaluate_and_log(done, state)
+        try:
+          evals = evaluate_and_log(done, state)
+        except EvaluationAbandoned:
+          preempted = True
+          if not saved:
+            run.checkpointer.save(done, state, _meta(run, iterators))
 
       if preempted:
         say(f"step {done}: signal {preemption.signal} received; saved a checkpoint at step "
@@ -241,7 +258,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     # A run stopped after its final save but before its final evaluation finished (or the
     # command of a finished run is rerun): evaluate the final checkpoint now.
     if start == total:
-      evals = evaluate_and_log(total, state)
+      with contextlib.suppress(EvaluationAbandoned):  # the next rerun evaluates it again
+        evals = evaluate_and_log(total, state)
   bar.close()
   run.checkpointer.close()
 
@@ -263,9 +281,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       "eval": evals,
       "eval_seconds": hooks.eval_seconds(),  # per eval entry, its latest evaluation
   }
-  train_log.writer.write(total, {"compile_share": summary["step_cache"]["compile_share"],
-                                 "data_wait_share": summary["data_wait_share"] or 0.0},
-                         kind="summary")
+  train_log.writer.write(start + steps_run,  # the last step run, also when stopped early
+                         {"compile_share": summary["step_cache"]["compile_share"],
+                          "data_wait_share": summary["data_wait_share"] or 0.0}, kind="summary")
   if hooks.on_close is not None and jax.process_index() == 0:  # only process 0 writes files
     hooks.on_close(run.workdir)
   train_log.writer.close()

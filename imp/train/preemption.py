@@ -9,16 +9,25 @@ catches SIGTERM on any process, tells the others through the coordination servic
 one step that all of them reach (`multihost_utils.reached_preemption_sync_point`, called after
 every step by every process). So SIGTERM is left to JAX's handler there, and SIGINT (Ctrl-C)
 is turned into a SIGTERM of this process to take the same path.
+
+A signal during an evaluation (one process) abandons it: inside `abandoning()` the handler
+raises EvaluationAbandoned in the main thread, so the loop saves and stops within a step's
+time instead of after the whole evaluation (which can outlast a preemption notice).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 
 import jax
 from jax.experimental import multihost_utils
+
+
+class EvaluationAbandoned(Exception):  # noqa: N818 - not an error: the run saves and stops
+  """A preemption signal arrived during an evaluation."""
 
 
 class Preemption:
@@ -28,6 +37,7 @@ class Preemption:
     self.signal: int | None = None
     self._previous = {}
     self._multi = False
+    self._abandonable = False
 
   def __enter__(self):
     self._multi = jax.process_count() > 1
@@ -42,6 +52,21 @@ class Preemption:
     self.signal = signum
     if self._multi:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's notifier shares it with the other processes
+    elif self._abandonable:
+      self._abandonable = False
+      raise EvaluationAbandoned(f"signal {signum}")
+
+  @contextlib.contextmanager
+  def abandoning(self):
+    """A block (an evaluation) that a signal abandons, raising EvaluationAbandoned; one
+    process only (several processes must agree on the step: they finish it)."""
+    if self.signal is not None and not self._multi:
+      raise EvaluationAbandoned(f"signal {self.signal}")
+    self._abandonable = True
+    try:
+      yield
+    finally:
+      self._abandonable = False
 
   def reached(self, step: int) -> bool:
     """True if the run must save and stop after `step` (the same step on every process)."""

@@ -86,6 +86,17 @@ def flatten(means: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
   return flat
 
 
+def _skip_line(skips: list[tuple[int, str]], shown: int = 3) -> str:
+  """A second console line for the steps the NaN/Inf guard skipped since the last write
+  (so at most one per log interval), listing the first `shown`, within the console width."""
+  if not skips:
+    return ""
+  listed = ", ".join(f"{step} ({task})" for step, task in skips[:shown])
+  more = f" and {len(skips) - shown} more" if len(skips) > shown else ""
+  line = f"  NaN/Inf guard (config.nonfinite) skipped {len(skips)} step(s): {listed}{more}"
+  return "\n" + (line if len(line) <= CONSOLE_WIDTH else line[:CONSOLE_WIDTH - 3] + "...")
+
+
 class TrainLog:
   """Buffers step metrics on the device and writes per-task means every `log_every` steps.
 
@@ -106,24 +117,31 @@ class TrainLog:
     self.steps.append(step)
     self.pending.append((task_name, metrics))
 
-  def _count_skips(self) -> None:
+  def nonfinite_now(self, last: int) -> bool:
+    """True if one of the `last` metrics added (this step's tasks) flags a skipped update."""
+    return any(bool(f) for f in jax.device_get([m["nonfinite"] for _, m in self.pending[-last:]]))
+
+  def _count_skips(self) -> list[tuple[int, str]]:
+    """Counts the buffered steps the guard skipped; returns their (step, task)."""
     flags = jax.device_get([m["nonfinite"] for _, m in self.pending])
-    previous = None
+    previous, skips = None, []
     for step, (task_name, _), flag in zip(self.steps, self.pending, flags, strict=True):
       if step == previous:  # a weighted-sum step logs every task: count the step once
         continue
       previous = step
       if flag:
+        skips.append((step, task_name))
         self.skipped += 1
         self.consecutive += 1
         if self.consecutive == 1:
           self.first_skip = (step, task_name)
       else:
         self.consecutive = 0
+    return skips
 
   def write(self, step: int, cache_stats: dict[str, float], data_skipped: int = 0) -> str:
     """Writes the buffered means (and the count of skipped bad examples); returns the line."""
-    self._count_skips()
+    skips = self._count_skips()
     means = mean_by_task(self.pending)
     if self.on_metrics is not None:
       for task_name, metrics in means.items():
@@ -138,10 +156,12 @@ class TrainLog:
               if k.endswith("/loss") and "/moe/" not in k]
     skipped = f" ({data_skipped} bad examples skipped)" if data_skipped else ""
     return fit(f"step {step}{skipped}: loss", losses,
-               f"| {100 * cache_stats['compile_share']:.1f}% of wall compiling")
+               f"| {100 * cache_stats['compile_share']:.1f}% of wall compiling") + _skip_line(skips)
 
-  def check_nonfinite(self, settings: Mapping, checkpoint: tuple[int | None, Path]) -> None:
-    """Applies config.nonfinite after a write; `checkpoint` is (latest step, directory)."""
+  def check_nonfinite(self, settings: Mapping,
+                      checkpoint: Callable[[], tuple[int | None, Path]]) -> None:
+    """Applies config.nonfinite after a write; `checkpoint()` is (newest committed step,
+    directory), asked only when stopping (it waits for a pending save)."""
     policy, limit = settings.get("policy", "skip"), int(settings.get("max_consecutive", 20))
     if policy == "stop" and self.skipped:
       why = "config.nonfinite.policy='stop'"
@@ -151,7 +171,9 @@ class TrainLog:
     else:
       return
     step, task = self.first_skip
+    checkpoint = checkpoint()
     raise NonFiniteError(
         f"non-finite loss or gradient in task {task!r} at step {step} ({why}). The guard kept "
-        "the parameters of those steps unchanged; the latest checkpoint is step "
-        f"{checkpoint[0]} in {checkpoint[1]}.")
+        "the parameters of those steps unchanged; "
+        + (f"the newest checkpoint is step {checkpoint[0]} in {checkpoint[1]}."
+           if checkpoint[0] is not None else f"no checkpoint in {checkpoint[1]} yet."))
