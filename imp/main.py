@@ -101,6 +101,31 @@ def _summary_lines(summary: dict) -> list[str]:
   return lines
 
 
+def _dry_run(config, workdir: str) -> None:
+  """--mode=dry_run: a header, a line per program as it compiles, the tables; XLA's own
+  messages kept in <workdir>/xla_compile.log. Ctrl-C exits at once (status 130): the
+  compiles in progress run in C++ threads that cannot be stopped, so the process ends."""
+  from imp.plan import dry_run
+  from imp.plan import programs as plan_programs
+
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  try:
+    reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value,
+                                  xla_log_path=Path(workdir) / "xla_compile.log",
+                                  echo=lambda line: print(line, flush=True))
+  except KeyboardInterrupt:
+    print("dry run interrupted (Ctrl-C)", flush=True)
+    os._exit(130)
+  print("\n".join(dry_run.report_lines(reports, facts)))
+  written = plan_programs.write_json(
+      facts["programs"], Path(workdir) / "programs.json", dry_run=True,
+      mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
+      compile_wall_seconds=facts["compile_wall_seconds"])
+  print(f"wrote {written}")
+  if _MEMORY_BUDGET.value is not None:
+    dry_run.check_budget(reports, _MEMORY_BUDGET.value)
+
+
 def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
@@ -146,20 +171,7 @@ def main(argv: list[str]) -> None:
     return
   try:
     if _MODE.value == "dry_run":
-      from imp.plan import dry_run
-      from imp.plan import programs as plan_programs
-
-      reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
-      print("\n".join(dry_run.report_lines(reports, facts)))
-      if _WORKDIR.value:  # the same programs.json a training run writes, without training
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        written = plan_programs.write_json(
-            facts["programs"], Path(workdir) / "programs.json", dry_run=True,
-            mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
-            compile_wall_seconds=facts["compile_wall_seconds"])
-        print(f"wrote {written}")
-      if _MEMORY_BUDGET.value is not None:
-        dry_run.check_budget(reports, _MEMORY_BUDGET.value)
+      _dry_run(config, workdir)
       return
     if _MODE.value == "eval":
       print(json.dumps(experiment.evaluate(config, workdir), indent=2))

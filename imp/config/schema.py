@@ -42,8 +42,8 @@ KEYS: list[Key] = [
         ("checkpoint_best_metric", "str|None", None, "also keep the best checkpoint by this "
          "eval result"),
         ("checkpoint_best_mode", "str", "max", "max | min: which value of the metric is best"),
-        ("compilation_cache_dir", "str", "", "JAX's persistent cache: '' = <workdir>/"
-         "compilation_cache, 'off', or a directory"),
+        ("compilation_cache_dir", "str", "", "JAX's persistent cache: '' = the user's "
+         "($XDG_CACHE_HOME or ~/.cache)/imp/jax, shared by runs; 'off'; or a directory"),
         ("mesh_rules", "str|None", None, "logical-axis rules preset: fsdp (default) | expert | "
          "replicated"),
         ("restore_step", "int|None", None, "resume from this checkpoint step instead of the "

@@ -36,11 +36,11 @@ import jax
 from imp.model import IMPModel
 from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
 from imp.parallel.rules import under_rules
-from imp.plan import scan_flops
+from imp.plan import scan_flops, xla_log
 from imp.plan.plan import ConfigError, Plan
 from imp.plan.routing import route_eval
 from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
-from imp.train.step_cache import TRACE_LOCK, StepCache, signature
+from imp.train.step_cache import TRACE_LOCK, StepCache, persistent_cache_counts, signature
 
 GIB = 1024**3
 COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
@@ -100,6 +100,12 @@ class ProgramReport:
     xla_peak_bytes: the analysis' `peak_memory_in_bytes` where reported (buffer liveness
       considered; `peak_bytes` instead assumes everything is live at once, an upper bound).
     collectives: HLO collective op -> count (e.g. all-to-all of an expert-sharded MoE).
+    source: "cache" when JAX's persistent compilation cache served the program, "compiled"
+      when XLA compiled it (and the cache, if on, stored it), "" when no cache was consulted.
+    xla_warnings, involuntary_remats: XLA's C++ warnings during the compile, and those that
+      are `[SPMD] Involuntary full rematerialization` (a tensor replicated whole to reshard
+      it), where the compile's fd 2 was captured (`imp.plan.xla_log`); their text is in
+      <workdir>/xla_compile.log.
   """
 
   name: str
@@ -116,6 +122,9 @@ class ProgramReport:
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
   xla_peak_bytes: int | None = None  # XLA's own peak figure, where the backend reports one
   input_bytes: int = 0
+  source: str = ""
+  xla_warnings: int = 0
+  involuntary_remats: int = 0
 
   @property
   def peak_bytes(self) -> int | None:
@@ -219,17 +228,26 @@ def describe_request(request: Any) -> str:
           + (", experts merged" if request.merge_experts else ""))
 
 
+def _source(before: tuple[int, int], after: tuple[int, int]) -> str:
+  requests, hits = after[0] - before[0], after[1] - before[1]
+  return "cache" if hits else "compiled" if requests else ""
+
+
 def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
-                 ) -> ProgramReport:
+                 capture: xla_log.Capture | None = None) -> ProgramReport:
   mesh, rules = plan.mesh, plan.rules
   traced = []
   start = time.perf_counter()
-  program = cache.compiled(
-      spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules), spec.args,
-      donate_argnums=spec.donate, sig=spec.signature if spec.kind == "train" else None,
-      in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
-      on_traced=traced.append)
+  before = persistent_cache_counts()
+  with capture.span() if capture else xla_log.no_capture() as xla_lines:
+    program = cache.compiled(
+        spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules),
+        spec.args, donate_argnums=spec.donate,
+        sig=spec.signature if spec.kind == "train" else None,
+        in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
+        on_traced=traced.append)
   seconds = time.perf_counter() - start
+  source = _source(before, persistent_cache_counts())
   compiled_flops = _flops(program)
   count_start = time.perf_counter()
   if not traced:  # the cache already held the program: trace it again (no lowering)
@@ -251,18 +269,41 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       argument_bytes=size("argument_size_in_bytes"), output_bytes=size("output_size_in_bytes"),
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
       collectives=collective_counts(program.as_text()), input_bytes=input_bytes(spec.args[1], mesh),
-      xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None)
+      xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None,
+      source=source, xla_warnings=xla_lines.warnings,
+      involuntary_remats=xla_lines.involuntary_remats)
 
 
 def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,
-                workers: int = 4) -> list[ProgramReport]:
-  """Compiles every spec into `cache` (`workers` at a time); one report each, in order."""
+                workers: int = 4, xla_log_path: str | Path | None = None,
+                on_done: Callable[[ProgramReport, float], None] | None = None,
+                ) -> list[ProgramReport]:
+  """Compiles every spec into `cache` (`workers` at a time); one report each, in order.
+
+  Args:
+    xla_log_path: where XLA's C++ log lines go while compiling (counted per program in the
+      reports) instead of the console; None leaves them on the console.
+    on_done: called with each report, and the seconds since the first compile began, as its
+      program finishes (a progress line).
+  """
   task_names = {p.name: p.tasks for p in plan.programs}
   names = lambda s: task_names.get(s.name.removeprefix("train "), ())  # noqa: E731
-  if workers <= 1 or len(specs) <= 1:
-    return [_compile_one(s, plan, cache, names(s)) for s in specs]
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    return list(pool.map(lambda s: _compile_one(s, plan, cache, names(s)), specs))
+  start = time.perf_counter()
+
+  def one(spec: ProgramSpec, capture: xla_log.Capture | None) -> ProgramReport:
+    report = _compile_one(spec, plan, cache, names(spec), capture)
+    if on_done is not None:
+      on_done(report, time.perf_counter() - start)
+    return report
+
+  with xla_log.Capture(xla_log_path) if xla_log_path else contextlib.nullcontext() as capture:
+    # Compiles run in worker threads even one at a time: the main thread then only waits, and
+    # a Ctrl-C reaches it at once instead of after the compile in progress (minutes).
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(specs))))
+    try:
+      return list(pool.map(lambda s: one(s, capture), specs))
+    finally:  # an interrupt leaves the running compiles behind: the caller exits
+      pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _gib(n: int | None) -> str:
@@ -273,18 +314,24 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
                 ) -> list[str]:
   """The compile-before-step-1 table, one program a line (memory in GiB per device)."""
   width = max([len(r.name) for r in reports] + [7])
-  lines = [f"{'program':<{width}} {'compile s':>9} {'GFLOPs':>10} {'input MiB':>9} "
-           f"{'args GiB':>9} {'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"]
+  lines = [f"{'program':<{width}} {'compile s':>9} {'from':>8} {'GFLOPs':>10} "
+           f"{'input MiB':>9} {'args GiB':>9} {'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"
+           f" {'remats':>6}"]
   for r in reports:
-    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {r.gflops:10.3f} "
-                 f"{r.input_bytes / 2**20:9.3f} "
+    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {r.source or '-':>8} "
+                 f"{r.gflops:10.3f} {r.input_bytes / 2**20:9.3f} "
                  f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
-                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9}")
+                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9} {r.involuntary_remats:6d}")
   total = sum(r.compile_seconds for r in reports)
   lines.append(f"{len(reports)} programs, {total:.1f}s compiling"
                + (f" ({wall_seconds:.1f}s wall)" if wall_seconds is not None else "")
                + "; GFLOPs per device and call, every scanned layer counted; input = the "
-               "batch per device (part of args); peak = args + out + temp, donated state once")
+               "batch per device (part of args); peak = args + out + temp, donated state once; "
+               "from: compiled, or loaded from the persistent compilation cache; remats: XLA's "
+               "involuntary full rematerializations")
+  warned = sum(r.xla_warnings for r in reports)
+  if warned:
+    lines.append(f"XLA warned {warned} times while compiling (xla_compile.log in the workdir)")
   return lines
 
 

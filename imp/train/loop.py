@@ -74,6 +74,15 @@ def check_best_metric(config: ml_collections.ConfigDict, hooks: Hooks) -> None:
                       f"valid: {', '.join(hooks.metric_names) or '(no evals configured)'}.")
 
 
+def xla_log_path(workdir: Path) -> Path | None:
+  """Where XLA's compile-time C++ lines go: <workdir>/xla_compile.log (one file per process);
+  None (left on the console) for a workdir in a bucket, which fd 2 cannot point at."""
+  if "://" in str(workdir):
+    return None
+  index = jax.process_index()
+  return Path(workdir) / ("xla_compile.log" if index == 0 else f"xla_compile.{index}.log")
+
+
 def compile_programs(run: Run, hooks: Hooks, *, workers: int = 4,
                      ) -> list[plan_programs.ProgramReport]:
   """Compiles every train and eval program into the run's cache; prints the table, writes
@@ -87,7 +96,8 @@ def compile_programs(run: Run, hooks: Hooks, *, workers: int = 4,
   specs = plan_programs.train_specs(run.plan) + plan_programs.eval_specs(
       run.plan, run.state.params, evals)
   start = time.perf_counter()
-  reports = plan_programs.compile_all(run.plan, run.cache, specs, workers=workers)
+  reports = plan_programs.compile_all(run.plan, run.cache, specs, workers=workers,
+                                      xla_log_path=xla_log_path(run.workdir))
   wall = time.perf_counter() - start
   log.info("compiled before step 1:\n%s",
            "\n".join(plan_programs.table_lines(reports, wall_seconds=wall)))

@@ -1,0 +1,118 @@
+"""Time to step 1: the user's persistent compilation cache (a new workdir loads what an earlier
+run compiled, and the programs table says which), and XLA's C++ messages kept out of the
+console, attributed to the program whose compile wrote them."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import pytest
+from conftest import tiny_digits_config
+
+from imp.plan import xla_log
+from imp.run.restore import cache_dir_of, default_cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_cache_is_the_users_unless_set(monkeypatch, tmp_path):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  config = tiny_digits_config()
+  assert cache_dir_of(config) == str(tmp_path / "xdg" / "imp" / "jax") == default_cache_dir()
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  assert cache_dir_of(config) == os.path.expanduser("~/.cache/imp/jax")
+  config.compilation_cache_dir = "off"
+  assert cache_dir_of(config) is None
+  config.compilation_cache_dir = str(tmp_path / "mine")
+  assert cache_dir_of(config) == str(tmp_path / "mine")
+  config.compilation_cache_dir = "ftp://host/cache"
+  with pytest.raises(ValueError, match=r"config.compilation_cache_dir='ftp://host/cache': "
+                     r"unknown scheme"):
+    cache_dir_of(config)
+
+
+def test_a_new_workdir_loads_the_programs_an_earlier_run_compiled(monkeypatch, tmp_path):
+  """Two runs of one config in two workdirs, the default cache under a fresh XDG_CACHE_HOME:
+  the first compiles every program, the second loads every one (JAX's cache_hits event in the
+  compiling thread). Every compile is stored (min compile time 0): a fast machine's sub-second
+  compiles would otherwise not be, and the second run would compile them again."""
+  from imp.train import loop
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  previous = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:
+    for name in ("first", "second"):
+      config = tiny_digits_config(total_steps=2, checkpoint_best_metric=None)
+      del config.tasks["digits_label_nce"]
+      loop.train(config, tmp_path / name)
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
+  first, second = ({p["name"]: p for p in json.loads(
+      (tmp_path / name / "programs.json").read_text())["programs"]} for name in ("first", "second"))
+  assert len(first) == 2 and first.keys() == second.keys()
+  assert {p["source"] for p in first.values()} == {"compiled"}
+  assert {p["source"] for p in second.values()} == {"cache"}
+  assert any((tmp_path / "xdg" / "imp" / "jax").iterdir())
+  print("compile seconds, second run / first:",
+        sum(p["compile_seconds"] for p in second.values())
+        / sum(p["compile_seconds"] for p in first.values()))
+
+
+def test_capture_attributes_lines_to_the_thread_that_wrote_them(tmp_path):
+  """Two threads write absl-prefixed lines to fd 2 at once; each span keeps its own."""
+  barrier = threading.Barrier(2)
+  found = {}
+
+  def write(name, remats):
+    with capture.span() as lines:
+      barrier.wait()
+      tid = threading.get_native_id()
+      for i in range(3):
+        text = f"W1206 03:34:56.456164 {tid:>8} spmd_partitioner.cc:666] [SPMD] " + (
+            f"{xla_log.REMAT}. {name} {i}\n" if i < remats else f"other {name} {i}\n")
+        os.write(2, text.encode())
+      barrier.wait()
+    found[name] = lines
+
+  with xla_log.Capture(tmp_path / "xla.log") as capture:
+    threads = [threading.Thread(target=write, args=a) for a in (("a", 1), ("b", 3))]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+  assert (found["a"].involuntary_remats, found["b"].involuntary_remats) == (1, 3)
+  assert found["a"].warnings == found["b"].warnings == 3
+  assert all(" a " in line for line in found["a"].lines)
+  assert len((tmp_path / "xla.log").read_text().splitlines()) == 6
+
+
+REMAT = """
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from imp.plan import xla_log
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
+def f(x):  # [6, 256] split over b then a, reshaped: XLA replicates it whole to reshard
+  y = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(("a", "b"), None)))
+  return jax.lax.with_sharding_constraint(y.reshape(2, 3, 256) * 2,
+                                          NamedSharding(mesh, P(None, "a", "b")))
+with xla_log.Capture("xla.log") as capture, capture.span() as lines:
+  jax.jit(f, in_shardings=NamedSharding(mesh, P("b", "a"))).trace(
+      jax.ShapeDtypeStruct((6, 256), np.float32)).lower().compile()
+print("remats", lines.involuntary_remats)
+"""
+
+
+def test_an_involuntary_rematerialization_is_counted_not_printed(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", REMAT], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  count = int(proc.stdout.split("remats")[1])
+  assert count >= 1 and xla_log.REMAT not in proc.stderr
+  assert xla_log.REMAT in (tmp_path / "xla.log").read_text()
