@@ -39,15 +39,18 @@ def test_a_new_workdir_loads_the_programs_an_earlier_run_compiled(monkeypatch, t
   """Two runs of one config in two workdirs, the default cache under a fresh XDG_CACHE_HOME:
   the first compiles every program, the second loads every one (JAX's cache_hits event in the
   compiling thread). Every compile is stored (min compile time 0): a fast machine's sub-second
-  compiles would otherwise not be, and the second run would compile them again."""
+  compiles would otherwise not be, and the second run would compile them again.
+  The second run also profiles its step 1 (config.profile): a trace for TensorBoard's profile
+  plugin (xplane.pb) and one for Perfetto."""
   from imp.train import loop
+  from imp.train.profile_window import ProfileWindow
 
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   previous = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   try:
-    for name in ("first", "second"):
-      config = tiny_digits_config(total_steps=2, checkpoint_best_metric=None)
+    for name, profile in (("first", {}), ("second", dict(start_step=1, num_steps=1))):
+      config = tiny_digits_config(total_steps=3, checkpoint_best_metric=None, profile=profile)
       del config.tasks["digits_label_nce"]
       loop.train(config, tmp_path / name)
   finally:
@@ -58,6 +61,12 @@ def test_a_new_workdir_loads_the_programs_an_earlier_run_compiled(monkeypatch, t
   assert {p["source"] for p in first.values()} == {"compiled"}
   assert {p["source"] for p in second.values()} == {"cache"}
   assert any((tmp_path / "xdg" / "imp" / "jax").iterdir())
+  assert not (tmp_path / "first" / "profile").exists()
+  traces = tmp_path / "second" / "profile" / "plugins" / "profile"
+  assert len(list(traces.glob("*/*.xplane.pb"))) == 1 and list(traces.glob("*/*.trace.json.gz"))
+  with pytest.raises(ValueError, match=r"config.profile.num_steps=0 must be an integer of at "
+                     r"least 1"):
+    ProfileWindow(dict(start_step=2, num_steps=0), tmp_path)
   print("compile seconds, second run / first:",
         sum(p["compile_seconds"] for p in second.values())
         / sum(p["compile_seconds"] for p in first.values()))
@@ -116,3 +125,4 @@ def test_an_involuntary_rematerialization_is_counted_not_printed(tmp_path):
   count = int(proc.stdout.split("remats")[1])
   assert count >= 1 and xla_log.REMAT not in proc.stderr
   assert xla_log.REMAT in (tmp_path / "xla.log").read_text()
+

@@ -60,6 +60,13 @@ KEYS: list[Key] = [
         ("nonfinite", "dict", {}, "the NaN/Inf guard's policy"),
         ("mesh", "dict", {}, "device mesh axis -> size (-1: the remaining devices)"),
         ("dry_run", "dict", {}, "what the dry run declares in place of opening data"),
+        ("profile", "dict", {}, "a jax.profiler trace of some steps into <workdir>/profile "
+         "(imp/train/profile_window.py); {} for none"),
+    )),
+    *_section("profile.", (
+        ("start_step", "int", 1, "the first step traced (0-based; every program is compiled "
+         "before step 0)"),
+        ("num_steps", "int", 3, "steps traced"),
     )),
     *_section("nonfinite.", (
         ("policy", "str", "skip", "skip | stop: a non-finite loss or gradient skips the update "

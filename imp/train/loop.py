@@ -36,6 +36,7 @@ from imp.plan.plan import ConfigError
 from imp.run.infer import Infer, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore, task_iterators
 from imp.train.preemption import Preemption
+from imp.train.profile_window import ProfileWindow
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
 from imp.train.train_log import NonFiniteError, OnMetrics, TrainLog
@@ -179,6 +180,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
 
   # ---- Steps ----------------------------------------------------------------------------------
   train_log = TrainLog(run.workdir, hooks.on_metrics)
+  profiler = ProfileWindow(config.get("profile"), run.workdir)
   total = int(config.total_steps)
   start = int(state.step)
   end = total if stop_after is None else min(total, start + int(stop_after))
@@ -206,7 +208,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       data_wait += time.perf_counter() - t0
       batches = tuple(put_batch(batch, plan.mesh) for batch in batches)  # split over devices
       compiles_before = xla_compiles()
-      state, metrics = run_step(names, state, batches)
+      with profiler.step(step) as outputs:  # config.profile's window of steps, else nothing
+        state, metrics = run_step(names, state, batches)
+        outputs.append(state)
       compiles_in_loop += xla_compiles() - compiles_before  # every program compiled before
       steps_run += 1
       for name, task_metrics in zip(names, metrics, strict=True):
@@ -244,6 +248,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     if start == total:
       evals = evaluate_and_log(total, state)
   bar.close()
+  profiler.close()
   run.checkpointer.close()
 
   # ---- Summary ----------------------------------------------------------------------------------
