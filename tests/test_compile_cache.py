@@ -61,6 +61,15 @@ def test_a_new_workdir_loads_the_programs_an_earlier_run_compiled(monkeypatch, t
   assert {p["source"] for p in first.values()} == {"compiled"}
   assert {p["source"] for p in second.values()} == {"cache"}
   assert any((tmp_path / "xdg" / "imp" / "jax").iterdir())
+  # Per-program throughput at each log interval and over the run.
+  summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+  assert set(summary["throughput"]) <= {"digits_cls/base", "digits_cls/hires"}
+  for figures in summary["throughput"].values():
+    assert figures["ms_per_step"] > 0 and figures["tflops_per_device"] > 0
+    assert "mfu" not in figures  # a CPU: no peak in the table
+  records = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").open()]
+  assert any(k.endswith("/examples_per_s") for r in records if r["kind"] == "throughput"
+             for k in r)
   assert not (tmp_path / "first" / "profile").exists()
   traces = tmp_path / "second" / "profile" / "plugins" / "profile"
   assert len(list(traces.glob("*/*.xplane.pb"))) == 1 and list(traces.glob("*/*.trace.json.gz"))
@@ -126,3 +135,15 @@ def test_an_involuntary_rematerialization_is_counted_not_printed(tmp_path):
   assert count >= 1 and xla_log.REMAT not in proc.stderr
   assert xla_log.REMAT in (tmp_path / "xla.log").read_text()
 
+
+
+def test_throughput_figures_from_a_hand_timed_step():
+  """A program of 2,000 GFLOPs per device and 256 examples, 4 steps in 2 s on an H100 SXM
+  (989.4 TFLOP/s): 500 ms/step, 512 examples/s, 4 TFLOP/s, MFU 4/989.4."""
+  from imp.train.throughput import Throughput, peak_flops
+
+  assert peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_flops("cpu") is None
+  assert peak_flops("TPU v5 lite") == 197e12
+  figures = Throughput({"a": 2000.0}, {"a": 256}, "NVIDIA H100 80GB HBM3").figures("a", 4, 2.0)
+  assert figures == {"ms_per_step": 500.0, "examples_per_s": 512.0, "tflops_per_device": 4.0,
+                     "mfu": round(4 / 989.4, 4)}

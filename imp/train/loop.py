@@ -39,6 +39,7 @@ from imp.train.preemption import Preemption
 from imp.train.profile_window import ProfileWindow
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
+from imp.train.throughput import Throughput
 from imp.train.train_log import NonFiniteError, OnMetrics, TrainLog
 
 log = logging.getLogger("imp")
@@ -151,7 +152,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
            ", ".join(f"{t.name}={t.weight:.3f}" for t in plan.registry))
 
   # ---- Programs: every train and eval program compiled before step 1 -----------------------
-  compile_programs(run, hooks)
+  reports = compile_programs(run, hooks)
+  rows = {t.name: t.variant.batch_size for t in plan.registry}
+  throughput = Throughput(
+      {r.name.removeprefix("train "): r.gflops for r in reports if r.kind == "train"},
+      {p.name: sum(rows[t] for t in p.tasks) for p in plan.programs},
+      jax.devices()[0].device_kind)
 
   # ---- Input pipelines: one grain iterator per task variant ---------------------------------
   iterators = task_iterators(run)
@@ -211,6 +217,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       with profiler.step(step) as outputs:  # config.profile's window of steps, else nothing
         state, metrics = run_step(names, state, batches)
         outputs.append(state)
+      throughput.step(plan.program_of(names).name, metrics)
       compiles_in_loop += xla_compiles() - compiles_before  # every program compiled before
       steps_run += 1
       for name, task_metrics in zip(names, metrics, strict=True):
@@ -223,7 +230,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       preempted = preemption.reached(done)
       stopping = done == end or preempted
 
+      if (done % config.log_every == 0 or stopping or run.checkpointer.should_save(done)
+          or (config.eval_every and done % config.eval_every == 0)):
+        throughput.pause()  # what follows is not a step's time
       if done % config.log_every == 0 or stopping:
+        train_log.writer.write(done, throughput.interval_scalars(), kind="throughput")
         bar.write(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
                                   sum(s.skips.count for s in run.sources.values())))
         train_log.check_nonfinite(dict(config.get("nonfinite") or {}),
@@ -262,6 +273,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       # Every program compiled before step 1: any XLA compile inside a step is counted here.
       "step_cache": dict(cache.stats(wall), xla_compiles_after_warmup=compiles_in_loop),
       "task_steps": dict(sorted(counts.items())),
+      # Per train program: ms/step, examples/s, TFLOP/s per device, MFU (imp/train/throughput.py)
+      "throughput": throughput.summary(),
       "nonfinite_skipped_steps": train_log.skipped,
       # Bad examples the pipelines skipped (datasets.<name>.on_error="skip"), this run.
       "data_skipped_examples": {n: s.skips.count for n, s in run.sources.items()
