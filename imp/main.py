@@ -109,6 +109,9 @@ def _dry_run(config, workdir: str) -> None:
   from imp.plan import programs as plan_programs
 
   Path(workdir).mkdir(parents=True, exist_ok=True)
+  if _MEMORY_BUDGET.value is not None and config.get("device_memory_limit") is None:
+    # the budget model.remat_policy="auto" fits each program in, as on a device of that size
+    config.device_memory_limit = int(_MEMORY_BUDGET.value * dry_run.GIB)
   try:
     reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value,
                                   xla_log_path=Path(workdir) / "xla_compile.log",

@@ -163,3 +163,24 @@ def test_no_module_over_450_lines():
           if (n := len(p.read_text().splitlines())) > 450}
   # Modules other issues own, split there: the data preparation commands and the MoE layers.
   assert set(long) <= {"imp/data/prepare.py", "imp/model/moe.py"}, long
+
+
+def test_auto_remat_keeps_activations_when_they_fit_and_saves_when_not():
+  """model.remat_policy="auto" at batch 256: with no memory limit (a CPU reports none) the
+  program compiles once without remat; with a limit of that program's own peak (over the 10%
+  margin) it is recompiled with the next policy, dots_saveable (measured 25 MB against 39 MB
+  without remat), which fits."""
+  def plan_of(**overrides):
+    config = _config(**{"model.remat_policy": "auto", "model.depth": 1, **overrides})
+    config.tasks.digits_cls.variants.base.batch_size = 256
+    return build_plan(config, FACTS)
+
+  plan = plan_of()
+  (free,) = programs.compile_all(plan, StepCache(), programs.train_specs(plan))
+  assert free.remat_policy == "auto: none"
+  plan = plan_of(device_memory_limit=free.peak_bytes)
+  cache = StepCache()
+  (tight,) = programs.compile_all(plan, cache, programs.train_specs(plan))
+  assert tight.remat_policy == "auto: dots_saveable" and cache.misses == 2 and len(cache) == 1
+  assert tight.peak_bytes <= (1 - programs.REMAT_MARGIN) * free.peak_bytes
+  assert "auto: dots_saveable" in programs.table_lines([tight])[1]

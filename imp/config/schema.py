@@ -163,7 +163,9 @@ _MODEL_DOCS = {
     "scan_layers": "roll the layers with nn.scan (one compiled body)",
     "scan_unroll": "scanned units per loop iteration (nn.scan unroll): 1 compiles fastest, "
     "more trade compile time for step time",
-    "remat_policy": "none | full | ...: rematerialisation of each layer",
+    "remat_policy": "auto | none | dots_saveable | full | ...: rematerialisation of each layer; "
+    "auto: per train program the least recomputation (none, dots_saveable, full) whose "
+    "compiled program fits device_memory_limit or the device's memory with 10% to spare",
     "vision_patch": "(time, height, width) of a vision patch",
     "vision_base_grid": "patch grid the vision positions are learned at",
     "vision_channels": "image channels", "audio_patch": "(time, mel) of an audio patch",
@@ -176,7 +178,8 @@ _MODEL_DOCS = {
     "dtype": "computation dtype: float32 | bfloat16 (softmax, norms, routers, logits and losses "
     "stay float32)",
     "param_dtype": "parameter dtype: float32 | bfloat16 (Adam moments stay float32)",
-    "attention_impl": "xla | cudnn (GPU): the implementation of jax.nn.dot_product_attention",
+    "attention_impl": "auto | xla | cudnn (GPU): the implementation of jax.nn.dot_product_attention"
+    "; auto: cudnn on a GPU with bfloat16/float16 activations, else xla",
     "heads": "classifier heads: batch_norm (Linear then BatchNorm, M3SAT), momentum, epsilon",
     "layer_scale": "LayerScale's initial gamma per residual branch (None: off)",
     "stochastic_depth": "drop rate of each residual branch in training (0: off)",

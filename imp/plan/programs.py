@@ -33,7 +33,7 @@ from typing import Any
 
 import jax
 
-from imp.model import IMPModel
+from imp.model import REMAT_AUTO, IMPModel
 from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
 from imp.parallel.rules import under_rules
 from imp.plan import scan_flops, xla_log
@@ -106,6 +106,7 @@ class ProgramReport:
       are `[SPMD] Involuntary full rematerialization` (a tensor replicated whole to reshard
       it), where the compile's fd 2 was captured (`imp.plan.xla_log`); their text is in
       <workdir>/xla_compile.log.
+    remat_policy: a train program's model.remat_policy; "auto: <policy>" where auto chose it.
   """
 
   name: str
@@ -125,6 +126,7 @@ class ProgramReport:
   source: str = ""
   xla_warnings: int = 0
   involuntary_remats: int = 0
+  remat_policy: str = ""
 
   @property
   def peak_bytes(self) -> int | None:
@@ -233,19 +235,52 @@ def _source(before: tuple[int, int], after: tuple[int, int]) -> str:
   return "cache" if hits else "compiled" if requests else ""
 
 
+REMAT_MARGIN = 0.1  # auto remat keeps 10% of the memory free: XLA's analysis leaves out the
+# allocator's fragmentation and the runtime's own buffers
+
+
+def _fits(report: ProgramReport, budget: float | None) -> bool:
+  return budget is None or report.peak_bytes is None or (
+      report.peak_bytes <= (1 - REMAT_MARGIN) * budget)
+
+
 def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
-                 capture: xla_log.Capture | None = None) -> ProgramReport:
+                 capture: xla_log.Capture | None = None, budget: float | None = None,
+                 ) -> ProgramReport:
+  """Compiles `spec`; under model.remat_policy="auto" a train program is compiled with the
+  policies of REMAT_AUTO in turn until one fits `budget` with REMAT_MARGIN to spare (the
+  last is kept if none does, for check_memory to name), so a program that fits without
+  remat compiles once."""
+  auto = plan.remat_auto and spec.kind == "train"
+  policies = REMAT_AUTO if auto else (plan.model_config.remat_policy,)
+  seconds = 0.0
+  with capture.span() if capture else xla_log.no_capture() as xla_lines:
+    for policy in policies:
+      model = plan.model if policy == plan.model_config.remat_policy else plan.model.clone(
+          config=dataclasses.replace(plan.model_config, remat_policy=policy))
+      report = _compile_with(model, spec, plan, cache, task_names)
+      seconds += report.compile_seconds
+      if _fits(report, budget) or policy == policies[-1]:
+        break
+      cache.discard(spec.key, spec.signature)  # too big: the next policy replaces it
+  return dataclasses.replace(
+      report, compile_seconds=round(seconds, 2), xla_warnings=xla_lines.warnings,
+      involuntary_remats=xla_lines.involuntary_remats,
+      remat_policy=("auto: " if auto else "") + policy if spec.kind == "train" else "")
+
+
+def _compile_with(model: IMPModel, spec: ProgramSpec, plan: Plan, cache: StepCache,
+                  task_names: Sequence[str]) -> ProgramReport:
   mesh, rules = plan.mesh, plan.rules
   traced = []
   start = time.perf_counter()
   before = persistent_cache_counts()
-  with capture.span() if capture else xla_log.no_capture() as xla_lines:
-    program = cache.compiled(
-        spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules),
-        spec.args, donate_argnums=spec.donate,
-        sig=spec.signature if spec.kind == "train" else None,
-        in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
-        on_traced=traced.append)
+  program = cache.compiled(
+      spec.key, lambda: under_rules(spec.build(model, spec.args), mesh, rules),
+      spec.args, donate_argnums=spec.donate,
+      sig=spec.signature if spec.kind == "train" else None,
+      in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
+      on_traced=traced.append)
   seconds = time.perf_counter() - start
   source = _source(before, persistent_cache_counts())
   compiled_flops = _flops(program)
@@ -253,7 +288,7 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
   if not traced:  # the cache already held the program: trace it again (no lowering)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), spec.args)
     with TRACE_LOCK:
-      fn = under_rules(spec.build(plan.model, spec.args), mesh, rules)
+      fn = under_rules(spec.build(model, spec.args), mesh, rules)
       traced.append(jax.jit(fn).trace(*abstract))
   flops = scan_flops.count(traced[0].jaxpr, every_trip=True) / mesh.size
   count_seconds = time.perf_counter() - count_start
@@ -270,8 +305,7 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
       collectives=collective_counts(program.as_text()), input_bytes=input_bytes(spec.args[1], mesh),
       xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None,
-      source=source, xla_warnings=xla_lines.warnings,
-      involuntary_remats=xla_lines.involuntary_remats)
+      source=source)
 
 
 def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,
@@ -290,8 +324,12 @@ def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,
   names = lambda s: task_names.get(s.name.removeprefix("train "), ())  # noqa: E731
   start = time.perf_counter()
 
+  budget = None
+  if plan.remat_auto:  # the memory auto remat fits programs in, with REMAT_MARGIN to spare
+    budget = plan.config.get("device_memory_limit") or device_memory()
+
   def one(spec: ProgramSpec, capture: xla_log.Capture | None) -> ProgramReport:
-    report = _compile_one(spec, plan, cache, names(spec), capture)
+    report = _compile_one(spec, plan, cache, names(spec), capture, budget)
     if on_done is not None:
       on_done(report, time.perf_counter() - start)
     return report
@@ -316,12 +354,13 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
   width = max([len(r.name) for r in reports] + [7])
   lines = [f"{'program':<{width}} {'compile s':>9} {'from':>8} {'GFLOPs':>10} "
            f"{'input MiB':>9} {'args GiB':>9} {'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"
-           f" {'remats':>6}"]
+           f" {'remats':>6} remat policy"]
   for r in reports:
     lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {r.source or '-':>8} "
                  f"{r.gflops:10.3f} {r.input_bytes / 2**20:9.3f} "
                  f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
-                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9} {r.involuntary_remats:6d}")
+                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9} {r.involuntary_remats:6d} "
+                 f"{r.remat_policy}".rstrip())
   total = sum(r.compile_seconds for r in reports)
   lines.append(f"{len(reports)} programs, {total:.1f}s compiling"
                + (f" ({wall_seconds:.1f}s wall)" if wall_seconds is not None else "")

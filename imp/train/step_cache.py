@@ -163,6 +163,12 @@ class StepCache:
     self._log.debug("compiled %s in %.2fs (temp memory %s bytes)", name, seconds, temp)
     return program
 
+  def discard(self, name: Hashable, sig: Signature) -> None:
+    """Forgets the program of (name, sig), so the next `compiled` call compiles it again
+    (model.remat_policy="auto" recompiling a program that did not fit)."""
+    with self._lock:
+      self._compiled.pop((name, sig), None)
+
   def __contains__(self, key: tuple[Hashable, Signature]) -> bool:
     """Whether (name, signature) is compiled."""
     return key in self._compiled

@@ -1,4 +1,4 @@
-"""Time to step 1: the user's persistent compilation cache (a new workdir loads what an earlier
+"""Time to step 1 and time per step: the user's persistent compilation cache (a new workdir loads
 run compiled, and the programs table says which), and XLA's C++ messages kept out of the
 console, attributed to the program whose compile wrote them."""
 
@@ -147,3 +147,14 @@ def test_throughput_figures_from_a_hand_timed_step():
   figures = Throughput({"a": 2000.0}, {"a": 256}, "NVIDIA H100 80GB HBM3").figures("a", 4, 2.0)
   assert figures == {"ms_per_step": 500.0, "examples_per_s": 512.0, "tflops_per_device": 4.0,
                      "mfu": round(4 / 989.4, 4)}
+
+
+def test_auto_attention_is_xla_without_a_gpu():
+  from imp.model import ModelConfig
+
+  assert jax.default_backend() != "gpu" or pytest.skip("a GPU: auto may pick cuDNN")
+  config = ModelConfig.from_config(dict(attention_impl="auto", dtype="bfloat16"))
+  assert config.attention_impl == "xla"
+  with pytest.raises(ValueError, match=r"model.attention_impl='flash' is not known; valid: "
+                     r"'auto', 'xla', 'cudnn'"):
+    ModelConfig.from_config(dict(attention_impl="flash"))
