@@ -1,6 +1,7 @@
-"""Time to step 1 and time per step: the user's persistent compilation cache (a new workdir loads
-run compiled, and the programs table says which), and XLA's C++ messages kept out of the
-console, attributed to the program whose compile wrote them."""
+"""Time to step 1 and time per step: the user's persistent compilation cache (a new workdir
+loads what an earlier run compiled, and the programs table says which), XLA's C++ messages kept
+out of the console and attributed to the program whose compile wrote them, the profiler
+window, per-program throughput and the auto attention choice."""
 
 import json
 import os
