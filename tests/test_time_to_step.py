@@ -159,3 +159,17 @@ def test_auto_attention_is_xla_without_a_gpu():
   with pytest.raises(ValueError, match=r"model.attention_impl='flash' is not known; valid: "
                      r"'auto', 'xla', 'cudnn'"):
     ModelConfig.from_config(dict(attention_impl="flash"))
+
+
+def test_a_dry_run_divisor_that_breaks_a_batch_is_refused_naming_one_that_works():
+  """Batches 64 and 16 on one device: 32 leaves 16 / 32 rows; 16 is the largest that works."""
+  from imp.plan import dry_run
+
+  config = tiny_digits_config()
+  config.dry_run = dict(datasets=dict(digits=dict(train_examples=1437, num_classes=10,
+                                                  modalities=("image", "text"))))
+  with pytest.raises(dry_run.DryRunError, match=r"--dry_run_batch_divisor=32: tasks.digits_cls"
+                     r".variants.hires.batch_size=16 does not divide into a multiple of the 1 "
+                     r"data-parallel devices of config.mesh; the largest divisor that keeps "
+                     r"every batch split is 16."):
+    dry_run.plan(config, batch_divisor=32)
