@@ -34,8 +34,8 @@ class Lines:
 
   @property
   def warnings(self) -> int:
-    """Log records at warning severity or above (W, E, F)."""
-    return sum(1 for line in self.lines if line[:1] in "WEF")
+    """Log records at warning severity or above (W, E, F); continuation lines not counted."""
+    return sum(1 for line in self.lines if line[:1] in "WEF" and _PREFIX.match(line))
 
   @property
   def involuntary_remats(self) -> int:
