@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = dict(
       width=768, depth=12, num_heads=12, mlp_dim=3072, embed_dim=768,
-      scan_layers=True, remat_policy="full",
+      scan_layers=True, remat_policy="auto", attention_impl="auto",  # per program, per device
       vision_patch=(4, 16, 16), vision_base_grid=(1, 16, 16), vision_channels=3,
       text_max_length=256,
       moe=dict(num_experts=16, every=2, router="expert_choice",

@@ -131,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = dict(
       width=1024, depth=24, num_heads=16, mlp_dim=4096, embed_dim=1024,
-      scan_layers=True, remat_policy="full",
+      scan_layers=True, remat_policy="auto", attention_impl="auto",  # per program, per device
       vision_patch=(4, 16, 16), vision_base_grid=(4, 16, 16), vision_channels=3,
       audio_patch=(16, 16), audio_base_grid=(64, 8),  # AudioMAE: 1024 frames x 128 mel
       text_vocab_size=T5_PIECES + 1, text_max_length=CAPTION_TEXT,

@@ -152,6 +152,37 @@ def _without_traceback(record: logging.LogRecord) -> bool:
   return True
 
 
+def _dry_run(config, workdir: str) -> None:
+  """--mode=dry_run: a header, a line per program as it compiles, the tables; XLA's own
+  messages kept in <workdir>/xla_compile.log. Ctrl-C exits at once (status 130): the
+  compiles in progress run in C++ threads that cannot be stopped, so the process ends."""
+  from imp import paths
+  from imp.plan import dry_run
+  from imp.plan import programs as plan_programs
+  from imp.train.loop import xla_log_path
+
+  out = paths.as_path(workdir, key="--workdir")
+  out.mkdir(parents=True, exist_ok=True)
+  if _MEMORY_BUDGET.value is not None and config.get("device_memory_limit") is None:
+    # the budget model.remat_policy="auto" fits each program in, as on a device of that size
+    config.device_memory_limit = int(_MEMORY_BUDGET.value * dry_run.GIB)
+  try:
+    reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value,
+                                  xla_log_path=xla_log_path(out),
+                                  echo=lambda line: print(line, flush=True))
+  except KeyboardInterrupt:
+    print("dry run interrupted (Ctrl-C)", flush=True)
+    os._exit(130)
+  print("\n".join(dry_run.report_lines(reports, facts)))
+  written = plan_programs.write_json(
+      facts["programs"], out / "programs.json", dry_run=True,
+      mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
+      compile_wall_seconds=facts["compile_wall_seconds"])
+  print(f"wrote {written}")
+  if _MEMORY_BUDGET.value is not None:
+    dry_run.check_budget(reports, _MEMORY_BUDGET.value)
+
+
 def _config_path() -> str:
   return config_flags.get_config_filename(flags.FLAGS["config"])
 
@@ -218,20 +249,7 @@ def main(argv: list[str]) -> None:
     _check_data(config)
   try:
     if _MODE.value == "dry_run":
-      from imp.plan import dry_run
-      from imp.plan import programs as plan_programs
-
-      reports, facts = dry_run.plan(config, batch_divisor=_BATCH_DIVISOR.value)
-      print("\n".join(dry_run.report_lines(reports, facts)))
-      if _WORKDIR.value:  # the same programs.json a training run writes, without training
-        paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
-        written = plan_programs.write_json(
-            facts["programs"], paths.as_path(workdir) / "programs.json", dry_run=True,
-            mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
-            compile_wall_seconds=facts["compile_wall_seconds"])
-        print(f"wrote {written}")
-      if _MEMORY_BUDGET.value is not None:
-        dry_run.check_budget(reports, _MEMORY_BUDGET.value)
+      _dry_run(config, workdir)
       return
     if _MODE.value == "eval":
       print(json.dumps(experiment.evaluate(config, workdir), indent=2))

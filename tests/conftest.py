@@ -1,11 +1,18 @@
 """Test set-up: CPU unless JAX_PLATFORMS says otherwise (`JAX_PLATFORMS=cuda` runs the GPU-only
 tests on a GPU). `slow` marks the full default experiment (run with `-m slow`)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# imp's default compilation cache is the user's (~/.cache/imp/jax): tests share one of their own
+# per session (per xdist worker; subprocesses inherit it), never the user's, and remove it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="imp-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 def tiny_digits_config(total_steps=12, **overrides):

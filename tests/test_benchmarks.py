@@ -185,14 +185,16 @@ def _check_bare_loop(data):
     if not name.startswith("steps_"):
       continue
     runs = case["runs"]
-    assert len(runs["imp"]) == len(runs["bare"]) == data["rounds"]
-    for imp_run, bare_run in zip(runs["imp"], runs["bare"], strict=True):
+    assert len(runs["imp"]) == len(runs["bare"]) == len(runs["bare_unrolled"]) == data["rounds"]
+    for imp_run, bare_run, unrolled in zip(runs["imp"], runs["bare"], runs["bare_unrolled"],
+                                           strict=True):
       assert imp_run["steps"] == bare_run["steps"] == int(name.removeprefix("steps_"))
-      # The same seeded AGD draw on both sides: the same steps of each task.
+      # The same seeded AGD draw on every side: the same steps of each task.
       nonzero = lambda counts: {k: v for k, v in counts.items() if v}  # noqa: E731
       assert nonzero(imp_run["task_steps"]) == nonzero(bare_run["task_steps"])
+      assert nonzero(unrolled["task_steps"]) == nonzero(bare_run["task_steps"])
       assert 0.0 <= imp_run["accuracy"] <= 1.0 and 0.0 <= bare_run["accuracy"] <= 1.0
-    for key in ("wall", "user", "system"):
+    for key in ("wall", "user", "system", "wall_vs_unrolled"):
       assert 0.0 < case[f"{key}_ratio"]["median"] < float("inf")
 
 

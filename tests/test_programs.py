@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny_digits_config
 
+from imp.model import REMAT_AUTO
 from imp.parallel.mesh import data_parallel_size
 from imp.plan import programs
 from imp.plan.plan import DatasetFacts, build_plan
@@ -163,3 +164,27 @@ def test_no_module_over_450_lines():
           if (n := len(p.read_text().splitlines())) > 450}
   # Modules other issues own, split there: the data preparation commands and the MoE layers.
   assert set(long) <= {"imp/data/prepare.py", "imp/model/moe.py"}, long
+
+
+def test_auto_remat_keeps_activations_when_they_fit_and_saves_when_not():
+  """model.remat_policy="auto" at batch 256: with no memory limit (a CPU reports none) the
+  program compiles once without remat; with a limit of that program's own peak (over the 10%
+  margin) it is recompiled with the next policies until one fits (two layers, measured: 39 MB
+  without remat, 25 MB dots_saveable, 18 MB full), each compiled once, only the kept one
+  cached. (One layer saves nothing: its activations are live in the backward pass anyway.)"""
+  def plan_of(**overrides):
+    config = _config(**{"model.remat_policy": "auto", "model.depth": 2, **overrides})
+    config.tasks.digits_cls.variants.base.batch_size = 256
+    return build_plan(config, FACTS)
+
+  plan = plan_of()
+  (free,) = programs.compile_all(plan, StepCache(), programs.train_specs(plan))
+  assert free.remat_policy == "auto: none"
+  plan = plan_of(device_memory_limit=free.peak_bytes)
+  cache = StepCache()
+  (tight,) = programs.compile_all(plan, cache, programs.train_specs(plan))
+  chosen = tight.remat_policy.removeprefix("auto: ")
+  assert chosen in REMAT_AUTO[1:] and tight.remat_policy.startswith("auto: ")
+  assert cache.misses == REMAT_AUTO.index(chosen) + 1 and len(cache) == 1
+  assert tight.peak_bytes <= (1 - programs.REMAT_MARGIN) * free.peak_bytes
+  assert tight.remat_policy in programs.table_lines([tight])[1]

@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A non-finite loss or gradient skips that step's update ("skip", counted in the metrics) or
   # stops the run ("stop"); too many consecutive skips stop it too.
   config.nonfinite = dict(policy="skip", max_consecutive=20)
-  # JAX's persistent compilation cache: "" = <workdir>/compilation_cache, "off", or a directory.
+  # JAX's persistent compilation cache: "" = ~/.cache/imp/jax (shared by runs), "off", or a dir.
   config.compilation_cache_dir = ""
 
   config.datasets = ml_collections.ConfigDict({

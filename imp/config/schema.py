@@ -42,8 +42,8 @@ KEYS: list[Key] = [
         ("checkpoint_best_metric", "str|None", None, "also keep the best checkpoint by this "
          "eval result"),
         ("checkpoint_best_mode", "str", "max", "max | min: which value of the metric is best"),
-        ("compilation_cache_dir", "str", "", "JAX's persistent cache: '' = <workdir>/"
-         "compilation_cache, 'off', or a directory"),
+        ("compilation_cache_dir", "str", "", "JAX's persistent cache: '' = the user's "
+         "($XDG_CACHE_HOME or ~/.cache)/imp/jax, shared by runs; 'off'; or a directory"),
         ("mesh_rules", "str|None", None, "logical-axis rules preset: fsdp (default) | expert | "
          "replicated"),
         ("restore_step", "int|None", None, "resume from this checkpoint step instead of the "
@@ -60,6 +60,13 @@ KEYS: list[Key] = [
         ("nonfinite", "dict", {}, "the NaN/Inf guard's policy"),
         ("mesh", "dict", {}, "device mesh axis -> size (-1: the remaining devices)"),
         ("dry_run", "dict", {}, "what the dry run declares in place of opening data"),
+        ("profile", "dict", {}, "a jax.profiler trace of some steps into <workdir>/profile "
+         "(imp/train/profile_window.py); {} for none"),
+    )),
+    *_section("profile.", (
+        ("start_step", "int", 1, "the first step traced (0-based; every program is compiled "
+         "before step 0)"),
+        ("num_steps", "int", 3, "steps traced"),
     )),
     *_section("nonfinite.", (
         ("policy", "str", "skip", "skip | stop: a non-finite loss or gradient skips the update "
@@ -158,7 +165,9 @@ _MODEL_DOCS = {
     "scan_layers": "roll the layers with nn.scan (one compiled body)",
     "scan_unroll": "scanned units per loop iteration (nn.scan unroll): 1 compiles fastest, "
     "more trade compile time for step time",
-    "remat_policy": "none | full | ...: rematerialisation of each layer",
+    "remat_policy": "auto | none | dots_saveable | full | ...: rematerialisation of each layer; "
+    "auto: per train program the least recomputation (none, dots_saveable, full) whose "
+    "compiled program fits device_memory_limit or the device's memory with 10% to spare",
     "vision_patch": "(time, height, width) of a vision patch",
     "vision_base_grid": "patch grid the vision positions are learned at",
     "vision_channels": "image channels", "audio_patch": "(time, mel) of an audio patch",
@@ -171,7 +180,8 @@ _MODEL_DOCS = {
     "dtype": "computation dtype: float32 | bfloat16 (softmax, norms, routers, logits and losses "
     "stay float32)",
     "param_dtype": "parameter dtype: float32 | bfloat16 (Adam moments stay float32)",
-    "attention_impl": "xla | cudnn (GPU): the implementation of jax.nn.dot_product_attention",
+    "attention_impl": "auto | xla | cudnn (GPU): the implementation of jax.nn.dot_product_attention"
+    "; auto: cudnn on a GPU with bfloat16/float16 activations, else xla",
     "heads": "classifier heads: batch_norm (Linear then BatchNorm, M3SAT), momentum, epsilon",
     "layer_scale": "LayerScale's initial gamma per residual branch (None: off)",
     "stochastic_depth": "drop rate of each residual branch in training (0: off)",

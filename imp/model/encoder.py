@@ -43,6 +43,9 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
 }
+# model.remat_policy="auto" tries these in order, least recomputation first, per train program
+# (imp.plan.programs): the first whose compiled program fits the device's memory is kept.
+REMAT_AUTO = ("none", "dots_saveable", "full")
 
 
 def drop_path(x: Array, rate: float, rng: Array) -> Array:
@@ -406,7 +409,7 @@ class Encoder(nn.Module):
                merge_experts: bool = False) -> tuple[Array, dict]:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
-                       f"{', '.join(REMAT_POLICIES)}.")
+                       f"auto, {', '.join(REMAT_POLICIES)}.")
     moe = self.moe if self.moe is not None and self.moe.num_experts else None
     if (isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int)
         or self.scan_unroll < 1):

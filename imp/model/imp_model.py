@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imp.model import logical
-from imp.model.attention import check_attention_impl
+from imp.model.attention import check_attention_impl, resolve_attention_impl
 from imp.model.conditions import (
     StaticCondition,
     TokenCondition,
@@ -39,7 +39,7 @@ from imp.model.conditions import (
     token_attributes,
 )
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder, input_dtype
-from imp.model.encoder import Encoder, MoeConfig, check_residual_options, drop_tokens
+from imp.model.encoder import REMAT_AUTO, Encoder, MoeConfig, check_residual_options, drop_tokens
 from imp.model.heads import ClassifierHead, HeadsConfig
 from imp.model.perceiver import PerceiverFrontEnd
 
@@ -156,7 +156,11 @@ class ModelConfig:
     check_residual_options(values.get("layer_scale"), values.get("stochastic_depth", 0.0))
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
-    check_attention_impl(values.get("attention_impl", "xla"))
+    values["attention_impl"] = resolve_attention_impl(values.get("attention_impl", "xla"),
+                                                      values.get("dtype", "float32"))
+    check_attention_impl(values["attention_impl"])
+    if values.get("remat_policy") == "auto":  # imp.plan.programs picks per program
+      values["remat_policy"] = REMAT_AUTO[0]
     for key in ("dtype", "param_dtype"):
       if values.get(key, "float32") not in DTYPES:
         raise ValueError(f"model.{key}={values[key]!r} is not known; valid: "

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import ml_collections
 
 from imp.model import ModelConfig
+from imp.parallel.mesh import data_parallel_size, make_mesh
+from imp.paths import Path
 from imp.plan import programs as plan_programs
 from imp.plan.param_count import count_params, merged_param_count
 from imp.plan.plan import ConfigError, abstract_batch, build_plan, declared_facts
@@ -71,15 +73,33 @@ class SignatureReport:
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
+def _bad_batch(config: ml_collections.ConfigDict, divisor: int, shards: int) -> str | None:
+  """The first variant whose batch `divisor` does not divide into a multiple of `shards` (the
+  data-parallel devices its rows split over), as "tasks.<entry>.variants.<name>...", or None."""
+  for entry, spec in config.tasks.to_dict().items():
+    for name, variant in spec["variants"].items():
+      batch = variant["batch_size"]
+      if batch % divisor or (batch // divisor) % shards:
+        return f"tasks.{entry}.variants.{name}.batch_size={batch}"
+  return None
+
+
 def _scaled_tasks(config: ml_collections.ConfigDict, divisor: int) -> dict[str, Any]:
+  """config.tasks with every batch divided by `divisor`; refused unless every divided batch
+  still splits over the mesh's data-parallel devices (a smaller batch leaves the partitioner
+  replicating whole activations: a dry run that plans what training would refuse)."""
+  shards = data_parallel_size(make_mesh(config.get("mesh")))
+  bad = _bad_batch(config, divisor, shards)
+  if bad:
+    works = next(d for d in range(divisor, 0, -1) if _bad_batch(config, d, shards) is None)
+    raise DryRunError(
+        f"--dry_run_batch_divisor={divisor}: {bad} does not divide into a multiple of the "
+        f"{shards} data-parallel devices of config.mesh; the largest divisor that keeps every "
+        f"batch split is {works}.")
   tasks = {}
   for entry, spec in config.tasks.to_dict().items():
-    variants = {}
-    for name, variant in spec["variants"].items():  # new dicts: entries may share variants
-      if variant["batch_size"] % divisor:
-        raise DryRunError(f"tasks.{entry}.variants.{name}.batch_size={variant['batch_size']} "
-                          f"is not divisible by --dry_run_batch_divisor={divisor}.")
-      variants[name] = dict(variant, batch_size=variant["batch_size"] // divisor)
+    variants = {name: dict(variant, batch_size=variant["batch_size"] // divisor)
+                for name, variant in spec["variants"].items()}  # new dicts: may be shared
     tasks[entry] = dict(spec, variants=variants)
   return tasks
 
@@ -94,8 +114,13 @@ def experts_per_token(model: ModelConfig) -> float:
 
 
 def plan(config: ml_collections.ConfigDict, *, batch_divisor: int = 1, workers: int = 4,
+         xla_log_path: str | Path | None = None, echo: Callable[[str], None] | None = None,
          ) -> tuple[list[SignatureReport], dict[str, Any]]:
   """Compiles every train program of `config`'s plan for its mesh without data or parameters.
+
+  Args:
+    xla_log_path: XLA's C++ log lines go there while compiling (counted per program).
+    echo: gets a header line and one line per program as its compile finishes.
 
   Returns:
     (one report per program, run facts: mesh, devices, model parameter counts, compiles, and
@@ -105,14 +130,24 @@ def plan(config: ml_collections.ConfigDict, *, batch_divisor: int = 1, workers: 
     DryRunError: a bad config or dry-run setting, naming the key.
   """
   try:
-    return _plan(config, batch_divisor, workers)
+    return _plan(config, batch_divisor, workers, xla_log_path, echo)
   except DryRunError:
     raise
   except ValueError as e:
     raise DryRunError(str(e)) from e
 
 
+def progress_line(report: plan_programs.ProgramReport, elapsed: float, done: int,
+                  total: int) -> str:
+  """One program, as its compile finishes."""
+  peak = "n/a" if report.peak_bytes is None else f"{report.peak_bytes / GIB:.2f} GiB"
+  return (f"[{done}/{total}] {report.name}: {report.compile_seconds:.1f}s "
+          f"({report.source or 'compiled'}), peak {peak}/device, "
+          f"{report.involuntary_remats} involuntary remats; {elapsed:.0f}s elapsed")
+
+
 def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
+          xla_log_path: str | Path | None, echo: Callable[[str], None] | None,
           ) -> tuple[list[SignatureReport], dict[str, Any]]:
   run_plan = build_plan(config, declared_facts(config),
                         tasks=_scaled_tasks(config, int(batch_divisor)))
@@ -126,8 +161,19 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
         int(dict(moe.router_args).get("k", 1)))
   cache = StepCache()
   specs = plan_programs.train_specs(run_plan)
+  say = echo or (lambda line: None)
+  say(f"dry run: {len(specs)} programs for mesh {dict(run_plan.mesh.shape)} on "
+      f"{jax.device_count()} {jax.devices()[0].platform} devices, {workers} compiling at once"
+      + (f"; XLA's messages go to {xla_log_path}" if xla_log_path else ""))
+  finished = []
+
+  def on_done(report, elapsed):
+    finished.append(report)
+    say(progress_line(report, elapsed, len(finished), len(specs)))
+
   start = time.perf_counter()
-  programs = plan_programs.compile_all(run_plan, cache, specs, workers=workers)
+  programs = plan_programs.compile_all(run_plan, cache, specs, workers=workers,
+                                       xla_log_path=xla_log_path, on_done=on_done)
   wall = time.perf_counter() - start
   reports = []
   for program, spec in zip(run_plan.programs, programs, strict=True):

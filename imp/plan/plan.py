@@ -149,6 +149,7 @@ class Plan:
   task_table: TaskTable  # (entry, Request): task ids and the eval routes (imp/plan/routing.py)
   batches: dict[str, dict[str, jax.ShapeDtypeStruct]]
   programs: list[TrainProgram]
+  remat_auto: bool = False  # model.remat_policy="auto": imp.plan.programs picks per program
 
   @property
   def in_shardings(self) -> tuple[TrainState, NamedSharding]:
@@ -336,4 +337,5 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
   return Plan(config=config, facts=facts, registry=registry, sampler=sampler, schedule=schedule,
               model_config=model_config, model=model, tx=tx, mesh=mesh, rules=rules,
               state=state, shardings=shardings, specs=specs, task_table=table,
-              batches=batches, programs=programs)
+              batches=batches, programs=programs,
+              remat_auto=config.model.get("remat_policy") == "auto")

@@ -33,14 +33,14 @@ from typing import Any
 import jax
 
 from imp import paths
-from imp.model import IMPModel
+from imp.model import REMAT_AUTO, IMPModel
 from imp.parallel.mesh import batch_sharding, data_parallel_size, replicated
 from imp.parallel.rules import under_rules
-from imp.plan import scan_flops
+from imp.plan import scan_flops, xla_log
 from imp.plan.plan import ConfigError, Plan
 from imp.plan.routing import route_eval
 from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
-from imp.train.step_cache import TRACE_LOCK, StepCache, signature
+from imp.train.step_cache import TRACE_LOCK, StepCache, persistent_cache_counts, signature
 
 GIB = 1024**3
 COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
@@ -100,6 +100,13 @@ class ProgramReport:
     xla_peak_bytes: the analysis' `peak_memory_in_bytes` where reported (buffer liveness
       considered; `peak_bytes` instead assumes everything is live at once, an upper bound).
     collectives: HLO collective op -> count (e.g. all-to-all of an expert-sharded MoE).
+    source: "cache" when JAX's persistent compilation cache served the program, "compiled"
+      when XLA compiled it (and the cache, if on, stored it), "" when no cache was consulted.
+    xla_warnings, involuntary_remats: XLA's C++ warnings during the compile, and those that
+      are `[SPMD] Involuntary full rematerialization` (a tensor replicated whole to reshard
+      it), where the compile's fd 2 was captured (`imp.plan.xla_log`); their text is in
+      <workdir>/xla_compile.log.
+    remat_policy: a train program's model.remat_policy; "auto: <policy>" where auto chose it.
   """
 
   name: str
@@ -116,6 +123,10 @@ class ProgramReport:
   collectives: dict[str, int] = dataclasses.field(default_factory=dict)
   xla_peak_bytes: int | None = None  # XLA's own peak figure, where the backend reports one
   input_bytes: int = 0
+  source: str = ""
+  xla_warnings: int = 0
+  involuntary_remats: int = 0
+  remat_policy: str = ""
 
   @property
   def peak_bytes(self) -> int | None:
@@ -219,23 +230,65 @@ def describe_request(request: Any) -> str:
           + (", experts merged" if request.merge_experts else ""))
 
 
+def _source(before: tuple[int, int], after: tuple[int, int]) -> str:
+  requests, hits = after[0] - before[0], after[1] - before[1]
+  return "cache" if hits else "compiled" if requests else ""
+
+
+REMAT_MARGIN = 0.1  # auto remat keeps 10% of the memory free: XLA's analysis leaves out the
+# allocator's fragmentation and the runtime's own buffers
+
+
+def _fits(report: ProgramReport, budget: float | None) -> bool:
+  return budget is None or report.peak_bytes is None or (
+      report.peak_bytes <= (1 - REMAT_MARGIN) * budget)
+
+
 def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Sequence[str],
+                 capture: xla_log.Capture | None = None, budget: float | None = None,
                  ) -> ProgramReport:
+  """Compiles `spec`; under model.remat_policy="auto" a train program is compiled with the
+  policies of REMAT_AUTO in turn until one fits `budget` with REMAT_MARGIN to spare (the
+  last is kept if none does, for check_memory to name), so a program that fits without
+  remat compiles once."""
+  auto = plan.remat_auto and spec.kind == "train"
+  policies = REMAT_AUTO if auto else (plan.model_config.remat_policy,)
+  seconds = 0.0
+  with capture.span() if capture else xla_log.no_capture() as xla_lines:
+    for policy in policies:
+      model = plan.model if policy == plan.model_config.remat_policy else plan.model.clone(
+          config=dataclasses.replace(plan.model_config, remat_policy=policy))
+      report = _compile_with(model, spec, plan, cache, task_names)
+      seconds += report.compile_seconds
+      if _fits(report, budget) or policy == policies[-1]:
+        break
+      cache.discard(spec.key, spec.signature)  # too big: the next policy replaces it
+  return dataclasses.replace(
+      report, compile_seconds=round(seconds, 2), xla_warnings=xla_lines.warnings,
+      involuntary_remats=xla_lines.involuntary_remats,
+      remat_policy=("auto: " if auto else "") + policy if spec.kind == "train" else "")
+
+
+def _compile_with(model: IMPModel, spec: ProgramSpec, plan: Plan, cache: StepCache,
+                  task_names: Sequence[str]) -> ProgramReport:
   mesh, rules = plan.mesh, plan.rules
   traced = []
   start = time.perf_counter()
+  before = persistent_cache_counts()
   program = cache.compiled(
-      spec.key, lambda: under_rules(spec.build(plan.model, spec.args), mesh, rules), spec.args,
-      donate_argnums=spec.donate, sig=spec.signature if spec.kind == "train" else None,
+      spec.key, lambda: under_rules(spec.build(model, spec.args), mesh, rules),
+      spec.args, donate_argnums=spec.donate,
+      sig=spec.signature if spec.kind == "train" else None,
       in_shardings=spec.in_shardings, out_shardings=spec.out_shardings,
       on_traced=traced.append)
   seconds = time.perf_counter() - start
+  source = _source(before, persistent_cache_counts())
   compiled_flops = _flops(program)
   count_start = time.perf_counter()
   if not traced:  # the cache already held the program: trace it again (no lowering)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), spec.args)
     with TRACE_LOCK:
-      fn = under_rules(spec.build(plan.model, spec.args), mesh, rules)
+      fn = under_rules(spec.build(model, spec.args), mesh, rules)
       traced.append(jax.jit(fn).trace(*abstract))
   flops = scan_flops.count(traced[0].jaxpr, every_trip=True) / mesh.size
   count_seconds = time.perf_counter() - count_start
@@ -251,18 +304,44 @@ def _compile_one(spec: ProgramSpec, plan: Plan, cache: StepCache, task_names: Se
       argument_bytes=size("argument_size_in_bytes"), output_bytes=size("output_size_in_bytes"),
       temp_bytes=size("temp_size_in_bytes"), alias_bytes=size("alias_size_in_bytes"),
       collectives=collective_counts(program.as_text()), input_bytes=input_bytes(spec.args[1], mesh),
-      xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None)
+      xla_peak_bytes=(int(getattr(memory, "peak_memory_in_bytes", 0)) or None) if memory else None,
+      source=source)
 
 
 def compile_all(plan: Plan, cache: StepCache, specs: Sequence[ProgramSpec], *,
-                workers: int = 4) -> list[ProgramReport]:
-  """Compiles every spec into `cache` (`workers` at a time); one report each, in order."""
+                workers: int = 4, xla_log_path: str | paths.Path | None = None,
+                on_done: Callable[[ProgramReport, float], None] | None = None,
+                ) -> list[ProgramReport]:
+  """Compiles every spec into `cache` (`workers` at a time); one report each, in order.
+
+  Args:
+    xla_log_path: where XLA's C++ log lines go while compiling (counted per program in the
+      reports) instead of the console; None leaves them on the console.
+    on_done: called with each report, and the seconds since the first compile began, as its
+      program finishes (a progress line).
+  """
   task_names = {p.name: p.tasks for p in plan.programs}
   names = lambda s: task_names.get(s.name.removeprefix("train "), ())  # noqa: E731
-  if workers <= 1 or len(specs) <= 1:
-    return [_compile_one(s, plan, cache, names(s)) for s in specs]
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    return list(pool.map(lambda s: _compile_one(s, plan, cache, names(s)), specs))
+  start = time.perf_counter()
+
+  budget = None
+  if plan.remat_auto:  # the memory auto remat fits programs in, with REMAT_MARGIN to spare
+    budget = plan.config.get("device_memory_limit") or device_memory()
+
+  def one(spec: ProgramSpec, capture: xla_log.Capture | None) -> ProgramReport:
+    report = _compile_one(spec, plan, cache, names(spec), capture, budget)
+    if on_done is not None:
+      on_done(report, time.perf_counter() - start)
+    return report
+
+  with xla_log.Capture(xla_log_path) if xla_log_path else contextlib.nullcontext() as capture:
+    # Compiles run in worker threads even one at a time: the main thread then only waits, and
+    # a Ctrl-C reaches it at once instead of after the compile in progress (minutes).
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(specs))))
+    try:
+      return list(pool.map(lambda s: one(s, capture), specs))
+    finally:  # an interrupt leaves the running compiles behind: the caller exits
+      pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _gib(n: int | None) -> str:
@@ -273,13 +352,14 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
                 ) -> list[str]:
   """The compile-before-step-1 table, one program a line (memory in GiB per device)."""
   width = max([len(r.name) for r in reports] + [7])
-  lines = [f"{'program':<{width}} {'compile s':>9} {'GFLOPs':>10} {'input MiB':>9} "
-           f"{'args GiB':>9} {'out GiB':>9} {'temp GiB':>9} {'peak GiB':>9}"]
+  # Within the console's 120 characters: args and out GiB are in programs.json.
+  lines = [f"{'program':<{width}} {'compile s':>9} {'from':>8} {'GFLOPs':>10} "
+           f"{'input MiB':>9} {'temp GiB':>9} {'peak GiB':>9} {'remats':>6} remat policy"]
   for r in reports:
-    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {r.gflops:10.3f} "
-                 f"{r.input_bytes / 2**20:9.3f} "
-                 f"{_gib(r.argument_bytes):>9} {_gib(r.output_bytes):>9} "
-                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9}")
+    lines.append(f"{r.name:<{width}} {r.compile_seconds:9.2f} {r.source or '-':>8} "
+                 f"{r.gflops:10.3f} {r.input_bytes / 2**20:9.3f} "
+                 f"{_gib(r.temp_bytes):>9} {_gib(r.peak_bytes):>9} {r.involuntary_remats:6d} "
+                 f"{r.remat_policy}".rstrip())
   total = sum(r.compile_seconds for r in reports)
   # Programs compile concurrently, so their seconds overlap: the sum is compiler time, the
   # wall time is what the run waited.
@@ -287,8 +367,13 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
                + (f", {wall_seconds:.1f} s of wall time (they compile in parallel)"
                   if wall_seconds is not None else ""))
   lines.append("GFLOPs per device and call, every scanned layer counted; input MiB: the batch "
-               "per device (part of args)")
-  lines.append("peak = args + out + temp, the donated state counted once")
+               "per device; peak = args + out + temp (programs.json has each), the donated state")
+  lines.append("counted once; from: compiled, or loaded from the persistent compilation cache; "
+               "remats: XLA's involuntary full")
+  lines.append("rematerializations (a tensor replicated whole to reshard it)")
+  warned = sum(r.xla_warnings for r in reports)
+  if warned:
+    lines.append(f"XLA warned {warned} times while compiling (xla_compile.log in the workdir)")
   return lines
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -22,7 +23,7 @@ from imp import paths
 from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.parallel.distributed import check_same_config
 from imp.parallel.mesh import process_rows
-from imp.paths import Path  # a local path, gs:// or s3:// (etils.epath)
+from imp.paths import Path, as_path  # a local path, gs:// or s3:// (etils.epath)
 from imp.plan.plan import ConfigError, Plan, build_plan, facts_of_sources
 from imp.train.checkpoint import Checkpointer, check_storage
 from imp.train.placement import init_sharded_state
@@ -112,21 +113,48 @@ def task_iterators(run: Run) -> TaskIterators:
       for t, s in zip(run.registry, seeds, strict=True)})
 
 
-@contextlib.contextmanager
-def compilation_cache(config: ml_collections.ConfigDict, workdir: str | Path):
-  """JAX's persistent compilation cache on disk, for the duration of a run.
+def default_cache_dir() -> str:
+  """The user's compilation cache: $XDG_CACHE_HOME/imp/jax, else ~/.cache/imp/jax.
 
-  A restarted or resumed run then loads its compiled steps instead of compiling them again
-  (JAX stores programs whose compile took at least jax_persistent_cache_min_compile_time_secs).
-  config.compilation_cache_dir: unset or "" for <workdir>/compilation_cache, "off" for no
-  cache, or a directory (shared between runs of one machine and JAX version). The previous
-  process-wide setting is restored on exit.
+  One directory per user, as JAX's docs advise: a new workdir (a new run name per try) loads
+  the programs an earlier run of the same shapes compiled. Entries are keyed by the program,
+  the compile options, the devices and the JAX/XLA versions, so runs of different configs or
+  versions share the directory without clashing.
   """
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+  return os.path.join(base, "imp", "jax")
+
+
+def cache_dir_of(config: ml_collections.ConfigDict) -> str | None:
+  """config.compilation_cache_dir resolved: None for "off", the user's cache for "" (or
+  unset), else the directory (a local path or gs:// / s3://)."""
   setting = config.get("compilation_cache_dir") or ""
   if not isinstance(setting, str):
     raise ConfigError(f"config.compilation_cache_dir={setting!r} must be a directory, '' "
-                      "(<workdir>/compilation_cache) or 'off'.")
-  path = None if setting == "off" else str(Path(setting or Path(workdir) / "compilation_cache"))
+                      f"(the user's cache, {default_cache_dir()}) or 'off'.")
+  if setting == "off":
+    return None
+  return str(as_path(setting or default_cache_dir(), key="config.compilation_cache_dir"))
+
+
+@contextlib.contextmanager
+def compilation_cache(config: ml_collections.ConfigDict, workdir: str | Path | None = None):
+  """JAX's persistent compilation cache on disk, for the duration of a run.
+
+  A rerun, a resumed run or a run of the same shapes in a new workdir loads its compiled
+  programs instead of compiling them again (JAX stores programs whose compile took at least
+  jax_persistent_cache_min_compile_time_secs, 1 s by default). config.compilation_cache_dir:
+  unset or "" for the user's cache (`default_cache_dir`), "off" for none, or a directory.
+
+  Several processes may share it. JAX 0.12 writes an entry in place (lru_cache.py `put`:
+  `write_bytes` to its final name, skipped when the name exists), not through a rename; a
+  process that reads an entry while another still writes it fails to decompress it, which
+  JAX turns into a warning and a compile (compiler.py `_cache_read`), never a wrong program.
+  The previous process-wide setting is restored on exit. `workdir` is unused (kept for
+  callers written when the cache lived there).
+  """
+  del workdir
+  path = cache_dir_of(config)
   previous = jax.config.jax_compilation_cache_dir
   if path == previous:
     yield path

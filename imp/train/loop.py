@@ -41,8 +41,10 @@ from imp.run.restore import Run, compilation_cache, open_run, restore, task_iter
 from imp.train import lease
 from imp.train.lease import WorkdirBusyError
 from imp.train.preemption import EvaluationAbandoned, Preemption
+from imp.train.profile_window import ProfileWindow
 from imp.train.state import TrainState
 from imp.train.step_cache import signature, xla_compiles
+from imp.train.throughput import Throughput
 from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, OnMetrics, TrainLog, say, wrap
 
 log = logging.getLogger("imp")
@@ -80,6 +82,15 @@ def check_best_metric(config: ml_collections.ConfigDict, hooks: Hooks) -> None:
                       f"valid: {', '.join(hooks.metric_names) or '(no evals configured)'}.")
 
 
+def xla_log_path(workdir: Path) -> Path | None:
+  """Where XLA's compile-time C++ lines go: <workdir>/xla_compile.log (one file per process);
+  None (left on the console) for a workdir in a bucket, which fd 2 cannot point at."""
+  if paths.is_url(workdir):
+    return None
+  index = jax.process_index()
+  return Path(workdir) / ("xla_compile.log" if index == 0 else f"xla_compile.{index}.log")
+
+
 def compile_programs(run: Run, hooks: Hooks, *, workers: int = 4,
                      ) -> list[plan_programs.ProgramReport]:
   """Compiles every train and eval program into the run's cache; prints the table, writes
@@ -93,7 +104,8 @@ def compile_programs(run: Run, hooks: Hooks, *, workers: int = 4,
   specs = plan_programs.train_specs(run.plan) + plan_programs.eval_specs(
       run.plan, run.state.params, evals)
   start = time.perf_counter()
-  reports = plan_programs.compile_all(run.plan, run.cache, specs, workers=workers)
+  reports = plan_programs.compile_all(run.plan, run.cache, specs, workers=workers,
+                                      xla_log_path=xla_log_path(run.workdir))
   wall = time.perf_counter() - start
   log.info("compiled before step 1:\n%s",
            "\n".join(plan_programs.table_lines(reports, wall_seconds=wall)))
@@ -159,7 +171,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       raise ConfigError(str(e)) from e
 
   # ---- Programs: every train and eval program compiled before step 1 -----------------------
-  compile_programs(run, hooks)
+  reports = compile_programs(run, hooks)
+  rows = {t.name: t.variant.batch_size for t in plan.registry}
+  throughput = Throughput(
+      {r.name.removeprefix("train "): r.gflops for r in reports if r.kind == "train"},
+      {p.name: sum(rows[t] for t in p.tasks) for p in plan.programs},
+      jax.devices()[0].device_kind)
 
   # ---- Input pipelines: one grain iterator per task variant, at the checkpoint's positions --
   iterators = task_iterators(run)
@@ -182,6 +199,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
 
   # ---- Steps ----------------------------------------------------------------------------------
   train_log = TrainLog(run.workdir, hooks.on_metrics)
+  profiler = ProfileWindow(config.get("profile"), run.workdir)
   total = int(config.total_steps)
   start = int(state.step)
   end = total if stop_after is None else min(total, start + int(stop_after))
@@ -213,7 +231,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       data_wait += time.perf_counter() - t0
       batches = tuple(put_batch(batch, plan.mesh) for batch in batches)  # split over devices
       compiles_before = xla_compiles()
-      state, metrics = run_step(names, state, batches)
+      with profiler.step(step) as outputs:  # config.profile's window of steps, else nothing
+        state, metrics = run_step(names, state, batches)
+        outputs.append(state)
+      throughput.step(plan.program_of(names).name, metrics)
       compiles_in_loop += xla_compiles() - compiles_before  # every program compiled before
       steps_run += 1
       for name, task_metrics in zip(names, metrics, strict=True):
@@ -226,10 +247,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       preempted = preemption.reached(done)
       stopping = done == end or preempted
 
+      if (done % config.log_every == 0 or stopping or run.checkpointer.should_save(done)
+          or (config.eval_every and done % config.eval_every == 0)):
+        throughput.pause()  # what follows is not a step's time
       # nonfinite.policy='stop' reads this step's flag (one host sync per step) so the run
       # stops at the step that went bad, not at the next log interval.
       if (done % config.log_every == 0 or stopping or
           (stop_on_nonfinite and train_log.nonfinite_now(len(names)))):
+        train_log.writer.write(done, throughput.interval_scalars(), kind="throughput")
         say(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
                             sum(s.skips.count for s in run.sources.values())), bar.write)
         train_log.check_nonfinite(nonfinite, run.checkpointer.committed)
@@ -261,6 +286,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       with contextlib.suppress(EvaluationAbandoned):  # the next rerun evaluates it again
         evals = evaluate_and_log(total, state)
   bar.close()
+  profiler.close()
   run.checkpointer.close()
 
   # ---- Summary ----------------------------------------------------------------------------------
@@ -274,6 +300,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       # Every program compiled before step 1: any XLA compile inside a step is counted here.
       "step_cache": dict(cache.stats(wall), xla_compiles_after_warmup=compiles_in_loop),
       "task_steps": dict(sorted(counts.items())),
+      # Per train program: ms/step, examples/s, TFLOP/s per device, MFU (imp/train/throughput.py)
+      "throughput": throughput.summary(),
       "nonfinite_skipped_steps": train_log.skipped,
       # Bad examples the pipelines skipped (datasets.<name>.on_error="skip"), this run.
       "data_skipped_examples": {n: s.skips.count for n, s in run.sources.items()

@@ -21,7 +21,12 @@ import numpy as np
 Signature = tuple
 
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+# JAX records these in the thread that compiles (jax/_src/compiler.py, compile_or_get_cached):
+# a compile that consulted the persistent cache, and one that the cache served.
+_CACHE_REQUEST_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _xla_compiles = 0
+_per_thread = threading.local()  # imp.plan.programs compiles from several threads at once
 
 
 def _count_compile(event: str, duration: float, **_) -> None:
@@ -30,7 +35,20 @@ def _count_compile(event: str, duration: float, **_) -> None:
     _xla_compiles += 1
 
 
+def _count_cache_event(event: str, **_) -> None:
+  if event in (_CACHE_REQUEST_EVENT, _CACHE_HIT_EVENT):
+    setattr(_per_thread, event, getattr(_per_thread, event, 0) + 1)
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
+jax.monitoring.register_event_listener(_count_cache_event)
+
+
+def persistent_cache_counts() -> tuple[int, int]:
+  """(compiles that consulted JAX's persistent cache, compiles it served) so far in this
+  thread: the difference across one compile says whether it was compiled or loaded."""
+  return (getattr(_per_thread, _CACHE_REQUEST_EVENT, 0),
+          getattr(_per_thread, _CACHE_HIT_EVENT, 0))
 
 # Tracing Flax modules is not thread-safe: two threads tracing the model at once raced in
 # dataclasses.fields ("dictionary changed size during iteration", CI under load). Tracing and
@@ -144,6 +162,12 @@ class StepCache:
       self._compiled[key] = program
     self._log.debug("compiled %s in %.2fs (temp memory %s bytes)", name, seconds, temp)
     return program
+
+  def discard(self, name: Hashable, sig: Signature) -> None:
+    """Forgets the program of (name, sig), so the next `compiled` call compiles it again
+    (model.remat_policy="auto" recompiling a program that did not fit)."""
+    with self._lock:
+      self._compiled.pop((name, sig), None)
 
   def __contains__(self, key: tuple[Hashable, Signature]) -> bool:
     """Whether (name, signature) is compiled."""
