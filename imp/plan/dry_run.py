@@ -3,7 +3,7 @@
 Under `config.sampling.schedule="weighted_sum"` the one program over every task is compiled.
 
   python -m imp.main --config experiments/imp_moe_l.py --mode=dry_run \
-      --cpu_devices=8 --dry_run_batch_divisor=4096 --memory_budget_gb=16
+      --cpu_devices=8 --dry_run_batch_divisor=2048 --memory_budget_gb=16
 
 The dry run is the run's plan (`imp.plan.build_plan`: model and optimizer state abstract, in
 the shardings of `config.mesh` and `config.mesh_rules`, no parameter allocated) with its train
