@@ -26,8 +26,12 @@ import jax
 from jax.experimental import multihost_utils
 
 
-class EvaluationAbandoned(Exception):  # noqa: N818 - not an error: the run saves and stops
-  """A preemption signal arrived during an evaluation."""
+class EvaluationAbandoned(BaseException):  # noqa: N818 - not an error: the run saves and stops
+  """A preemption signal arrived during an evaluation.
+
+  A BaseException, like KeyboardInterrupt: libraries the evaluation calls catch Exception
+  (scikit-learn's cross-validation records a failed fit as a NaN score and goes on), which
+  would swallow the signal and let the evaluation run to its end."""
 
 
 class Preemption:
