@@ -110,7 +110,7 @@ def test_perceiver_equals_the_einsum_path(monkeypatch):
 def test_attention_impl_config_errors():
   assert ModelConfig.from_config({}).attention_impl == "xla"
   with pytest.raises(ValueError, match=r"model.attention_impl='flash' is not known; valid: "
-                                       r"'xla', 'cudnn'"):
+                                       r"'auto', 'xla', 'cudnn'"):
     ModelConfig.from_config(dict(attention_impl="flash"))
   if not ON_GPU:
     with pytest.raises(ValueError, match=r"model.attention_impl='cudnn' needs a GPU"):

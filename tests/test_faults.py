@@ -127,8 +127,9 @@ def test_nonfinite_stop_acts_at_its_step_and_names_the_committed_checkpoint(
   assert step > 0, "the config's first step trains a high-resolution task: pick another seed"
   assert f"the newest checkpoint is step {step} in" in str(error.value)
   records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records] == [step + 1]  # written at the bad step, not at 100
-  assert f"NaN/Inf guard: skipped the update of 1 step(s): {step} (" in capsys.readouterr().out
+  train = [r["step"] for r in records if r["kind"] == "train"]
+  assert train == [step + 1]  # written at the bad step, not at 100
+  assert f"NaN/Inf guard (config.nonfinite) skipped 1 step(s): {step} (" in capsys.readouterr().out
 
 
 def test_signal_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, monkeypatch):

@@ -212,7 +212,8 @@ def test_nce_gradients_finite_and_jit_matches_eager():
   eager = losses.nce_loss(a, b, 50.0, pos)
   jitted = jax.jit(losses.nce_loss)(a, b, 50.0, pos)
   np.testing.assert_allclose(jitted[0], eager[0], rtol=1e-6)
-  np.testing.assert_allclose(jitted[1], eager[1], rtol=1e-6)
+  # Logits (up to about 40 here): XLA's fused jit may round a product once less than eager.
+  np.testing.assert_allclose(jitted[1], eager[1], rtol=1e-6, atol=1e-5)
   jitted_clip = jax.jit(losses.nce_loss)(a, b, 50.0)
   np.testing.assert_allclose(jitted_clip[0], losses.nce_loss(a, b, 50.0)[0], rtol=1e-6)
 

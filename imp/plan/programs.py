@@ -367,10 +367,11 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
                + (f", {wall_seconds:.1f} s of wall time (they compile in parallel)"
                   if wall_seconds is not None else ""))
   lines.append("GFLOPs per device and call, every scanned layer counted; input MiB: the batch "
-               "per device; peak = args + out + temp (programs.json has each), the donated state")
-  lines.append("counted once; from: compiled, or loaded from the persistent compilation cache; "
-               "remats: XLA's involuntary full")
-  lines.append("rematerializations (a tensor replicated whole to reshard it)")
+               "per device")
+  lines.append("peak = args + out + temp (programs.json has each), the donated state counted once")
+  lines.append("from: compiled, or loaded from the persistent compilation cache")
+  lines.append("remats: XLA's involuntary full rematerializations (a tensor replicated whole to "
+               "reshard it)")
   warned = sum(r.xla_warnings for r in reports)
   if warned:
     lines.append(f"XLA warned {warned} times while compiling (xla_compile.log in the workdir)")

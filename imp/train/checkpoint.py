@@ -280,9 +280,9 @@ class Checkpointer:
       moved = self._set_aside(candidate)
       log.warning("checkpoint step %d is unreadable (%s); moved to %s; %s", candidate, problem,
                   moved, f"trying step {older[-1]}" if older else "no older checkpoint")
-    return self._restore_best(template, abstract)
+    return self._restore_best(template, abstract, tried=bool(steps))
 
-  def _restore_best(self, template: TrainState, abstract: Any,
+  def _restore_best(self, template: TrainState, abstract: Any, *, tried: bool,
                     ) -> tuple[TrainState, dict[str, Any]] | None:
     """The best checkpoint (checkpoints_best/<step>) when no numbered one is readable: an
     older, intact state beats starting from step 0."""
@@ -296,8 +296,9 @@ class Checkpointer:
                     "step %d in %s", step, best)
         return restored
       log.warning("best checkpoint step %d is unreadable too (%s)", step, problem)
-    log.warning("no readable checkpoint in %s%s: starting from step 0", self.directory,
-                f" or {best}" if steps else "")
+    if tried or steps:  # a new run has nothing to restore and nothing to warn about
+      log.warning("no readable checkpoint in %s%s: starting from step 0", self.directory,
+                  f" or {best}" if steps else "")
     return None
 
   def _verified(self, template: TrainState, abstract: Any, step: int,
