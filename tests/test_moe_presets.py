@@ -27,6 +27,9 @@ def _check_moe_metrics(workdir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Fashion-MNIST is not installed (Debian: apt-get install "
+                    "dataset-fashion-mnist); the preset trains on it")
 def test_uniperceiver_preset_trains_and_reports_held_out_accuracy(tmp_path):
   summary = _main(tmp_path, "experiments/uniperceiver_moe_ti.py:smoke")
   assert summary["steps"] == 6 and summary["nonfinite_skipped_steps"] == 0
