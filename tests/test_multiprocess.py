@@ -59,7 +59,7 @@ def crash_report(log_dir, lines_shown=120):
   return "\n".join(parts) or f"(no process logs in {log_dir})"
 
 
-def _run(processes, devices, workdir, *args, timeout=1200, log_dir=None):
+def _run(processes, devices, workdir, *args, timeout=600, log_dir=None):
   """imp.main in `processes` processes of `devices` CPU devices each; the finished process.
   Logs go to `log_dir` (a local folder; default beside a local workdir)."""
   log_dir = log_dir or f"{workdir}_logs"
@@ -130,7 +130,10 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path):
   out = _run(1, 8, tmp_path / "two_then_one", *TINY)
   assert "resumed from step 4" in out.stdout + out.stderr
   _cut_at_step_4(one, tmp_path / "one_then_two")
+  # Run `two` put its process 0's programs in the tests' compilation cache; a process 0 that
+  # loaded them hung with a process 1 that compiled (imp.run.restore.compilation_cache).
   out = _run(2, 4, tmp_path / "one_then_two", *TINY)
+  assert "[p0] " in out.stdout and "persistent compilation cache off" in out.stdout
   assert "[p1] " in out.stdout and "resumed from step 4" in out.stdout
   for resumed in ("two_then_one", "one_then_two"):
     _assert_close(_state(one), _state(tmp_path / resumed))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -29,6 +30,8 @@ from imp.train.checkpoint import Checkpointer, check_storage
 from imp.train.placement import init_sharded_state
 from imp.train.state import TrainState
 from imp.train.step_cache import StepCache
+
+log = logging.getLogger("imp.restore")
 
 
 @dataclasses.dataclass
@@ -152,9 +155,21 @@ def compilation_cache(config: ml_collections.ConfigDict, workdir: str | Path | N
   JAX turns into a warning and a compile (compiler.py `_cache_read`), never a wrong program.
   The previous process-wide setting is restored on exit. `workdir` is unused (kept for
   callers written when the cache lived there).
+
+  Off in a multi-process job on CPU: there only process 0 writes the cache, every other
+  process computes other keys (the CPU device assignment is in the key), so it never loads
+  and compiles anew - and a program process 0 loads does not pair its gloo collectives with
+  the same program compiled by another process: measured here, a 2-process resume whose
+  process 0 loaded its train programs hung in the first step's all-gather until gloo's
+  30-minute timeout (tests/test_multiprocess.py, the 1-process checkpoint resumed by 2).
   """
   del workdir
   path = cache_dir_of(config)
+  if path is not None and jax.process_count() > 1 and jax.default_backend() == "cpu":
+    if jax.process_index() == 0:
+      log.info("persistent compilation cache off: %d CPU processes would pair loaded and "
+               "compiled programs, whose collectives do not match", jax.process_count())
+    path = None
   previous = jax.config.jax_compilation_cache_dir
   if path == previous:
     yield path
