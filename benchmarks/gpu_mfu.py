@@ -60,7 +60,7 @@ from imp.model import IMPModel, ModelConfig
 from imp.plan import scan_flops
 from imp.plan.param_count import count_params
 from imp.plan.plan import Plan, build_plan, declared_facts
-from imp.train.step import StepSpec, make_loss_fn
+from imp.step.step import StepSpec, make_loss_fn
 
 NAME = "gpu_mfu"
 GOAL = "MFU of the paper's shapes (no paper figure)"

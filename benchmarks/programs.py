@@ -22,8 +22,8 @@ from imp.config.digits import get_config as digits_config
 from imp.parallel.mesh import batch_sharding
 from imp.parallel.rules import under_rules
 from imp.plan.plan import DatasetFacts, Plan, TrainProgram, build_plan
-from imp.train.placement import init_sharded_state
-from imp.train.state import TrainState
+from imp.step.placement import init_sharded_state
+from imp.step.state import TrainState
 
 CLASSES = 10
 DATASET = "digits"

@@ -15,11 +15,8 @@ in training, 2.0 in evaluation), each expert as wide as the dense FFN, so FLOPs 
 
 import ml_collections
 
+from imp.config.ablation import small, variant_and_steps
 from imp.config.digits import get_config as digits_config
-from imp.config.files import sibling
-
-_objectives = sibling("ablation_objectives", __file__)
-small, variant_and_steps = _objectives.small, _objectives.variant_and_steps
 
 BASE = dict(batch_size=64, resolution=8, text_length=24)
 MOE = dict(every=2, router="expert_choice", group_size="example", dispatch="gather",
@@ -28,7 +25,7 @@ VARIANTS = {"dense": None, "moe4": dict(MOE, num_experts=4), "moe16": dict(MOE, 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a variant name, optionally with ",short" or ",long" (ablation_objectives.BUDGETS)."""
+  """`arg`: a variant name, optionally with ",short" or ",long" (imp.config.ablation.BUDGETS)."""
   variant, steps = variant_and_steps(arg or "moe4", VARIANTS,
                                      "experiments/ablation_moe.py")
   config = small(digits_config(), steps)

@@ -22,23 +22,18 @@ zero-shot top-1, both on the 10,000 test images.
 
 import ml_collections
 
+from imp.config.ablation import objective_arms, small, variant_and_steps
 from imp.config.files import sibling
 
-_objectives = sibling("ablation_objectives", __file__)
-small, variant_and_steps = _objectives.small, _objectives.variant_and_steps
 fashion_config = sibling("fashion_mnist", __file__).get_config
 
 BASE = dict(batch_size=64, resolution=28, text_length=32)
 # The digits study's arms, each task on Fashion-MNIST at its 28x28 variant.
-VARIANTS = {
-    variant: {name.replace("digits", "fashion"): dict(task, dataset="fashion",
-                                                      variants=dict(base=BASE))
-              for name, task in tasks.items()}
-    for variant, tasks in _objectives.VARIANTS.items()}
+VARIANTS = objective_arms("fashion", BASE)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a variant name, optionally with ",short" or ",long" (ablation_objectives.BUDGETS)."""
+  """`arg`: a variant name, optionally with ",short" or ",long" (imp.config.ablation.BUDGETS)."""
   variant, steps = variant_and_steps(arg or "agd", VARIANTS,
                                      "experiments/ablation_objectives_fashion.py")
   config = small(fashion_config(), steps, eval_resolution=None)

@@ -15,11 +15,8 @@ evaluated at 8x8 and at 16x16.
 
 import ml_collections
 
+from imp.config.ablation import small, variant_and_steps
 from imp.config.digits import get_config as digits_config
-from imp.config.files import sibling
-
-_objectives = sibling("ablation_objectives", __file__)
-small, variant_and_steps = _objectives.small, _objectives.variant_and_steps
 
 BASE = dict(batch_size=64, resolution=8, text_length=24)  # 16 tokens x 64
 HIRES = dict(batch_size=16, resolution=16, text_length=24)  # 64 tokens x 16
@@ -27,7 +24,7 @@ VARIANTS = {"single": dict(base=BASE), "mixture": dict(base=BASE, hires=HIRES)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a variant name, optionally with ",short" or ",long" (ablation_objectives.BUDGETS)."""
+  """`arg`: a variant name, optionally with ",short" or ",long" (imp.config.ablation.BUDGETS)."""
   variant, steps = variant_and_steps(arg or "mixture", VARIANTS,
                                      "experiments/ablation_resolution.py")
   config = small(digits_config(), steps)

@@ -27,8 +27,8 @@ from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.plan.plan import ConfigError
 from imp.run.infer import eval_rows, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
+from imp.step.checkpoint import CheckpointSaveError
 from imp.train import loop
-from imp.train.checkpoint import CheckpointSaveError
 from imp.train.lease import WorkdirBusyError
 from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, wrap
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import ml_collections
 
-from imp.config import files, schema
+from imp.config import files
+from imp.plan import config_keys
 
 
 def innermost(e: BaseException) -> BaseException:
@@ -63,7 +64,7 @@ def _declared(key: str) -> list[str]:
   [] when the schema does not declare a section there."""
   parts = key.split(".")
   names = []
-  for k in schema.all_keys():
+  for k in config_keys.all_keys():
     path = k.path.split(".")
     head = path[:len(parts) - 1]
     if len(path) > len(parts) - 1 and all(a in ("*", b) for a, b in zip(head, parts[:-1],

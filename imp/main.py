@@ -233,9 +233,9 @@ def main(argv: list[str]) -> None:
            f"--config={_config_path()}: {type(cause).__name__}: {flag_errors.one_line(cause)}")
   workdir = _WORKDIR.value or str(Path("workdirs") / Path(_config_path()).stem)
   if _MODE.value == "describe":
-    from imp.config import schema
+    from imp.plan import config_keys
 
-    print("\n".join(schema.describe(config)))
+    print("\n".join(config_keys.describe(config)))
     return
   from imp import paths
 

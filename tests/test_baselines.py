@@ -6,9 +6,9 @@ import optax
 import pytest
 
 from imp.model import IMPModel, ModelConfig
+from imp.step.state import init_state, make_optimizer
+from imp.step.step import StepSpec, make_loss_fn
 from imp.train import baselines
-from imp.train.state import init_state, make_optimizer
-from imp.train.step import StepSpec, make_loss_fn
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, embed_dim=8, text_max_length=8)
 CLS = StepSpec("softmax", "digits", ("image",))

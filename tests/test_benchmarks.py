@@ -14,7 +14,7 @@ from benchmarks import gpu_mfu, input_bytes, programs
 from benchmarks.measure import Stat, ratio
 from benchmarks.run import BENCHMARKS
 from imp.model import IMPModel, ModelConfig
-from imp.train.state import init_state, make_optimizer
+from imp.step.state import init_state, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

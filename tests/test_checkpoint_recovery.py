@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_digits_config
 
 from imp import experiment
-from imp.train import checksums
-from imp.train.checkpoint import CheckpointError
+from imp.step import checksums
+from imp.step.checkpoint import CheckpointError
 
 
 def _config(**overrides):

@@ -106,10 +106,11 @@ def test_imp_and_every_experiment_load_from_another_folder(tmp_path):
   assert len(files) >= 12
 
 
-def test_sibling_loads_once():
-  a = configs.sibling("ablation_objectives", str(ROOT / "experiments" / "ablation_moe.py"))
-  b = configs.sibling("ablation_objectives", str(ROOT / "experiments" / "ablation_resolution.py"))
-  assert a is b and a.BUDGETS["short"] == 12
+def test_sibling_loads_the_file_beside_without_registering_it():
+  before = set(sys.modules)
+  fashion = configs.sibling("fashion_mnist", str(ROOT / "experiments" / "ablation_moe.py"))
+  assert Path(fashion.__file__) == ROOT / "experiments" / "fashion_mnist.py"
+  assert fashion.get_config().tasks and set(sys.modules) == before
 
 
 @pytest.mark.slow

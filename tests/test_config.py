@@ -1,5 +1,8 @@
 """Bad configs fail before any compile, with a message naming the key and the valid values."""
 
+import contextlib
+from pathlib import Path
+
 import pytest
 
 from imp import experiment
@@ -66,20 +69,21 @@ def test_schema_declares_every_key_the_readers_accept():
   from imp.config import schema
   from imp.evaluate import suite
   from imp.model import ModelConfig, MoeConfig
-  from imp.plan import plan
+  from imp.plan import config_keys, plan
+  from imp.step import state
   from imp.tasks import registry
-  from imp.train import state
 
   assert schema.keys_of("") == plan.CONFIG_KEYS
   assert set(schema.keys_of("evals.*")) == set(suite._EVAL_KEYS)
   assert set(schema.keys_of("tasks.*")) == set(registry._TASK_KEYS)
   assert set(schema.keys_of("tasks.*.variants.*")) == set(registry._VARIANT_KEYS)
   assert set(schema.keys_of("optimizer")) == set(state._OPTIMIZER_KEYS)
-  keys = {k.path for k in schema.all_keys()}
+  keys = {k.path for k in config_keys.all_keys()}
   assert {f"model.{f}" for f in ModelConfig.__dataclass_fields__} <= keys
   assert {f"model.moe.{f}" for f in MoeConfig.__dataclass_fields__} <= keys
-  assert all(k.doc for k in schema.all_keys()), [k.path for k in schema.all_keys() if not k.doc]
-  lines = schema.describe(get_config())
+  undocumented = [k.path for k in config_keys.all_keys() if not k.doc]
+  assert not undocumented, undocumented
+  lines = config_keys.describe(get_config())
   assert "total_steps = 4000  [int, default '(required)']  train steps (one task each under AGD)" \
       in lines
   assert any(line.startswith("tasks.digits_cls.variants.hires.batch_size = 16") for line in lines)
@@ -102,3 +106,38 @@ def test_experiment_arguments_share_one_parser():
     parse_arg("short,long", "x.py", words=("short", "long"), exclusive=(("short", "long"),))
   with pytest.raises(ValueError, match=r"experiments/digits.py: unknown option 'smok'"):
     get_config("smok")
+
+
+@pytest.mark.parametrize("value, kind, problem", [
+    (3, "int", None), (True, "int", "must be int, not bool"),
+    (2.5, "int", "must be int, not float"), (2, "float", None), (None, "float | None", None),
+    ("a", "int|None", "must be int | None, not str"), ((1, 2), "(int, int)|None", None),
+    ([1, 2, 3], "tuple[int, int, int]", None), (4, "int|(int, int)|None", None),
+    ("x", "tuple[str]", "must be tuple[str], not str"),
+    ({"image": 1.0}, "tuple[tuple[str, float], ...]", None),  # a dict for (name, value) pairs
+    ({"k": 1}, "dict|None", None), ([1], "dict", "must be dict, not list"),
+    ("anything", "Any", None), ("example", "str | int", None),
+    (1.5, "str | int", "must be str | int, not float"),
+])
+def test_type_problem_on_hand_written_cases(value, kind, problem):
+  from imp.config import schema
+
+  assert schema.type_problem(value, kind) == problem
+
+
+def test_every_shipped_experiment_has_the_declared_types():
+  """The check runs on every config a run loads (imp.plan.plan.check_config): no shipped
+  experiment, nor its smoke variant, may trip it."""
+  from imp.config import files, schema
+  from imp.plan import config_keys
+
+  checked = 0
+  for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.py")):
+    module = files.load(path)
+    configs = [module.get_config()]
+    with contextlib.suppress(ValueError):  # an experiment without a variant named "smoke"
+      configs.append(module.get_config("smoke"))
+    for config in configs:
+      schema.check_types(config, config_keys.all_keys())
+      checked += 1
+  assert checked >= 20

@@ -20,7 +20,7 @@ from conftest import tiny_digits_config
 from imp.model import IMPModel, ModelConfig, MoeConfig, Request
 from imp.plan.param_count import count_params, merged_param_count
 from imp.plan.plan import ConfigError, DatasetFacts, build_plan
-from imp.train.state import logical_axes
+from imp.step.state import logical_axes
 
 FACTS = {"digits": DatasetFacts(1437, 10, ("image", "text"), 258)}
 IMAGE = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)), jnp.uint8)

@@ -87,6 +87,18 @@ def test_unwritable_workdir_stops_before_compiling():
   assert "e.g. --workdir=/tmp/digits" in line
 
 
+def test_a_wrong_type_in_a_config_file_is_one_fatal_line(tmp_path):
+  """ml_collections checks an override's type against the file's value; the schema checks
+  the file's own values (a string where the schema declares a count)."""
+  path = tmp_path / "typed.py"
+  path.write_text("from imp.config.digits import get_config as digits\n\n"
+                  "def get_config():\n  config = digits()\n"
+                  "  config.model = dict(config.model.to_dict(), num_heads='four')\n"
+                  "  return config\n")
+  line = _one_fatal_line(_run(tmp_path / "run", config=str(path), status=2))
+  assert line == "FATAL config.model.num_heads='four' must be int, not str (attention heads)."
+
+
 def test_config_typo_suggests_a_shipped_experiment(tmp_path):
   line = _one_fatal_line(_run(tmp_path, config="experiments/digit.py", status=2))
   assert line == ("FATAL --config=experiments/digit.py: no such file 'experiments/digit.py'. "

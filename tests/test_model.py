@@ -8,7 +8,7 @@ import pytest
 
 from imp.model import Encoder, IMPModel, ModelConfig, Request, drop_tokens
 from imp.model.embedders import GridPositions, VisionEmbedder, normalize_pixels, patchify
-from imp.train.state import init_state, logical_axes, make_optimizer
+from imp.step.state import init_state, logical_axes, make_optimizer
 
 
 def test_patchify_matches_a_loop_reference():

@@ -13,8 +13,8 @@ import pytest
 from imp.model import IMPModel, ModelConfig, Request
 from imp.model.heads import BATCH_STATS, HeadBatchNorm, with_running_stats
 from imp.model.perceiver import PerceiverFrontEnd, fourier_features
-from imp.train.state import init_state, logical_axes, make_optimizer
-from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step
+from imp.step.state import init_state, logical_axes, make_optimizer
+from imp.step.step import StepSpec, make_train_step, make_weighted_sum_step
 
 # ---- Fourier features ------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ def test_stochastic_depth_branches_are_dropped_or_rescaled_per_example():
 
 
 def test_residual_options_through_the_model_and_step():
-  from imp.train.step import make_loss_fn
+  from imp.step.step import make_loss_fn
   with pytest.raises(ValueError, match=r"model.stochastic_depth=1.0 must be a drop rate"):
     ModelConfig.from_config(dict(stochastic_depth=1.0))
   with pytest.raises(ValueError, match=r"model.layer_scale=0 must be None \(off\) or a number"):

@@ -54,7 +54,7 @@ def test_attributes_derive_table2_from_the_requested_outputs():
 def test_eval_requests_get_the_task_that_produced_the_output():
   """The plan routes an eval request's modalities; the model only reads the routes."""
   from imp.plan.routing import route_eval
-  from imp.train.step import as_task
+  from imp.step.step import as_task
 
   tasks = (("cls", as_task(Request(classify=(("image", "d"),)), 0)),
            ("nce", as_task(Request(embed=("image", "text")), 1)))
@@ -209,7 +209,7 @@ def test_perceiver_maps_every_modality_to_the_same_latents_and_fuses_them():
                                    condition="modality", attention="qkv"))
   config = ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, moe=moe,
                        front_end="perceiver", perceiver_latents=5, perceiver_bands=3)
-  from imp.train.step import as_task
+  from imp.step.step import as_task
 
   request = as_task(Request(classify=(("image", "av"),), fuse=("image", "audio")), 0)
   model = IMPModel(config, heads=(("av", 10),), modalities=("audio", "image", "text"),

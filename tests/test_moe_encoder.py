@@ -8,8 +8,8 @@ import pytest
 
 from imp.analysis.expert_usage import ExpertUsage, plot_expert_usage
 from imp.model import Encoder, IMPModel, ModelConfig, MoeConfig
-from imp.train.state import init_state, make_optimizer
-from imp.train.step import StepSpec, make_train_step, moe_summary
+from imp.step.state import init_state, make_optimizer
+from imp.step.step import StepSpec, make_train_step, moe_summary
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 16)), jnp.float32)
 MASK = jnp.ones((2, 8), bool)

@@ -296,7 +296,7 @@ import sys, time
 import jax
 import numpy as np
 from imp.parallel.distributed import finish, initialize_from_env
-from imp.train.checkpoint import Checkpointer
+from imp.step.checkpoint import Checkpointer
 initialize_from_env()
 checkpointer = Checkpointer(sys.argv[1], every=1, keep=2, best_metric="score")
 replicated = jax.NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imp.model import IMPModel, ModelConfig, MoeConfig
-from imp.train.state import logical_axes, make_optimizer
+from imp.step.state import logical_axes, make_optimizer
 
 LR, WD = 0.1, 0.5
 

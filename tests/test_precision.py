@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from imp.model import IMPModel, ModelConfig, MoeConfig
-from imp.train.state import init_state, make_optimizer
-from imp.train.step import StepSpec, make_train_step
+from imp.step.state import init_state, make_optimizer
+from imp.step.step import StepSpec, make_train_step
 
 MOES = {"dense": None, "expert_choice": dict(num_experts=4),
         "token_choice": dict(num_experts=4, router="top_k", router_args=dict(k=2))}

@@ -11,8 +11,8 @@ from imp.parallel.distributed import distributed_settings
 from imp.parallel.mesh import MESH_AXES, make_mesh
 from imp.parallel.rules import RULES, get_rules, param_shardings, spec_for, state_shardings
 from imp.plan import dry_run
+from imp.step.state import TrainState
 from imp.tasks import Task, Variant
-from imp.train.state import TrainState
 
 # data 2, fsdp 2, expert 4, tensor 1: shape checks only, no devices needed.
 MESH = AbstractMesh((2, 2, 4, 1), MESH_AXES)
@@ -25,7 +25,7 @@ def test_presets_map_every_parameter_axis_the_model_uses(preset):
   import importlib.util
 
   from imp.model import IMPModel
-  from imp.train.state import logical_axes
+  from imp.step.state import logical_axes
 
   spec = importlib.util.spec_from_file_location("preset", f"experiments/{preset}")
   module = importlib.util.module_from_spec(spec)

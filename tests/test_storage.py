@@ -17,7 +17,7 @@ from test_reliability import ROOT, _assert_bit_identical, _final_params, _main, 
 from imp import experiment, paths
 from imp.config.digits import TEMPLATES
 from imp.plan.plan import ConfigError
-from imp.train.metric_writers import read_metrics
+from imp.run.metric_writers import read_metrics
 
 TOTAL = 12  # steps of every run here; checkpoints every 4
 
@@ -135,7 +135,7 @@ def test_s3_metrics_tensorboard_and_plots_and_a_refused_workdir(s3_emulator, cac
   s3:// and read back (TensorBoard reads them itself); an s3:// workdir, whose checkpoints
   orbax cannot keep, is refused naming the key before any compile."""
   from imp.analysis.plots import save_figure
-  from imp.train.metric_writers import MetricWriter
+  from imp.run.metric_writers import MetricWriter
 
   run = paths.as_path(s3_emulator.make_bucket("runs") + "/smoke")
   writer = MetricWriter(run)

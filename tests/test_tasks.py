@@ -130,8 +130,8 @@ def test_loss_weight_zero_takes_the_objective_out_of_the_gradient():
   import jax
 
   from imp.model import IMPModel, ModelConfig
-  from imp.train.state import init_state, make_optimizer
-  from imp.train.step import StepSpec, make_loss_fn
+  from imp.step.state import init_state, make_optimizer
+  from imp.step.step import StepSpec, make_loss_fn
 
   model = IMPModel(ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, embed_dim=8),
                    heads=(("a", 4),), modalities=("image",))

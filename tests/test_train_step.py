@@ -7,9 +7,9 @@ import pytest
 
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import get_objective
-from imp.train.state import init_state, logical_axes, make_optimizer
-from imp.train.step import StepSpec, make_train_step, params_read_by
-from imp.train.step_cache import StepCache, covered_seconds, signature, xla_compiles
+from imp.plan.step_cache import StepCache, covered_seconds, signature, xla_compiles
+from imp.step.state import init_state, logical_axes, make_optimizer
+from imp.step.step import StepSpec, make_train_step, params_read_by
 
 CFG = ModelConfig(width=16, depth=2, num_heads=2, mlp_dim=32, embed_dim=8, text_max_length=8)
 

@@ -11,8 +11,8 @@ from conftest import tiny_digits_config
 from imp import experiment
 from imp.model import IMPModel, ModelConfig
 from imp.objectives import get_objective
-from imp.train.state import init_state
-from imp.train.step import StepSpec, make_weighted_sum_step
+from imp.step.state import init_state
+from imp.step.step import StepSpec, make_weighted_sum_step
 
 TINY = ModelConfig(width=16, depth=1, num_heads=2, mlp_dim=32, embed_dim=8, text_max_length=8)
 SPECS = (StepSpec("softmax", "a", ("image",), loss_weight=0.9),

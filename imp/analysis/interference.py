@@ -17,7 +17,7 @@ Glossary: T tasks, B sampled batches per task, P selected parameters (flattened)
   The step moves only the selected parameters, at learning rate `--lr`; positive Z means task
   i's step helps task j.
 
-Each task's loss is the train step's own (`imp.train.step.make_loss_fn`): the objective, loss
+Each task's loss is the train step's own (`imp.step.step.make_loss_fn`): the objective, loss
 weight and MoE auxiliary loss, with DropToken and router noise from a fixed seed.
 """
 
@@ -164,7 +164,7 @@ def analyse(config: Any, workdir: str, *, batches: int, selections: Mapping[str,
 
   from imp.data import task_dataset
   from imp.run.restore import restore_latest
-  from imp.train.step import make_loss_fn
+  from imp.step.step import make_loss_fn
 
   exp, state = restore_latest(config, workdir)
   exp.checkpointer.close()

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from imp import paths
 from imp.paths import Path
-from imp.train import metric_writers
+from imp.run import metric_writers
 
 
 def _pyplot():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -88,18 +87,13 @@ def load(path: str | Path) -> ModuleType:
 
 
 def sibling(name: str, beside: str) -> ModuleType:
-  """The experiment file `<name>.py` in the folder of `beside` (an experiment's `__file__`).
+  """The experiment file `<name>.py` in the folder of `beside` (an experiment's `__file__`),
+  loaded by path as `load` does: one config reading another (imp_b reads imp_moe_b).
 
   Experiment files are loaded by path (`--config experiments/X.py`), not imported as a
   package, so `from experiments.X import ...` works only when the repository root is the
-  working directory. Loading the sibling by its path works from anywhere: another directory,
-  a script elsewhere, a notebook in its own folder.
+  working directory; loading the sibling by its path works from anywhere. What several
+  experiments share is library code and lives in an importable module
+  (`imp.config.ablation`, `imp.config.digits`).
   """
-  path = Path(beside).resolve().with_name(f"{name}.py")
-  key = f"_imp_experiment_{path.parent.name}_{name}"
-  if key not in sys.modules:
-    spec = importlib.util.spec_from_file_location(key, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-  return sys.modules[key]
+  return load(Path(beside).resolve().with_name(f"{name}.py"))

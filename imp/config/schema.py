@@ -2,10 +2,11 @@
 
 `KEYS` is the schema: one `Key` per setting, with `*` standing for a name the experiment
 chooses (a dataset, task entry, variant or eval entry). The parts that read a section check
-its keys against the schema's lists (`keys_of`), and `python -m imp.main --mode=describe`
-prints every key with its value, default and meaning (`describe`). A section marked `open`
-takes further keys that its reader validates (a data source's settings, an objective's or a
-router's arguments).
+its keys against the schema's lists (`keys_of`). The model's keys are ModelConfig's and
+MoeConfig's fields (imp.model, a floor above): imp.plan.config_keys adds them, and
+`python -m imp.main --mode=describe` prints every key with its value, default and meaning.
+A section marked `open` takes further keys that its reader validates (a data source's
+settings, an objective's or a router's arguments).
 """
 
 from __future__ import annotations
@@ -159,70 +160,6 @@ KEYS: list[Key] = [
     )),
 ]
 
-_MODEL_DOCS = {
-    "width": "token width D", "depth": "encoder layers", "num_heads": "attention heads",
-    "mlp_dim": "FFN hidden width", "embed_dim": "common embedding width (contrastive)",
-    "scan_layers": "roll the layers with nn.scan (one compiled body)",
-    "scan_unroll": "scanned units per loop iteration (nn.scan unroll): 1 compiles fastest, "
-    "more trade compile time for step time",
-    "remat_policy": "auto | none | dots_saveable | full | ...: rematerialisation of each layer; "
-    "auto: per train program the least recomputation (none, dots_saveable, full) whose "
-    "compiled program fits device_memory_limit or the device's memory with 10% to spare",
-    "vision_patch": "(time, height, width) of a vision patch",
-    "vision_base_grid": "patch grid the vision positions are learned at",
-    "vision_channels": "image channels", "audio_patch": "(time, mel) of an audio patch",
-    "audio_base_grid": "patch grid the audio positions are learned at",
-    "text_vocab_size": "text embedding rows (>= every tokenizer's ids)",
-    "text_max_length": "text positions", "logit_scale_init": "initial contrastive logit scale",
-    "logit_scale_max": "contrastive logit scale cap", "moe": "Mixture-of-Experts (model.moe.*)",
-    "front_end": "patch | perceiver", "perceiver_latents": "latents of the perceiver front end",
-    "perceiver_bands": "Fourier bands of the perceiver front end",
-    "dtype": "computation dtype: float32 | bfloat16 (softmax, norms, routers, logits and losses "
-    "stay float32)",
-    "param_dtype": "parameter dtype: float32 | bfloat16 (Adam moments stay float32)",
-    "attention_impl": "auto | xla | cudnn (GPU): the implementation of jax.nn.dot_product_attention"
-    "; auto: cudnn on a GPU with bfloat16/float16 activations, else xla",
-    "heads": "classifier heads: batch_norm (Linear then BatchNorm, M3SAT), momentum, epsilon",
-    "layer_scale": "LayerScale's initial gamma per residual branch (None: off)",
-    "stochastic_depth": "drop rate of each residual branch in training (0: off)",
-    "perceiver_max_freq": "modality -> the Fourier features' max frequency (default: axis length)",
-    "perceiver_freq_base": "modality -> base of log-spaced Fourier bands (default: linear)",
-}
-_MOE_DOCS = {
-    "num_experts": "experts per MoE layer (0: dense)",
-    "every": "the last layer of every block of `every` layers is MoE",
-    "router": "expert_choice | top_k", "router_args": "the router's arguments (open section)",
-    "hidden_dim": "expert hidden width (default: model.mlp_dim)",
-    "group_size": "example | batch | tokens per routing group",
-    "dispatch": "gather | einsum (all-to-all on a mesh)",
-    "condition": "router input: token | context | modality | task | attribute",
-    "condition_dim": "width of data-independent condition embeddings (default: model width)",
-    "ffn": "MoE layers have expert FFNs", "attention": "none | shared | qkv: MoE in attention",
-    "renormalize_gates": "top-k gates renormalised over the k chosen experts (False: raw softmax)",
-}
-
-
-def _dataclass_keys(prefix: str, cls: type, docs: Mapping[str, str]) -> list[Key]:
-  out = []
-  for f in dataclasses.fields(cls):
-    default = (f.default if f.default is not dataclasses.MISSING else
-               f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
-    if dataclasses.is_dataclass(default):
-      default = {}
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    out.append(Key(prefix + f.name, kind, default, docs.get(f.name, "")))
-  return out
-
-
-def all_keys() -> list[Key]:
-  """KEYS plus model.* and model.moe.*, read off ModelConfig and MoeConfig (their fields are
-  the declaration: type and default in one place)."""
-  from imp.model import ModelConfig, MoeConfig
-
-  return KEYS + _dataclass_keys("model.", ModelConfig, _MODEL_DOCS) + _dataclass_keys(
-      "model.moe.", MoeConfig, _MOE_DOCS)
-
-
 def keys_of(section: str) -> tuple[str, ...]:
   """The key names directly under `section` ("" for the top level, "tasks.*" for an entry)."""
   prefix = f"{section}." if section else ""
@@ -230,7 +167,7 @@ def keys_of(section: str) -> tuple[str, ...]:
                if k.path.startswith(prefix) and "." not in k.path[len(prefix):])
 
 
-def _value_at(config: Any, path: str) -> list[tuple[str, Any]]:
+def value_at(config: Any, path: str) -> list[tuple[str, Any]]:
   """(concrete path, value) of every match of `path` in `config` (`*`: every name)."""
   found = [("", config)]
   for part in path.split("."):
@@ -246,22 +183,65 @@ def _value_at(config: Any, path: str) -> list[tuple[str, Any]]:
   return found
 
 
-def describe(config: Any) -> list[str]:
-  """One line per key: path = value (default ...): meaning; `*` keys once per entry."""
-  lines = []
-  keys = all_keys()
-  parents = {k.path.rsplit(".", 1)[0] for k in keys if "." in k.path}
-  parents |= {p.rsplit(".", 1)[0] for p in parents if p.endswith(".*")}
+# A key's declared type, checked when a config is loaded (`type_problem`): alternatives joined
+# by "|"; a scalar (int, float, bool, str, None), a mapping (dict, or a settings dataclass such
+# as MoeConfig given as a dict), a sequence ("tuple[...]" or "(a, b)"; its elements are the
+# reader's to check), or Any.
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str, "None": type(None)}
+_MAPPINGS = ("dict", "MoeConfig", "HeadsConfig")
+
+
+def _alternatives(kind: str) -> list[str]:
+  """`kind` split on the "|" outside brackets: "tuple[int|str]|None" -> two alternatives."""
+  out, depth, current = [], 0, ""
+  for char in kind:
+    if char in "[(":
+      depth += 1
+    elif char in "])":
+      depth -= 1
+    if char == "|" and depth == 0:
+      out.append(current.strip())
+      current = ""
+    else:
+      current += char
+  return [*out, current.strip()]
+
+
+def _is_mapping(value: Any) -> bool:
+  return isinstance(value, Mapping) or hasattr(value, "to_dict")  # a dict or a ConfigDict
+
+
+def _matches(value: Any, kind: str) -> bool:
+  if kind == "Any":
+    return True
+  if kind in _SCALARS:
+    if isinstance(value, bool) and kind in ("int", "float"):
+      return False  # True is an int to Python, never a count or a rate to a config
+    return isinstance(value, _SCALARS[kind])
+  if kind in _MAPPINGS:
+    return _is_mapping(value)
+  if kind.startswith("tuple[tuple[str, ") and _is_mapping(value):
+    return True  # (name, value) pairs are the frozen form of a dict: a config gives the dict
+  if kind.startswith(("tuple[", "(")):
+    return isinstance(value, list | tuple)
+  raise ValueError(f"schema type {kind!r} is not one the check knows")
+
+
+def type_problem(value: Any, kind: str) -> str | None:
+  """Why `value` is not of the declared type `kind` ("must be int | None"), or None."""
+  if any(_matches(value, k) for k in _alternatives(kind)):
+    return None
+  return f"must be {' | '.join(_alternatives(kind))}, not {type(value).__name__}"
+
+
+def check_types(config: Any, keys: list[Key]) -> None:
+  """Every set key's value against its declared type; ValueError naming the first that is
+  not, with its meaning. Keys the config leaves unset are not checked (the default holds)."""
   for key in keys:
-    if key.path in parents:
-      continue  # a section: its keys follow, one line each
-    matches = _value_at(config, key.path)
-    if not matches:
-      if "*" in key.path:
-        continue
-      matches = [(key.path, "(unset)")]
-    for path, value in matches:
-      if hasattr(value, "to_dict"):
-        value = value.to_dict()
-      lines.append(f"{path} = {value!r}  [{key.type}, default {key.default!r}]  {key.doc}")
-  return lines
+    for path, value in value_at(config, key.path):
+      problem = type_problem(value, key.type)
+      if problem:
+        shown = repr(value.to_dict() if hasattr(value, "to_dict") else value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"config.{path}={shown} {problem} ({key.doc}).")
+

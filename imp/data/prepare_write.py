@@ -121,6 +121,52 @@ def reason_of(error: Exception, path: str) -> str:
   return text or type(error).__name__
 
 
+def _write_split(path: str, items: Sequence[Item], decode: Callable[[Item], dict[str, np.ndarray]],
+                 label_ids: Mapping[str, int], on_error: str, specs: _FieldSpecs,
+                 skipped: list[dict[str, str]]) -> tuple[int, list[int]]:
+  """Decodes and writes one split's items to `path`; (examples written, per class). A bad
+  item stops it (on_error="fail") or is added to `skipped`."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  writer = ArrayRecordWriter(path, WRITER_OPTIONS)
+  count, class_counts = 0, [0] * len(label_ids)
+  try:
+    for item in items:
+      try:
+        example = decode(item)
+      except ValueError as e:
+        if on_error == "fail":
+          raise ValueError(f"{e} (pass --on-error skip to skip bad files)") from e
+        skipped.append({"path": item.path, "reason": reason_of(e, item.path)})
+        continue
+      if item.text is not None:
+        example["text"] = np.asarray(item.text)
+      if item.label is not None:
+        example["label"] = np.asarray(label_ids[item.label], np.int32)
+        class_counts[label_ids[item.label]] += 1
+      specs.add(example, item.path)
+      writer.write(encode_record(example))
+      count += 1
+  finally:
+    writer.close()
+  return count, class_counts
+
+
+def _empty_classes(class_names: Sequence[str], split_meta: Mapping[str, Mapping[str, Any]],
+                   on_error: str) -> list[str]:
+  """A class with no examples in any split: an error (on_error="fail") or a warning."""
+  totals = np.sum([info["class_counts"] for info in split_meta.values()], axis=0) if (
+      class_names) else []
+  empty = [name for name, total in zip(class_names, totals, strict=True) if total == 0]
+  if not empty:
+    return []
+  message = (f"class(es) {', '.join(map(repr, empty))} have no examples: every file of "
+             f"them was skipped")
+  if on_error == "fail":
+    raise ValueError(f"{message}; fix or remove those files.")
+  return [f"{message} (the class ids stay, with no examples)."]
+
+
 def write_dataset(output: str, splits: Mapping[str, Sequence[Item]],
                   decode: Callable[[Item], dict[str, np.ndarray]], *, class_names: Sequence[str],
                   on_error: str, metadata: Mapping[str, Any],
@@ -133,8 +179,6 @@ def write_dataset(output: str, splits: Mapping[str, Sequence[Item]],
   metadata.json's "warnings" under "skip". A failure (a bad file under on_error="fail", an
   empty split) removes what this call wrote.
   """
-  from array_record.python.array_record_module import ArrayRecordWriter
-
   if on_error not in ("fail", "skip"):
     raise ValueError(f"--on-error {on_error!r}: must be 'fail' or 'skip'.")
   label_ids = {name: i for i, name in enumerate(class_names)}
@@ -147,27 +191,8 @@ def write_dataset(output: str, splits: Mapping[str, Sequence[Item]],
     for split, items in splits.items():
       path = os.path.join(output, split_file(split))
       written.append(path)
-      writer = ArrayRecordWriter(path, WRITER_OPTIONS)
-      count, class_counts = 0, [0] * len(class_names)
-      try:
-        for item in items:
-          try:
-            example = decode(item)
-          except ValueError as e:
-            if on_error == "fail":
-              raise ValueError(f"{e} (pass --on-error skip to skip bad files)") from e
-            skipped.append({"path": item.path, "reason": reason_of(e, item.path)})
-            continue
-          if item.text is not None:
-            example["text"] = np.asarray(item.text)
-          if item.label is not None:
-            example["label"] = np.asarray(label_ids[item.label], np.int32)
-            class_counts[label_ids[item.label]] += 1
-          specs.add(example, item.path)
-          writer.write(encode_record(example))
-          count += 1
-      finally:
-        writer.close()
+      count, class_counts = _write_split(path, items, decode, label_ids, on_error, specs,
+                                         skipped)
       if count == 0:
         raise ValueError(
             f"split {split!r} is empty ({len(items)} listed files, all skipped)"
@@ -177,16 +202,7 @@ def write_dataset(output: str, splits: Mapping[str, Sequence[Item]],
                            **dict((split_info or {}).get(split, {}))}
       if class_names:
         split_meta[split]["class_counts"] = class_counts
-    warnings = []
-    totals = np.sum([info["class_counts"] for info in split_meta.values()], axis=0) if (
-        class_names) else []
-    empty = [name for name, total in zip(class_names, totals, strict=True) if total == 0]
-    if empty:
-      message = (f"class(es) {', '.join(map(repr, empty))} have no examples: every file of "
-                 f"them was skipped")
-      if on_error == "fail":
-        raise ValueError(f"{message}; fix or remove those files.")
-      warnings.append(f"{message} (the class ids stay, with no examples).")
+    warnings = _empty_classes(class_names, split_meta, on_error)
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -165,6 +165,53 @@ def _check_feature(name: str, field: str, feature_name: str, feature: Any) -> No
         f"{list(shape)}.")
 
 
+def _class_names(name: str, tfds_name: str, features: Mapping[str, str], info: Any,
+                 class_names: Sequence[str] | None) -> tuple[str, ...]:
+  """The class names of a labelled dataset (`class_names`, else the label's ClassLabel);
+  () without a label field."""
+  import tensorflow_datasets as tfds
+
+  names: tuple[str, ...] = ()
+  if "label" not in features:
+    return names
+  label_feature = info.features[features["label"]]
+  tfds_names = None
+  if isinstance(label_feature, tfds.features.ClassLabel) and label_feature.num_classes:
+    tfds_names = tuple(label_feature.names)
+  if class_names is not None:
+    names = tuple(str(c) for c in class_names)
+    if tfds_names is not None and len(names) != len(tfds_names):
+      raise ValueError(
+          f"datasets.{name}.class_names has {len(names)} names but label feature "
+          f"{features['label']!r} of {tfds_name!r} has {len(tfds_names)} classes.")
+  elif tfds_names is not None:
+    names = tfds_names
+  if not names:
+    raise ValueError(
+        f"datasets.{name}.class_names: label feature {features['label']!r} of {tfds_name!r} "
+        f"is not a ClassLabel with names; give the class names in datasets.{name}.class_names.")
+  return names
+
+
+def _split_sources(name: str, tfds_name: str, builder: Any, splits: Mapping[str, str],
+                   features: Mapping[str, str]) -> dict[str, TfdsSplit]:
+  """Each of our splits as a TFDS data source, its size checked without reading it."""
+  info, split_sources = builder.info, {}
+  for ours, theirs in splits.items():
+    description = f"datasets.{name}.splits.{ours}={theirs!r}"
+    try:
+      # SubSplitInfo: resolves slices ("train[:90%]") and sums ("train+test") without reading.
+      num_examples = info.splits[theirs].num_examples
+    except (ValueError, KeyError) as e:
+      raise ValueError(
+          f"{description}: not a split of {tfds_name!r} ({e}); its splits: "
+          f"{', '.join(info.splits.keys())} (slices like 'train[:90%]' work too).") from e
+    if num_examples == 0:
+      raise ValueError(f"{description}: the split of {tfds_name!r} is empty.")
+    split_sources[ours] = TfdsSplit(builder.as_data_source(split=theirs), features, description)
+  return split_sources
+
+
 @register_source("tfds")
 def tfds_source(
     name: str,
@@ -188,7 +235,6 @@ def tfds_source(
       `data_dir` (or not as array_record), unknown split or feature, empty split, unusable
       feature type, or a labelled dataset without class names.
   """
-  import tensorflow_datasets as tfds
 
   if not isinstance(tfds_name, str) or not tfds_name:
     raise ValueError(f"datasets.{name}.tfds_name must be a TFDS dataset name, got {tfds_name!r}.")
@@ -219,38 +265,8 @@ def tfds_source(
           f"feature; its features: {', '.join(available)}.")
     _check_feature(name, field, feature_name, info.features[feature_name])
 
-  names: tuple[str, ...] = ()
-  if "label" in features:
-    label_feature = info.features[features["label"]]
-    tfds_names = None
-    if isinstance(label_feature, tfds.features.ClassLabel) and label_feature.num_classes:
-      tfds_names = tuple(label_feature.names)
-    if class_names is not None:
-      names = tuple(str(c) for c in class_names)
-      if tfds_names is not None and len(names) != len(tfds_names):
-        raise ValueError(
-            f"datasets.{name}.class_names has {len(names)} names but label feature "
-            f"{features['label']!r} of {tfds_name!r} has {len(tfds_names)} classes.")
-    elif tfds_names is not None:
-      names = tfds_names
-    if not names:
-      raise ValueError(
-          f"datasets.{name}.class_names: label feature {features['label']!r} of {tfds_name!r} "
-          f"is not a ClassLabel with names; give the class names in datasets.{name}.class_names.")
-
-  split_sources = {}
-  for ours, theirs in splits.items():
-    description = f"datasets.{name}.splits.{ours}={theirs!r}"
-    try:
-      # SubSplitInfo: resolves slices ("train[:90%]") and sums ("train+test") without reading.
-      num_examples = info.splits[theirs].num_examples
-    except (ValueError, KeyError) as e:
-      raise ValueError(
-          f"{description}: not a split of {tfds_name!r} ({e}); its splits: "
-          f"{', '.join(info.splits.keys())} (slices like 'train[:90%]' work too).") from e
-    if num_examples == 0:
-      raise ValueError(f"{description}: the split of {tfds_name!r} is empty.")
-    split_sources[ours] = TfdsSplit(builder.as_data_source(split=theirs), features, description)
+  names = _class_names(name, tfds_name, features, info, class_names)
+  split_sources = _split_sources(name, tfds_name, builder, splits, features)
 
   return DataSource(
       name=name,

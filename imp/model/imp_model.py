@@ -111,7 +111,7 @@ class ModelConfig:
       head logits and the losses stay float32 whatever it is.
     param_dtype: the dtype parameters are stored in ("float32" or "bfloat16"), except the
       contrastive temperature, the router kernels and BatchNorm heads (float32); the optimizer
-      moments are float32 either way (imp.train.state.float32_moments).
+      moments are float32 either way (imp.step.state.float32_moments).
   """
 
   width: int = 64

@@ -112,7 +112,7 @@ def param_shardings(axes: Any, abstract_params: Any, mesh: Mesh, rules: Rules) -
   """NamedSharding of every parameter.
 
   Args:
-    axes: PartitionSpec of logical names per parameter (`imp.train.state.logical_axes`).
+    axes: PartitionSpec of logical names per parameter (`imp.step.state.logical_axes`).
     abstract_params: arrays or ShapeDtypeStructs with the same structure.
   """
   is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731

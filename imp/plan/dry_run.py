@@ -36,8 +36,8 @@ from imp.plan import programs as plan_programs
 from imp.plan.param_count import count_params, merged_param_count
 from imp.plan.plan import ConfigError, abstract_batch, build_plan, declared_facts
 from imp.plan.programs import COLLECTIVES, GIB, collective_counts  # noqa: F401 (re-exported)
-from imp.train.state import logical_axes
-from imp.train.step_cache import StepCache
+from imp.plan.step_cache import StepCache
+from imp.step.state import logical_axes
 
 __all__ = ["COLLECTIVES", "DryRunError", "GIB", "SignatureReport", "abstract_batch",
            "check_budget", "collective_counts", "plan", "report_lines"]

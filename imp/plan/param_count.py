@@ -46,7 +46,7 @@ def merged_param_count(params: Any, axes: Any, num_experts: int, k: int) -> int:
 
   Args:
     params: the routed model's parameters (arrays or ShapeDtypeStructs).
-    axes: their logical axis names (`imp.train.state.logical_axes`): a leaf with an "expert"
+    axes: their logical axis names (`imp.step.state.logical_axes`): a leaf with an "expert"
       axis holds experts.
     num_experts, k: E and the experts each condition chooses.
 

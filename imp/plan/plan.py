@@ -13,6 +13,7 @@ training (`facts_of_sources`), or declared in `config.dry_run.datasets` by the d
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -28,11 +29,12 @@ from imp.model.embedders import input_dtype
 from imp.objectives import OBJECTIVES, get_objective
 from imp.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
 from imp.parallel.rules import Rules, get_rules
+from imp.plan import config_keys
 from imp.plan.routing import TaskTable, task_ids, task_table
+from imp.step.placement import abstract_state, train_state_shardings
+from imp.step.state import TrainState, logical_axes, make_optimizer
+from imp.step.step import StepSpec, make_train_step, make_weighted_sum_step
 from imp.tasks import Task, TaskRegistry, TaskSampler
-from imp.train.placement import abstract_state, train_state_shardings
-from imp.train.state import TrainState, logical_axes, make_optimizer
-from imp.train.step import StepSpec, make_train_step, make_weighted_sum_step
 
 CONFIG_KEYS = schema.keys_of("")  # declared once, in imp/config/schema.py
 NONFINITE_POLICIES = ("skip", "stop")
@@ -119,11 +121,29 @@ class TrainProgram:
     name: the task name, or "weighted_sum of N tasks".
     key: the StepCache name: ("train", spec) or ("train_weighted_sum", specs).
     tasks: the task names whose batches it takes, in order.
+    summed: the weighted sum of every task's loss in one step (`config.sampling.schedule`
+      "weighted_sum"), which takes a tuple of batches and returns a tuple of metrics; else
+      the AGD step of one task, which takes its batch and returns its metrics.
   """
 
   name: str
   key: Hashable
   tasks: tuple[str, ...]
+  summed: bool = False
+
+  def arguments(self, batches: tuple[Any, ...]) -> Any:
+    """What the program takes after the state, from its tasks' batches in order."""
+    return batches if self.summed else batches[0]
+
+  def per_task(self, metrics: Any) -> tuple[Any, ...]:
+    """The program's metrics as one entry per task, in `tasks` order."""
+    return metrics if self.summed else (metrics,)
+
+  def step_fn(self, model: IMPModel, tx: optax.GradientTransformation, state: Any,
+              batch: Any):
+    """The pure (state, batch) -> (state, metrics) function (not compiled)."""
+    make = make_weighted_sum_step if self.summed else make_train_step
+    return make(model, tx, self.key[1], state, batch)
 
 
 @dataclasses.dataclass
@@ -160,6 +180,14 @@ class Plan:
   def out_shardings(self) -> tuple[TrainState, NamedSharding]:
     return self.shardings, replicated(self.mesh)
 
+  def program_at(self, step: int) -> TrainProgram:
+    """The program of step `step`: under AGD the AGD step of the task the sampler draws for
+    it (seeded by (seed, step), so every process and a resumed run agree), else the
+    weighted sum of every task."""
+    if self.schedule == "agd":
+      return self._by_task[self.registry[self.sampler.task_index(step)].name]
+    return self.programs[0]
+
   def program_of(self, names: tuple[str, ...]) -> TrainProgram:
     """The train program of one step's tasks."""
     if self.schedule == "agd":
@@ -167,22 +195,19 @@ class Plan:
       return self._by_task[name]
     return self.programs[0]
 
-  @property
+  @functools.cached_property
   def _by_task(self) -> dict[str, TrainProgram]:
     return {p.tasks[0]: p for p in self.programs}
 
   def batch_of(self, program: TrainProgram) -> Any:
     """The abstract arguments after the state: one batch, or a tuple of every task's."""
-    batches = tuple(self.batches[t] for t in program.tasks)
-    return batches[0] if program.key[0] == "train" else batches
+    return program.arguments(tuple(self.batches[t] for t in program.tasks))
 
   def step_fn(self, program: TrainProgram, state: Any = None, batch: Any = None):
     """The pure (state, batch) -> (state, metrics) function of `program` (not compiled)."""
     state = self.state if state is None else state
     batch = self.batch_of(program) if batch is None else batch
-    if program.key[0] == "train":
-      return make_train_step(self.model, self.tx, program.key[1], state, batch)
-    return make_weighted_sum_step(self.model, self.tx, program.key[1], state, batch)
+    return program.step_fn(self.model, self.tx, state, batch)
 
 
 def schedule_of(config: ml_collections.ConfigDict) -> str:
@@ -191,10 +216,15 @@ def schedule_of(config: ml_collections.ConfigDict) -> str:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """The top-level keys and the settings no part of the plan owns."""
+  """The top-level keys, every set key's type (the schema's), and the settings no part of
+  the plan owns."""
   unknown = sorted(set(config.keys()) - set(CONFIG_KEYS))
   if unknown:
     raise ConfigError(f"config.{unknown[0]} is not a config key; valid: {', '.join(CONFIG_KEYS)}.")
+  try:
+    schema.check_types(config, config_keys.all_keys())
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   for key in ("total_steps", "log_every"):
     if int(config[key]) <= 0:
       raise ConfigError(f"config.{key}={config[key]} must be a positive int.")
@@ -333,7 +363,8 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
   else:
     names = tuple(t.name for t in registry)
     programs = [TrainProgram(f"weighted_sum of {len(names)} tasks",
-                             ("train_weighted_sum", tuple(specs[n] for n in names)), names)]
+                             ("train_weighted_sum", tuple(specs[n] for n in names)), names,
+                             summed=True)]
   return Plan(config=config, facts=facts, registry=registry, sampler=sampler, schedule=schedule,
               model_config=model_config, model=model, tx=tx, mesh=mesh, rules=rules,
               state=state, shardings=shardings, specs=specs, task_table=table,

@@ -39,8 +39,8 @@ from imp.parallel.rules import under_rules
 from imp.plan import scan_flops, xla_log
 from imp.plan.plan import ConfigError, Plan
 from imp.plan.routing import route_eval
-from imp.train.step import make_infer_step, make_train_step, make_weighted_sum_step
-from imp.train.step_cache import TRACE_LOCK, StepCache, persistent_cache_counts, signature
+from imp.plan.step_cache import TRACE_LOCK, StepCache, persistent_cache_counts, signature
+from imp.step.step import make_infer_step
 
 GIB = 1024**3
 COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
@@ -176,9 +176,8 @@ def train_specs(plan: Plan) -> list[ProgramSpec]:
   """The plan's train programs (arguments: the abstract state and batches)."""
   specs = []
   for program in plan.programs:
-    def build(model, args, key=program.key):
-      maker = make_train_step if key[0] == "train" else make_weighted_sum_step
-      return maker(model, plan.tx, key[1], *args)
+    def build(model, args, program=program):
+      return program.step_fn(model, plan.tx, *args)
 
     specs.append(ProgramSpec(
         name=f"train {program.name}", kind="train", key=program.key,

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 
 from imp.model import Request
 from imp.model.conditions import roles_of, token_attributes
+from imp.step.step import StepSpec
 from imp.tasks import Task
-from imp.train.step import StepSpec
 
 # (task entry, its Request) of every task entry, in config order: index = task id.
 TaskTable = tuple[tuple[str, Request], ...]

@@ -19,7 +19,7 @@ from imp.parallel.rules import under_rules
 from imp.plan.programs import eval_shardings, infer_key
 from imp.plan.routing import route_eval
 from imp.run.restore import Run
-from imp.train.step import make_infer_step
+from imp.step.step import make_infer_step
 
 Infer = Callable[[Request, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 

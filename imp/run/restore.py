@@ -26,10 +26,10 @@ from imp.parallel.distributed import check_same_config
 from imp.parallel.mesh import process_rows
 from imp.paths import Path, as_path  # a local path, gs:// or s3:// (etils.epath)
 from imp.plan.plan import ConfigError, Plan, build_plan, facts_of_sources
-from imp.train.checkpoint import Checkpointer, check_storage
-from imp.train.placement import init_sharded_state
-from imp.train.state import TrainState
-from imp.train.step_cache import StepCache
+from imp.plan.step_cache import StepCache
+from imp.step.checkpoint import Checkpointer, check_storage
+from imp.step.placement import init_sharded_state
+from imp.step.state import TrainState
 
 log = logging.getLogger("imp.restore")
 

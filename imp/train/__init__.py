@@ -1,3 +1,4 @@
-"""Training: state and optimizer, the compiled AGD step, the step cache, the training log,
-checkpoints, and the AGD loop (`loop.py`, the top of this package; imp.plan and imp.run sit
-between the loop and the step's building blocks)."""
+"""The AGD loop (`loop.py`, read it top to bottom) and what only it uses: the per-task training
+log, step throughput, preemption, the workdir lease, the profile window, and the batching
+baselines it is compared with. Above imp.run, imp.plan and imp.step; a peer of imp.evaluate
+and imp.analysis, which it never imports (tests/test_layers.py)."""

@@ -10,7 +10,7 @@ step) in `benchmarks/batching.py`. They reuse the model, the objectives and the 
   task's examples, then each task's objective reads its own rows; the weighted losses are
   summed into one gradient and one update.
 - **Gradient accumulation** runs each task's mini-batch at its own shape through the loss of
-  its AGD step, sums the gradients (`imp.train.step.accumulated_grads`, which the
+  its AGD step, sums the gradients (`imp.step.step.accumulated_grads`, which the
   weighted-sum schedule also uses) and applies one update.
 
 Shapes: R rows of a modality in the mixed batch (the tasks' batches concatenated), N tokens
@@ -33,8 +33,8 @@ import optax
 from imp.model import IMPModel
 from imp.model.imp_model import EMBEDDER_OF, masked_mean
 from imp.objectives import get_objective
-from imp.train.state import TrainState
-from imp.train.step import StepSpec, accumulated_grads, moe_summary
+from imp.step.state import TrainState
+from imp.step.step import StepSpec, accumulated_grads, moe_summary
 
 Batch = dict[str, Any]
 MIXABLE = ("image", "text")

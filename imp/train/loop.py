@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -27,23 +28,25 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from imp import paths
+from imp.data import TaskIterators
 from imp.model import Request
 from imp.parallel.mesh import put_batch
 from imp.parallel.rules import under_rules
 from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.plan import programs as plan_programs
-from imp.plan.plan import ConfigError
+from imp.plan.plan import ConfigError, Plan, TrainProgram
+from imp.plan.step_cache import signature, xla_compiles
 from imp.run.infer import Infer, infer_fn
 from imp.run.restore import Run, compilation_cache, open_run, restore, task_iterators
+from imp.step.state import TrainState
 from imp.train import lease
 from imp.train.lease import WorkdirBusyError
 from imp.train.preemption import EvaluationAbandoned, Preemption
 from imp.train.profile_window import ProfileWindow
-from imp.train.state import TrainState
-from imp.train.step_cache import signature, xla_compiles
 from imp.train.throughput import Throughput
 from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, OnMetrics, TrainLog, say, wrap
 
@@ -146,6 +149,123 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   wall_start = time.perf_counter()
 
   # ---- Plan: sources -> Plan -> state in its shardings ------------------------------------
+  run, hooks = _open(config, workdir, make_hooks)
+  plan = run.plan
+
+  # ---- Resume: read and checked before anything compiles (a changed seed or schedule, a
+  # changed model stops in seconds, not after the compiles) ---------------------------------
+  state, meta = _resume(run)
+
+  # ---- Programs: every train and eval program compiled before step 1 -----------------------
+  throughput = _throughput(plan, compile_programs(run, hooks))
+
+  # ---- Input pipelines: one grain iterator per task variant, at the checkpoint's positions --
+  iterators = task_iterators(run)
+  if meta is not None:
+    iterators.set_state(meta["data"])
+    log.info("resumed from step %d", int(state.step))
+
+  # ---- Steps ----------------------------------------------------------------------------------
+  train_log = TrainLog(run.workdir, hooks.on_metrics)
+  profiler = ProfileWindow(config.get("profile"), run.workdir)
+  total, tally = int(config.total_steps), _Tally(start=int(state.step))
+  end = total if stop_after is None else min(total, tally.start + int(stop_after))
+  nonfinite = dict(config.get("nonfinite") or {})
+  stop_on_nonfinite = nonfinite.get("policy", "skip") == "stop"
+  bar = tqdm(total=total, initial=tally.start, desc="train", unit="step", disable=None,
+             dynamic_ncols=True)
+  with Preemption() as preemption:
+    evaluate = functools.partial(_evaluate, run, hooks, train_log, iterators, preemption, bar)
+    for step in range(tally.start, end):
+      program = plan.program_at(step)  # the sampled task's AGD step, or the weighted sum
+      batches = tally.next_batches(iterators, program, plan.mesh)  # split over devices
+      with profiler.step(step) as outputs:  # config.profile's window of steps, else nothing
+        state, metrics = _run_step(run, program, state, batches, tally)
+        outputs.append(state)
+      throughput.step(program.name, metrics)
+      tally.add(step, program, metrics, train_log)
+      bar.update(1)
+      done = step + 1
+      # Read once per step: the save and the stop below must agree on it (and every process
+      # on the step: imp/train/preemption.py).
+      preempted = preemption.reached(done)
+      stopping = done == end or preempted
+      eval_due = bool(config.eval_every) and done % config.eval_every == 0
+      save_due = stopping or run.checkpointer.should_save(done)
+      if done % config.log_every == 0 or stopping or save_due or eval_due:
+        throughput.pause()  # what follows is not a step's time
+      # nonfinite.policy='stop' reads this step's flag (one host sync per step) so the run
+      # stops at the step that went bad, not at the next log interval.
+      if (done % config.log_every == 0 or stopping or
+          (stop_on_nonfinite and train_log.nonfinite_now(len(program.tasks)))):
+        _write_log(run, train_log, throughput, done, wall_start, bar)
+        train_log.check_nonfinite(nonfinite, run.checkpointer.committed)
+      # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
+      if save_due:
+        run.checkpointer.save(done, state, _meta(run, iterators))
+      # A preemption's grace period is short: save and go; the rerun evaluates a final step.
+      # A signal during an evaluation abandons it (imp/train/preemption.py).
+      if not preempted and (done == total or eval_due):
+        try:
+          tally.evals = evaluate(done, state)
+        except EvaluationAbandoned:
+          preempted = True
+          if not save_due:
+            run.checkpointer.save(done, state, _meta(run, iterators))
+      if preempted:
+        _say_preempted(run, preemption, done, bar)
+        break
+    # A run stopped after its final save but before its final evaluation finished (or the
+    # command of a finished run is rerun): evaluate the final checkpoint now.
+    if tally.start == total:
+      with contextlib.suppress(EvaluationAbandoned):  # the next rerun evaluates it again
+        tally.evals = evaluate(total, state)
+  bar.close()
+  profiler.close()
+  run.checkpointer.close()
+  return _summary(run, hooks, train_log, throughput, tally, total, wall_start)
+
+
+@dataclasses.dataclass
+class _Tally:
+  """What this run's steps add up to, for summary.json."""
+
+  start: int  # the step the run started (or resumed) at
+  steps: int = 0
+  data_wait: float = 0.0  # seconds the loop waited for batches
+  compiles: int = 0  # XLA compiles inside steps: 0 when every program compiled before step 1
+  counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  evals: dict[str, float] = dataclasses.field(default_factory=dict)
+  loop_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def next_batches(self, iterators: TaskIterators, program: TrainProgram, mesh: Mesh,
+                   ) -> tuple[dict, ...]:
+    """The next batch of each of the program's tasks, put on the mesh (its waiting timed)."""
+    t0 = time.perf_counter()
+    batches = tuple(iterators.next(name) for name in program.tasks)
+    self.data_wait += time.perf_counter() - t0
+    return tuple(put_batch(batch, mesh) for batch in batches)
+
+  def add(self, step: int, program: TrainProgram, metrics: tuple[dict, ...],
+          train_log: TrainLog) -> None:
+    """Step `step` ran `program`: one step more, one more for each of its tasks."""
+    self.steps += 1
+    for name, task_metrics in zip(program.tasks, metrics, strict=True):
+      self.counts[name] += 1
+      train_log.add(step, name, task_metrics)
+
+
+def _write_log(run: Run, train_log: TrainLog, throughput: Throughput, done: int,
+               wall_start: float, bar: tqdm) -> None:
+  """The log interval's throughput and per-task means: metrics.jsonl, TensorBoard, console."""
+  train_log.writer.write(done, throughput.interval_scalars(), kind="throughput")
+  say(train_log.write(done, run.cache.stats(time.perf_counter() - wall_start),
+                      sum(s.skips.count for s in run.sources.values())), bar.write)
+
+
+def _open(config: ml_collections.ConfigDict, workdir: str | Path,
+          make_hooks: Callable[[Run], Hooks] | None) -> tuple[Run, Hooks]:
+  """The run (plan, sources, state in its shardings) and its hooks, checked."""
   run = open_run(config, workdir)
   try:
     hooks = make_hooks(run) if make_hooks else Hooks()  # validates what the hooks read
@@ -154,162 +274,98 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   except ValueError as e:
     raise ConfigError(str(e)) from e
   check_best_metric(config, hooks)
-  plan, cache = run.plan, run.cache
   log.info("%s", "\n".join(wrap("tasks (name=weight):",  # below the log's 14-character prefix
-                                [f"{t.name}={t.weight:.3f}" for t in plan.registry],
+                                [f"{t.name}={t.weight:.3f}" for t in run.plan.registry],
                                 CONSOLE_WIDTH - 14)))
+  return run, hooks
 
-  # ---- Resume: read and checked before anything compiles (a changed seed or schedule, a
-  # changed model stops in seconds, not after the compiles) ---------------------------------
-  state, meta = run.state, None
+
+def _resume(run: Run) -> tuple[TrainState, dict[str, Any] | None]:
+  """The newest readable checkpoint's state and metadata, its schedule checked against the
+  config's; the fresh state and None without one."""
   restored = restore(run)
-  if restored is not None:
-    state, meta = restored
-    try:
-      plan.sampler.check_state(meta["sampler"])
-    except ValueError as e:
-      raise ConfigError(str(e)) from e
+  if restored is None:
+    return run.state, None
+  state, meta = restored
+  try:
+    run.plan.sampler.check_state(meta["sampler"])
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return state, meta
 
-  # ---- Programs: every train and eval program compiled before step 1 -----------------------
-  reports = compile_programs(run, hooks)
+
+def _throughput(plan: Plan, reports: Sequence[plan_programs.ProgramReport]) -> Throughput:
+  """Step-time bookkeeping of the train programs, with their FLOPs and examples per step."""
   rows = {t.name: t.variant.batch_size for t in plan.registry}
-  throughput = Throughput(
+  return Throughput(
       {r.name.removeprefix("train "): r.gflops for r in reports if r.kind == "train"},
       {p.name: sum(rows[t] for t in p.tasks) for p in plan.programs},
       jax.devices()[0].device_kind)
 
-  # ---- Input pipelines: one grain iterator per task variant, at the checkpoint's positions --
-  iterators = task_iterators(run)
-  if meta is not None:
-    iterators.set_state(meta["data"])
-    log.info("resumed from step %d", int(state.step))
 
-  def run_step(names: tuple[str, ...], state: TrainState, batches: tuple[dict, ...],
-               ) -> tuple[TrainState, tuple[dict, ...]]:
-    """The compiled program of these tasks: the AGD step of one, or the weighted sum of all."""
-    program = plan.program_of(names)
-    arg = batches[0] if program.key[0] == "train" else batches
-    compiled = cache.compiled(
-        program.key, lambda: under_rules(plan.step_fn(program, state, arg), plan.mesh,
-                                         plan.rules),
-        (state, arg), donate_argnums=(0,), sig=signature(arg),
-        in_shardings=plan.in_shardings, out_shardings=plan.out_shardings)
-    state, metrics = compiled(state, arg)
-    return state, (metrics,) if program.key[0] == "train" else metrics
+def _run_step(run: Run, program: TrainProgram, state: TrainState, batches: tuple[dict, ...],
+              tally: _Tally) -> tuple[TrainState, tuple[dict, ...]]:
+  """The compiled program (the AGD step of one task, or the weighted sum of all): the new
+  state and one metrics dict per task. XLA compiles meanwhile are counted in `tally`
+  (every program was compiled before step 1: there should be none)."""
+  plan, arg = run.plan, program.arguments(batches)
+  compiles_before = xla_compiles()
+  compiled = run.cache.compiled(
+      program.key, lambda: under_rules(plan.step_fn(program, state, arg), plan.mesh,
+                                       plan.rules),
+      (state, arg), donate_argnums=(0,), sig=signature(arg),
+      in_shardings=plan.in_shardings, out_shardings=plan.out_shardings)
+  state, metrics = compiled(state, arg)
+  tally.compiles += xla_compiles() - compiles_before
+  return state, program.per_task(metrics)
 
-  # ---- Steps ----------------------------------------------------------------------------------
-  train_log = TrainLog(run.workdir, hooks.on_metrics)
-  profiler = ProfileWindow(config.get("profile"), run.workdir)
-  total = int(config.total_steps)
-  start = int(state.step)
-  end = total if stop_after is None else min(total, start + int(stop_after))
-  counts = collections.Counter()  # steps that trained each task
-  nonfinite = dict(config.get("nonfinite") or {})
-  stop_on_nonfinite = nonfinite.get("policy", "skip") == "stop"
-  steps_run, evals, data_wait, compiles_in_loop = 0, {}, 0.0, 0
-  loop_start = time.perf_counter()
-  bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None,
-             dynamic_ncols=True)
 
-  def evaluate_and_log(done: int, state: TrainState) -> dict[str, float]:
-    if hooks.evaluate is None:
-      return {}
-    with preemption.abandoning():  # a signal now raises EvaluationAbandoned in here
-      evals = hooks.evaluate(infer_fn(run, state.params))
-    train_log.writer.write(done, evals, kind="eval")
-    run.checkpointer.save_best(done, state, _meta(run, iterators), evals)
-    for line in wrap(f"step {done}: eval", [f"{k}={v:.4f}" for k, v in evals.items()]):
-      say(line, bar.write)
-    return evals
+def _say_preempted(run: Run, preemption: Preemption, done: int, bar: tqdm) -> None:
+  say(f"step {done}: signal {preemption.signal} received; saved a checkpoint at step "
+      f"{done}; rerun the same command to resume.", bar.write)
+  say(f"  checkpoints: {run.checkpointer.directory}", bar.write)
 
-  with Preemption() as preemption:
-    for step in range(start, end):
-      names = ((plan.registry[plan.sampler.task_index(step)].name,) if plan.schedule == "agd"
-               else tuple(t.name for t in plan.registry))
-      t0 = time.perf_counter()
-      batches = tuple(iterators.next(name) for name in names)
-      data_wait += time.perf_counter() - t0
-      batches = tuple(put_batch(batch, plan.mesh) for batch in batches)  # split over devices
-      compiles_before = xla_compiles()
-      with profiler.step(step) as outputs:  # config.profile's window of steps, else nothing
-        state, metrics = run_step(names, state, batches)
-        outputs.append(state)
-      throughput.step(plan.program_of(names).name, metrics)
-      compiles_in_loop += xla_compiles() - compiles_before  # every program compiled before
-      steps_run += 1
-      for name, task_metrics in zip(names, metrics, strict=True):
-        counts[name] += 1
-        train_log.add(step, name, task_metrics)
-      bar.update(1)
-      done = step + 1
-      # Read once per step: the save and the stop below must agree on it (and every process
-      # on the step: imp/train/preemption.py).
-      preempted = preemption.reached(done)
-      stopping = done == end or preempted
 
-      if (done % config.log_every == 0 or stopping or run.checkpointer.should_save(done)
-          or (config.eval_every and done % config.eval_every == 0)):
-        throughput.pause()  # what follows is not a step's time
-      # nonfinite.policy='stop' reads this step's flag (one host sync per step) so the run
-      # stops at the step that went bad, not at the next log interval.
-      if (done % config.log_every == 0 or stopping or
-          (stop_on_nonfinite and train_log.nonfinite_now(len(names)))):
-        train_log.writer.write(done, throughput.interval_scalars(), kind="throughput")
-        say(train_log.write(done, cache.stats(time.perf_counter() - wall_start),
-                            sum(s.skips.count for s in run.sources.values())), bar.write)
-        train_log.check_nonfinite(nonfinite, run.checkpointer.committed)
+def _evaluate(run: Run, hooks: Hooks, train_log: TrainLog, iterators: TaskIterators,
+              preemption: Preemption, bar: tqdm, done: int, state: TrainState,
+              ) -> dict[str, float]:
+  """The hooks' evaluation of `state` after step `done`: logged, and the best checkpoint
+  kept by it. A signal meanwhile raises EvaluationAbandoned."""
+  if hooks.evaluate is None:
+    return {}
+  with preemption.abandoning():  # a signal now raises EvaluationAbandoned in here
+    evals = hooks.evaluate(infer_fn(run, state.params))
+  train_log.writer.write(done, evals, kind="eval")
+  run.checkpointer.save_best(done, state, _meta(run, iterators), evals)
+  for line in wrap(f"step {done}: eval", [f"{k}={v:.4f}" for k, v in evals.items()]):
+    say(line, bar.write)
+  return evals
 
-      # Checkpoint before evaluating, so a failing evaluation never costs trained steps.
-      saved = stopping or run.checkpointer.should_save(done)
-      if saved:
-        run.checkpointer.save(done, state, _meta(run, iterators))
 
-      # A preemption's grace period is short: save and go; the rerun evaluates a final step.
-      # A signal during an evaluation abandons it (imp/train/preemption.py).
-      if not preempted and (done == total or (config.eval_every and
-                                              done % config.eval_every == 0)):
-        try:
-          evals = evaluate_and_log(done, state)
-        except EvaluationAbandoned:
-          preempted = True
-          if not saved:
-            run.checkpointer.save(done, state, _meta(run, iterators))
-
-      if preempted:
-        say(f"step {done}: signal {preemption.signal} received; saved a checkpoint at step "
-            f"{done}; rerun the same command to resume.", bar.write)
-        say(f"  checkpoints: {run.checkpointer.directory}", bar.write)
-        break
-    # A run stopped after its final save but before its final evaluation finished (or the
-    # command of a finished run is rerun): evaluate the final checkpoint now.
-    if start == total:
-      with contextlib.suppress(EvaluationAbandoned):  # the next rerun evaluates it again
-        evals = evaluate_and_log(total, state)
-  bar.close()
-  profiler.close()
-  run.checkpointer.close()
-
-  # ---- Summary ----------------------------------------------------------------------------------
+def _summary(run: Run, hooks: Hooks, train_log: TrainLog, throughput: Throughput,
+             tally: _Tally, total: int, wall_start: float) -> dict[str, Any]:
+  """summary.json (process 0 writes it), after the end-of-run hook; the writers closed."""
   wall = time.perf_counter() - wall_start
-  loop_seconds = time.perf_counter() - loop_start
+  loop_seconds = time.perf_counter() - tally.loop_start
+  steps = tally.steps
   summary = {
-      "steps": start + steps_run, "total_steps": total, "steps_this_run": steps_run,
-      "stopped_early": start + steps_run < total, "wall_seconds": round(wall, 2),
-      "steps_per_second": round(steps_run / loop_seconds, 2) if steps_run else None,
-      "data_wait_share": round(data_wait / loop_seconds, 4) if steps_run else None,
+      "steps": tally.start + steps, "total_steps": total, "steps_this_run": steps,
+      "stopped_early": tally.start + steps < total, "wall_seconds": round(wall, 2),
+      "steps_per_second": round(steps / loop_seconds, 2) if steps else None,
+      "data_wait_share": round(tally.data_wait / loop_seconds, 4) if steps else None,
       # Every program compiled before step 1: any XLA compile inside a step is counted here.
-      "step_cache": dict(cache.stats(wall), xla_compiles_after_warmup=compiles_in_loop),
-      "task_steps": dict(sorted(counts.items())),
+      "step_cache": dict(run.cache.stats(wall), xla_compiles_after_warmup=tally.compiles),
+      "task_steps": dict(sorted(tally.counts.items())),
       # Per train program: ms/step, examples/s, TFLOP/s per device, MFU (imp/train/throughput.py)
       "throughput": throughput.summary(),
       "nonfinite_skipped_steps": train_log.skipped,
       # Bad examples the pipelines skipped (datasets.<name>.on_error="skip"), this run.
       "data_skipped_examples": {n: s.skips.count for n, s in run.sources.items()
                                 if s.skips.count},
-      "eval": evals,
+      "eval": tally.evals,
       "eval_seconds": hooks.eval_seconds(),  # per eval entry, its latest evaluation
   }
-  train_log.writer.write(start + steps_run,  # the last step run, also when stopped early
+  train_log.writer.write(tally.start + steps,  # the last step run, also when stopped early
                          {"compile_share": summary["step_cache"]["compile_share"],
                           "data_wait_share": summary["data_wait_share"] or 0.0}, kind="summary")
   if hooks.on_close is not None and jax.process_index() == 0:  # only process 0 writes files

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
-from imp.train.metric_writers import MetricWriter
+from imp.run.metric_writers import MetricWriter
 
 # (task name, metric name -> mean since the last write, steps of that task since then)
 OnMetrics = Callable[[str, Mapping[str, np.ndarray], int], None]

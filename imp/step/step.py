@@ -30,8 +30,8 @@ from imp.model import IMPModel, Request
 from imp.model.conditions import roles_of, token_attributes
 from imp.model.heads import BATCH_STATS, with_running_stats
 from imp.objectives import get_objective
+from imp.step.state import TrainState
 from imp.tasks import Task
-from imp.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

@@ -9,12 +9,13 @@ rerun, so an interrupted sweep continues where it stopped.
   python -m imp.analysis.ablations --study all --short      # 12 steps per run, one seed
   python -m imp.analysis.ablations --study objectives --budget long --root /tmp/abl_long
 
-The notebook `experiments/notebooks/ablations.ipynb` calls the same functions.
+The notebook `experiments/notebooks/ablations.ipynb` calls the same functions; the command
+line is `__main__.py` beside this file, which passes `imp.experiment.train` in (analysis sits
+below the experiment and never imports it).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ import numpy as np
 from imp import paths
 from imp.config.files import from_file as config_from_file  # noqa: F401  (callers use this name)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # study -> (variants in table order, result columns: (eval result name, header)).
 STUDIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
     "objectives": (("softmax", "nce", "sum", "agd"),
@@ -60,7 +61,7 @@ def run_study(study: str, root: str | Path, seeds: Sequence[int] = (0, 1, 2),
               ) -> dict[str, list[dict[str, Any]]]:
   """Trains (or reads) every variant x seed; returns variant -> [summary per seed].
 
-  budget: "" (the study's steps), "short" or "long" (experiments/ablation_objectives.BUDGETS);
+  budget: "" (the study's steps), "short" or "long" (imp.config.ablation.BUDGETS);
   `short=True` is budget="short". Runs of different budgets need different roots.
   train: (config, workdir) -> summary, e.g. `imp.experiment.train` (passed in: analysis
   does not import the training loop).
@@ -118,36 +119,3 @@ def table(study: str, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str
       cells.append(f"{mean:.1f} ± {std:.1f}" if len(runs) > 1 else f"{mean:.1f} (1 seed)")
     lines.append(f"| {variant} | {len(runs)} | {runs[0]['steps']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--study", default="all", choices=[*STUDIES, "all"])
-  parser.add_argument("--root", default="/tmp/ablations", help="parent of the run workdirs")
-  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-  parser.add_argument("--short", action="store_true", help="12 steps per run (smoke test)")
-  parser.add_argument("--budget", default="", choices=["", "short", "long"],
-                      help="steps per run: the study's (200), short (12) or long (1,000)")
-  parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA cache (default <root>/xla_cache): seeds of one "
-                      "variant compile the same programs")
-  args = parser.parse_args(argv)
-  root = paths.command_line_path(args.root, key="--root")
-  import jax
-
-  from imp import experiment  # the command composes the layers, as imp.main does
-
-  jax.config.update("jax_compilation_cache_dir",
-                    args.compile_cache or str(root / "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  seeds = [int(s) for s in args.seeds.split(",")]
-  for study in STUDIES if args.study == "all" else [args.study]:
-    results = run_study(study, args.root, seeds, short=args.short, budget=args.budget,
-                        train=experiment.train)
-    text = table(study, results)
-    paths.write_text(root / f"{study}.md", text + "\n")
-    print(f"\n## {study}\n\n{text}\n", flush=True)
-
-
-if __name__ == "__main__":
-  main()

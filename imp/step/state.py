@@ -112,7 +112,7 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int,
     if kwargs["weight_decay"]:
       if param_axes is None:
         raise ValueError("optimizer.weight_decay: make_optimizer needs the model's param_axes "
-                         "(imp.train.state.logical_axes) to decay its matrices only.")
+                         "(imp.step.state.logical_axes) to decay its matrices only.")
       kwargs["mask"] = weight_decay_mask(param_axes)
   elif cfg.get("weight_decay"):
     raise ValueError("optimizer.weight_decay needs optimizer.name='adamw'.")

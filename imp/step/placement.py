@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from imp.model import IMPModel
 from imp.parallel.rules import Rules, param_shardings, state_shardings
-from imp.train.state import TrainState, init_state
+from imp.step.state import TrainState, init_state
 
 
 def abstract_state(model: IMPModel, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -2,7 +2,7 @@
 
 A checkpoint directory is `<workdir>/checkpoints/<step>/` with two items: `state` (the
 TrainState arrays) and `meta` (JSON: data-iterator states, sampler schedule, config, and the
-state's checksums, imp/train/checksums.py). orbax writes to a temporary directory and renames
+state's checksums, imp/step/checksums.py). orbax writes to a temporary directory and renames
 it when complete, so a partial save is never restored.
 
 A finished checkpoint can still rot or be torn by a copy. Resuming verifies it: its metadata
@@ -34,8 +34,8 @@ from jax.experimental import multihost_utils
 
 from imp import paths
 from imp.paths import Path
-from imp.train import checksums
-from imp.train.state import TrainState
+from imp.step import checksums
+from imp.step.state import TrainState
 
 log = logging.getLogger("imp.checkpoint")
 

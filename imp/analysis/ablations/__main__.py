@@ -1,0 +1,42 @@
+"""`python -m imp.analysis.ablations`: every (variant, seed) of a study trained with
+`imp.experiment.train`, and its table (imp/analysis/ablations/__init__.py). A command line
+composes the layers, as imp.main does, so it sits above them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import jax
+
+from imp import experiment, paths
+from imp.analysis import ablations
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--study", default="all", choices=[*ablations.STUDIES, "all"])
+  parser.add_argument("--root", default="/tmp/ablations", help="parent of the run workdirs")
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+  parser.add_argument("--short", action="store_true", help="12 steps per run (smoke test)")
+  parser.add_argument("--budget", default="", choices=["", "short", "long"],
+                      help="steps per run: the study's (200), short (12) or long (1,000)")
+  parser.add_argument("--compile-cache", default=None,
+                      help="persistent XLA cache (default <root>/xla_cache): seeds of one "
+                      "variant compile the same programs")
+  args = parser.parse_args(argv)
+  root = paths.command_line_path(args.root, key="--root")
+  jax.config.update("jax_compilation_cache_dir",
+                    args.compile_cache or str(root / "xla_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  for study in ablations.STUDIES if args.study == "all" else [args.study]:
+    results = ablations.run_study(study, args.root, seeds, short=args.short, budget=args.budget,
+                                   train=experiment.train)
+    text = ablations.table(study, results)
+    paths.write_text(root / f"{study}.md", text + "\n")
+    print(f"\n## {study}\n\n{text}\n", flush=True)
+
+
+if __name__ == "__main__":
+  main()
