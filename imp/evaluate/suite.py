@@ -42,6 +42,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from imp.config import schema
 from imp.data import DataSource, prompt_tokens
 from imp.data.eval_stream import EvalStream
 from imp.evaluate import retrieval
@@ -52,10 +53,7 @@ from imp.model import Request
 Infer = Callable[[Request, dict[str, np.ndarray]], dict[str, np.ndarray]]
 Rows = Callable[[int], tuple[int, int]]  # global batch size -> this process's [start, stop)
 
-_EVAL_KEYS = ("dataset", "modality", "resolution", "frames", "spectrogram", "text_length",
-              "train_split", "test_split", "batch_size", "zero_shot", "linear_probe", "templates",
-              "retrieval", "retrieval_positives", "classifier", "clips", "fuse", "raw_probe",
-              "raw_probe_examples", "merge_experts")
+_EVAL_KEYS = schema.keys_of("evals.*")  # declared once, in imp/config/schema.py
 
 
 @dataclasses.dataclass(frozen=True)

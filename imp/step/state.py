@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
+from imp.config import schema
 from imp.model import IMPModel
 
 OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw}
 SCHEDULES = ("cosine", "constant")
-_OPTIMIZER_KEYS = ("name", "learning_rate", "warmup_steps", "schedule", "end_lr_fraction",
-                   "b1", "b2", "eps", "weight_decay", "grad_clip_norm")
+_OPTIMIZER_KEYS = schema.keys_of("optimizer")  # declared once, in imp/config/schema.py
 # Leading logical axes along which a parameter is a stack of copies (scanned layers, experts)
 # rather than a dimension of its own: a stacked LayerNorm scale is [layers, embed], still a
 # vector, while a router kernel [layers, embed, expert] is a matrix.

@@ -18,13 +18,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from imp.config import schema
 from imp.tasks.variants import expand_entry
 
 MODALITIES = ("image", "video", "audio", "text")
 WEIGHTINGS = ("size", "sqrt", "uniform", "explicit")
 
-_VARIANT_KEYS = ("batch_size", "resolution", "frames", "drop_token", "text_length", "spectrogram")
-_TASK_KEYS = ("dataset", "objective", "modalities", "variants", "weight", "loss_weight", "args")
+_VARIANT_KEYS = schema.keys_of("tasks.*.variants.*")  # declared once, in imp/config/schema.py
+_TASK_KEYS = schema.keys_of("tasks.*")
 
 
 @dataclasses.dataclass(frozen=True)
