@@ -11,6 +11,7 @@ settings, an objective's or a router's arguments).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -165,6 +166,31 @@ def keys_of(section: str) -> tuple[str, ...]:
   prefix = f"{section}." if section else ""
   return tuple(k.path[len(prefix):] for k in KEYS
                if k.path.startswith(prefix) and "." not in k.path[len(prefix):])
+
+
+def filled(values: Mapping[str, Any] | None, section: str) -> dict[str, Any]:
+  """The settings of one `section` ("optimizer", "evals.*", ...) with the schema's defaults:
+  every key declared directly under it, as `values` gives it or else its declared default,
+  so a reader never restates a default. A required key `values` leaves out stays out (its
+  reader names it); keys the schema does not declare (an open section's) are kept."""
+  values = dict(values.to_dict() if hasattr(values, "to_dict") else values or {})
+  declared = {k.path: k.default for k in KEYS}
+  prefix = f"{section}." if section else ""
+  for name in keys_of(section):
+    default = declared[prefix + name]
+    if name not in values and not (isinstance(default, str) and default == REQUIRED):
+      values[name] = copy.deepcopy(default)
+  return values
+
+
+def setting(config: Any, path: str) -> Any:
+  """One setting by its dotted path (no `*`): the config's value, else the declared default."""
+  node = config
+  for part in path.split("."):
+    if node is None or not hasattr(node, "keys") or part not in node:
+      return copy.deepcopy(next(k.default for k in KEYS if k.path == path))
+    node = node[part]
+  return node
 
 
 def value_at(config: Any, path: str) -> list[tuple[str, Any]]:

@@ -104,7 +104,7 @@ def clip_mean(outputs: np.ndarray, clips: int, normalize: bool) -> np.ndarray:
 
 def _clips_setting(name: str, spec: Mapping[str, Any], modalities: set[str]) -> int:
   """Validated `evals.<name>.clips`: an int >= 1, and > 1 only where video is evaluated."""
-  clips = spec.get("clips", 1)
+  clips = spec["clips"]
   if isinstance(clips, bool) or not isinstance(clips, (int, np.integer)) or clips < 1:
     raise ValueError(f"evals.{name}.clips={clips!r}: must be an integer >= 1 (clips per test "
                      "video, averaged; 1 = the middle clip).")
@@ -117,12 +117,12 @@ def _clips_setting(name: str, spec: Mapping[str, Any], modalities: set[str]) -> 
 def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
                         ) -> tuple[tuple[tuple[str, str], ...], str]:
   """Validated (modality pairs, positives) of entry `name`."""
-  positives = spec.get("retrieval_positives", "pair")
+  positives = spec["retrieval_positives"]
   if positives not in retrieval.POSITIVES:
     raise ValueError(f"evals.{name}.retrieval_positives={positives!r}; valid: "
                      f"{', '.join(retrieval.POSITIVES)}.")
   pairs = []
-  for pair in spec.get("retrieval") or ():
+  for pair in spec["retrieval"] or ():
     if isinstance(pair, str) or len(pair) != 2 or pair[0] == pair[1]:
       raise ValueError(f"evals.{name}.retrieval={spec['retrieval']!r}: each item must be a pair "
                        "of two different modalities, e.g. ((\"image\", \"audio\"),).")
@@ -130,7 +130,7 @@ def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
       if m not in source.modalities:
         raise ValueError(f"evals.{name}.retrieval: dataset {source.name!r} has no modality "
                          f"{m!r}; valid: {', '.join(source.modalities)}.")
-    fields = set(getattr(source.splits.get(spec.get("test_split", "test")), "fields", ()) or ())
+    fields = set(getattr(source.splits.get(spec["test_split"]), "fields", ()) or ())
     if positives == "pair" and "text" in pair and "text" not in fields:
       raise ValueError(f"evals.{name}.retrieval pairs {pair} with retrieval_positives='pair', "
                        f"but dataset {source.name!r} has no \"text\" field (its text is label "
@@ -140,15 +140,15 @@ def _retrieval_settings(name: str, spec: Mapping[str, Any], source: DataSource,
 
 
 def _flag(name: str, spec: Mapping[str, Any], key: str) -> bool:
-  """`evals.<name>.<key>`, a bool (False when unset)."""
-  value = spec.get(key, False)
+  """`evals.<name>.<key>`, a bool."""
+  value = spec[key]
   if not isinstance(value, (bool, np.bool_)):
     raise ValueError(f"evals.{name}.{key}={value!r} must be True or False.")
   return bool(value)
 
 
-def _count(name: str, spec: Mapping[str, Any], key: str, default: int) -> int:
-  value = spec.get(key, default)
+def _count(name: str, spec: Mapping[str, Any], key: str) -> int:
+  value = spec[key]
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
     raise ValueError(f"evals.{name}.{key}={value!r} must be a whole number >= 0 (0: all).")
   return int(value)
@@ -184,32 +184,32 @@ class EvalSuite:
       if unknown:
         raise ValueError(
             f"evals.{name}.{unknown[0]} is not an eval setting; valid: {', '.join(_EVAL_KEYS)}.")
+      spec = schema.filled(spec, "evals.*")  # every setting, the unset ones at their defaults
       if spec["dataset"] not in sources:
         raise ValueError(f"evals.{name}.dataset={spec['dataset']!r} is not in config.datasets; "
                          f"valid: {', '.join(sources)}.")
-      res, spectrogram = spec.get("resolution"), spec.get("spectrogram")
+      res, spectrogram = spec["resolution"], spec["spectrogram"]
       pairs, positives = _retrieval_settings(name, spec, sources[spec["dataset"]])
-      modality = spec.get("modality", "image")
+      modality = spec["modality"]
       clips = _clips_setting(name, spec, {modality, *(m for pair in pairs for m in pair)})
-      batch_size = spec.get("batch_size", 128)
+      batch_size = spec["batch_size"]
       if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
           batch_size < 1):
         raise ValueError(f"evals.{name}.batch_size={batch_size!r}: must be an integer >= 1 "
                          "(rows per inference batch; the last batch is padded).")
       self.entries.append(_Entry(
-          name=name, source=sources[spec["dataset"]], modality=spec.get("modality", "image"),
+          name=name, source=sources[spec["dataset"]], modality=modality,
           resolution=(res, res) if isinstance(res, int) else (tuple(res) if res else None),
           spectrogram=tuple(spectrogram) if spectrogram else None,
-          frames=int(spec.get("frames", 1)),
-          text_length=int(spec.get("text_length", 16)),
-          train_split=spec.get("train_split", "train"), test_split=spec.get("test_split", "test"),
-          batch_size=int(batch_size), zero_shot=bool(spec.get("zero_shot", True)),
-          linear_probe=bool(spec.get("linear_probe", True)),
-          templates=tuple(spec["templates"]) if spec.get("templates") else None,
+          frames=int(spec["frames"]), text_length=int(spec["text_length"]),
+          train_split=spec["train_split"], test_split=spec["test_split"],
+          batch_size=int(batch_size), zero_shot=bool(spec["zero_shot"]),
+          linear_probe=bool(spec["linear_probe"]),
+          templates=tuple(spec["templates"]) if spec["templates"] else None,
           retrieval=pairs, retrieval_positives=positives,
-          head=spec["dataset"], classifier=bool(spec.get("classifier", False)), clips=clips,
-          fuse=tuple(spec.get("fuse") or ()), raw_probe=bool(spec.get("raw_probe", True)),
-          raw_probe_examples=_count(name, spec, "raw_probe_examples", 2048),
+          head=spec["dataset"], classifier=bool(spec["classifier"]), clips=clips,
+          fuse=tuple(spec["fuse"] or ()), raw_probe=bool(spec["raw_probe"]),
+          raw_probe_examples=_count(name, spec, "raw_probe_examples"),
           merge_experts=_flag(name, spec, "merge_experts")))
       if set(self.entries[-1].fuse) - set(self.entries[-1].source.modalities):
         raise ValueError(f"evals.{name}.fuse={spec['fuse']}: dataset {spec['dataset']!r} has "

@@ -211,8 +211,8 @@ class Plan:
 
 
 def schedule_of(config: ml_collections.ConfigDict) -> str:
-  """config.sampling.schedule, "agd" when unset."""
-  return (config.get("sampling") or {}).get("schedule", "agd")
+  """config.sampling.schedule (the schema's default when unset)."""
+  return schema.setting(config, "sampling.schedule")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -233,7 +233,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ConfigError(f"config.nonfinite.{unknown[0]} is not a setting; valid: "
                       f"{', '.join(schema.keys_of('nonfinite'))}.")
-  if nonfinite.get("policy", "skip") not in NONFINITE_POLICIES:
+  if schema.setting(config, "nonfinite.policy") not in NONFINITE_POLICIES:
     raise ConfigError(f"config.nonfinite.policy={nonfinite['policy']!r}; valid: "
                       f"{', '.join(NONFINITE_POLICIES)}.")
   schedule = schedule_of(config)
@@ -327,7 +327,8 @@ def _build_plan(config: ml_collections.ConfigDict, facts: dict[str, DatasetFacts
   registry = TaskRegistry.from_config(
       tasks, dataset_sizes={n: f.train_examples for n, f in facts.items()},
       dataset_modalities={n: f.modalities for n, f in facts.items()},
-      objectives=list(OBJECTIVES), weighting=config.sampling.get("weighting", "size"))
+      objectives=list(OBJECTIVES),
+      weighting=schema.setting(config, "sampling.weighting"))
   for task in registry:
     get_objective(task.objective, f"tasks.{task.entry}.objective").check_args(
         task.entry, dict(task.args), task.modalities)

@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from imp import paths
+from imp.config import schema
 from imp.data import DataSource, TaskIterators, load_sources, task_dataset
 from imp.parallel.distributed import check_same_config
 from imp.parallel.mesh import process_rows
@@ -78,7 +79,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
   checkpointer = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                               keep=config.checkpoint_keep,
                               best_metric=config.get("checkpoint_best_metric"),
-                              best_mode=config.get("checkpoint_best_mode", "max"),
+                              best_mode=schema.setting(config, "checkpoint_best_mode"),
                               restore_step=config.get("restore_step"))
   return Run(plan=plan, workdir=workdir, sources=sources, state=state, cache=StepCache(),
              checkpointer=checkpointer)

@@ -43,10 +43,10 @@ class TrainState:
 
 
 def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
-  """Linear warm-up, then cosine decay to `end_lr_fraction` of the peak (or constant)."""
+  """Linear warm-up, then cosine decay to `end_lr_fraction` of the peak (or constant), from
+  the optimizer settings with their defaults filled in (`schema.filled`)."""
   peak = float(cfg["learning_rate"])
-  warmup = int(cfg.get("warmup_steps", 0))
-  schedule = cfg.get("schedule", "cosine")
+  warmup, schedule = int(cfg["warmup_steps"]), cfg["schedule"]
   if schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}.")
   if schedule == "constant":
@@ -55,7 +55,7 @@ def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Sc
         [max(warmup, 1)])
   return optax.warmup_cosine_decay_schedule(
       0.0, peak, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-      end_value=peak * float(cfg.get("end_lr_fraction", 0.0)))
+      end_value=peak * float(cfg["end_lr_fraction"]))
 
 
 def float32_moments(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -103,21 +103,22 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int,
   if unknown:
     raise ValueError(
         f"optimizer.{unknown[0]} is not an optimizer setting; valid: {', '.join(_OPTIMIZER_KEYS)}.")
-  name = cfg.get("name", "adam")
+  cfg = schema.filled(cfg, "optimizer")  # every setting, the unset ones at their defaults
+  name = cfg["name"]
   if name not in OPTIMIZERS:
     raise ValueError(f"optimizer.name={name!r}; valid: {', '.join(OPTIMIZERS)}.")
-  kwargs = {k: float(cfg[k]) for k in ("b1", "b2", "eps") if k in cfg}
+  kwargs = {k: float(cfg[k]) for k in ("b1", "b2", "eps")}
   if name == "adamw":
-    kwargs["weight_decay"] = float(cfg.get("weight_decay", 0.0))
+    kwargs["weight_decay"] = float(cfg["weight_decay"])
     if kwargs["weight_decay"]:
       if param_axes is None:
         raise ValueError("optimizer.weight_decay: make_optimizer needs the model's param_axes "
                          "(imp.step.state.logical_axes) to decay its matrices only.")
       kwargs["mask"] = weight_decay_mask(param_axes)
-  elif cfg.get("weight_decay"):
+  elif cfg["weight_decay"]:
     raise ValueError("optimizer.weight_decay needs optimizer.name='adamw'.")
   parts = []
-  if cfg.get("grad_clip_norm"):
+  if cfg["grad_clip_norm"]:
     parts.append(optax.clip_by_global_norm(float(cfg["grad_clip_norm"])))
   parts.append(OPTIMIZERS[name](learning_rate_schedule(cfg, total_steps), **kwargs))
   return float32_moments(optax.chain(*parts))

@@ -117,10 +117,11 @@ def _parse_variant(key: str, name: str, spec: Mapping[str, Any]) -> Variant:
         f"{key}.{unknown[0]} is not a variant setting; valid: {', '.join(_VARIANT_KEYS)}.")
   if "batch_size" not in spec or int(spec["batch_size"]) <= 0:
     raise ValueError(f"{key}.batch_size must be a positive int, got {spec.get('batch_size')!r}.")
-  drop = float(spec.get("drop_token", 0.0))
+  spec = schema.filled(spec, "tasks.*.variants.*")  # the unset settings at their defaults
+  drop = float(spec["drop_token"])
   if not 0.0 <= drop < 1.0:
     raise ValueError(f"{key}.drop_token={drop} must be in [0, 1).")
-  frames = int(spec.get("frames", 1))
+  frames = int(spec["frames"])
   if frames <= 0:
     raise ValueError(f"{key}.frames={frames} must be positive.")
   text_length = spec.get("text_length")

@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from imp import paths
+from imp.config import schema
 from imp.data import TaskIterators
 from imp.model import Request
 from imp.parallel.mesh import put_batch
@@ -170,8 +171,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   profiler = ProfileWindow(config.get("profile"), run.workdir)
   total, tally = int(config.total_steps), _Tally(start=int(state.step))
   end = total if stop_after is None else min(total, tally.start + int(stop_after))
-  nonfinite = dict(config.get("nonfinite") or {})
-  stop_on_nonfinite = nonfinite.get("policy", "skip") == "stop"
+  nonfinite = schema.filled(config.get("nonfinite"), "nonfinite")
+  stop_on_nonfinite = nonfinite["policy"] == "stop"
   bar = tqdm(total=total, initial=tally.start, desc="train", unit="step", disable=None,
              dynamic_ncols=True)
   with Preemption() as preemption:

@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 
+from imp.config import schema
 from imp.paths import Path
 from imp.plan.plan import ConfigError
 
@@ -28,14 +29,14 @@ class ProfileWindow:
   """Starts and stops jax.profiler around the steps [start_step, start_step + num_steps)."""
 
   def __init__(self, settings: Mapping[str, Any] | None, workdir: str | Path):
-    settings = dict(settings or {})
-    unknown = set(settings) - {"start_step", "num_steps"}
+    self.enabled = bool(settings)  # a profile only where config.profile is set
+    unknown = set(settings or {}) - set(schema.keys_of("profile"))
     if unknown:
-      raise ConfigError(f"config.profile.{sorted(unknown)[0]} is not a key; valid: start_step, "
-                        "num_steps.")
-    self.enabled = bool(settings)
-    self.start = settings.get("start_step", 1)
-    self.stop = self.start + settings.get("num_steps", 3)
+      raise ConfigError(f"config.profile.{sorted(unknown)[0]} is not a key; valid: "
+                        f"{', '.join(schema.keys_of('profile'))}.")
+    settings = schema.filled(settings, "profile")
+    self.start = settings["start_step"]
+    self.stop = self.start + settings["num_steps"]
     for key, value in (("start_step", self.start), ("num_steps", self.stop - self.start)):
       if not isinstance(value, int) or isinstance(value, bool) or value < (key == "num_steps"):
         raise ConfigError(f"config.profile.{key}={value!r} must be an integer of at least "

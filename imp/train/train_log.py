@@ -160,9 +160,10 @@ class TrainLog:
 
   def check_nonfinite(self, settings: Mapping,
                       checkpoint: Callable[[], tuple[int | None, Path]]) -> None:
-    """Applies config.nonfinite after a write; `checkpoint()` is (newest committed step,
-    directory), asked only when stopping (it waits for a pending save)."""
-    policy, limit = settings.get("policy", "skip"), int(settings.get("max_consecutive", 20))
+    """Applies config.nonfinite (its settings filled in: `schema.filled`) after a write;
+    `checkpoint()` is (newest committed step, directory), asked only when stopping (it waits
+    for a pending save)."""
+    policy, limit = settings["policy"], int(settings["max_consecutive"])
     if policy == "stop" and self.skipped:
       why = "config.nonfinite.policy='stop'"
     elif self.consecutive > limit:
