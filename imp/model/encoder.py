@@ -147,7 +147,8 @@ class MoeConfig:
     every: the last layer of every block of `every` layers is MoE, the others dense
       (V-MoE/LIMoE use every=2); depth must be a multiple of it.
     router: a key of imp.model.moe.ROUTERS ("expert_choice" as IMP, or "top_k").
-    router_args: keyword arguments of the router (capacity factors, k, noise, loss weights).
+    router_args: keyword arguments of the router (capacity factors, k, noise, loss weights;
+      an open section: the router checks them).
     hidden_dim: expert hidden width (default: model.mlp_dim, so expert choice at capacity
       factor 1.0 costs the FLOPs of the dense FFN).
     group_size: "example", "batch" or a number of tokens per routing group.

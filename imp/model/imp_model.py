@@ -78,18 +78,22 @@ class ModelConfig:
     embed_dim: width E of the common contrastive space.
     scan_layers: roll layers with nn.scan.
     scan_unroll: scanned units per loop iteration (nn.scan's unroll; 1: compile fastest).
-    remat_policy: a key of imp.model.REMAT_POLICIES.
+    remat_policy: a key of imp.model.REMAT_POLICIES (none, dots_saveable, full, ...), the
+      rematerialisation of each layer; or "auto": per train program the least recomputation
+      (none, dots_saveable, full) whose compiled program fits config.device_memory_limit or
+      the device's memory with 10% to spare (imp.plan.programs).
     vision_patch: (pt, ph, pw) patch of videos; images fill pt by repetition.
     vision_base_grid: (tf, th, tw) token grid of the base vision resolution.
     vision_channels: input channels.
     audio_patch: (pt, pq) spectrogram patch.
     audio_base_grid: (tt, tq) token grid of the base spectrogram.
-    text_vocab_size: token vocabulary.
+    text_vocab_size: text embedding rows (at least every tokenizer's largest id + 1).
     text_max_length: longest text (positions are defined up to it).
     logit_scale_init: initial inverse temperature of contrastive logits (CLIP: 1 / 0.07).
     logit_scale_max: the inverse temperature is clipped to this (CLIP: 100).
     moe: Mixture-of-Experts placement and routing (`model.moe`; dense by default).
-    heads: classifier-head settings (`model.heads`: BatchNorm after the linear layer, M3SAT).
+    heads: classifier-head settings (`model.heads`: batch_norm, a BatchNorm after the linear
+      layer as M3SAT has it, with its momentum and epsilon).
     layer_scale: LayerScale's initial gamma on every encoder residual branch, or None (off;
       Uni-Perceiver-MoE: 1e-3). See imp.model.encoder.
     stochastic_depth: uniform drop rate of the encoder's residual branches in training (0:
@@ -103,8 +107,9 @@ class ModelConfig:
     perceiver_freq_base: {modality: base} for log-spaced Fourier bands (the Perceiver code
       M3SAT follows); a modality not listed gets linearly spaced bands.
     attention_impl: the implementation of every attention (encoder, attention experts,
-      Perceiver, context pool): a key of imp.model.attention.ATTENTION_IMPLS ("xla", or
-      "cudnn" on a GPU).
+      Perceiver, context pool) through jax.nn.dot_product_attention: a key of
+      imp.model.attention.ATTENTION_IMPLS ("xla", or "cudnn" on a GPU), or "auto": cudnn on
+      a GPU with bfloat16/float16 activations, else xla.
     dtype: the computation dtype of every embedder, encoder layer, expert, the Perceiver and
       the heads ("float32" or "bfloat16"). Softmax, LayerNorm and BatchNorm statistics, router
       probabilities, pooled features, normalised embeddings (hence the contrastive logits),
