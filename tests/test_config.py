@@ -3,6 +3,7 @@
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imp import experiment
@@ -117,7 +118,9 @@ def test_experiment_arguments_share_one_parser():
     ({"image": 1.0}, "tuple[tuple[str, float], ...]", None),  # a dict for (name, value) pairs
     ({"k": 1}, "dict|None", None), ([1], "dict", "must be dict, not list"),
     ("anything", "Any", None), ("example", "str | int", None),
-    (1.5, "str | int", "must be str | int, not float"),
+    (1.5, "str | int", "must be str | int, not float"), (np.int64(3), "int", None),
+    (np.float32(0.5), "float", None), (np.bool_(True), "bool", None),
+    (np.bool_(True), "int", "must be int, not bool"),
 ])
 def test_type_problem_on_hand_written_cases(value, kind, problem):
   from imp.config import schema

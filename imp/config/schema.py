@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 REQUIRED = "(required)"
 
@@ -213,7 +216,9 @@ def value_at(config: Any, path: str) -> list[tuple[str, Any]]:
 # by "|"; a scalar (int, float, bool, str, None), a mapping (dict, or a settings dataclass such
 # as MoeConfig given as a dict), a sequence ("tuple[...]" or "(a, b)"; its elements are the
 # reader's to check), or Any.
-_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str, "None": type(None)}
+# numbers.* and np.bool_: a NumPy integer, float or bool a config computed counts too.
+_SCALARS = {"int": numbers.Integral, "float": numbers.Real, "bool": (bool, np.bool_),
+            "str": str, "None": type(None)}
 _MAPPINGS = ("dict", "MoeConfig", "HeadsConfig")
 
 
@@ -241,7 +246,7 @@ def _matches(value: Any, kind: str) -> bool:
   if kind == "Any":
     return True
   if kind in _SCALARS:
-    if isinstance(value, bool) and kind in ("int", "float"):
+    if isinstance(value, bool | np.bool_) and kind in ("int", "float"):
       return False  # True is an int to Python, never a count or a rate to a config
     return isinstance(value, _SCALARS[kind])
   if kind in _MAPPINGS:
