@@ -102,8 +102,13 @@ def test_a_program_over_the_memory_limit_stops_before_step_1(tmp_path):
   table = json.loads((tmp_path / "programs.json").read_text())
   assert [p["name"] for p in table["programs"]][0] == "train digits_cls/base"
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
-  with pytest.raises(ValueError, match=r"config.device_memory_limit='big' must be a positive"):
+  # A string is the schema's type error; a number <= 0 is check_config's.
+  with pytest.raises(ValueError, match=r"config.device_memory_limit='big' must be float \| None, "
+                     r"not str \(bytes per device"):
     build_plan(_config(**{"device_memory_limit": "big"}), FACTS)
+  with pytest.raises(ValueError, match=r"config.device_memory_limit=-1 must be a positive number"):
+    build_plan(_config(**{"device_memory_limit": -1}), FACTS)
+  build_plan(_config(**{"device_memory_limit": 16e9}), FACTS)  # bytes as 16e9 are fine
 
 
 def test_every_program_compiles_before_step_1(tmp_path):

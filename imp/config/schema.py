@@ -53,7 +53,7 @@ KEYS: list[Key] = [
          "replicated"),
         ("restore_step", "int|None", None, "resume from this checkpoint step instead of the "
          "newest intact one (an unreadable newest one is set aside)"),
-        ("device_memory_limit", "int|None", None, "bytes per device a program may use; None: "
+        ("device_memory_limit", "float|None", None, "bytes per device a program may use; None: "
          "the device's own memory (a bigger program stops the run before step 1)"),
         ("datasets", "dict", REQUIRED, "dataset name -> its source and settings"),
         ("tasks", "dict", REQUIRED, "task entry -> dataset, objective, modalities, variants"),
