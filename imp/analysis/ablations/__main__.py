@@ -22,17 +22,24 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--budget", default="", choices=["", "short", "long"],
                       help="steps per run: the study's (200), short (12) or long (1,000)")
   parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA cache (default <root>/xla_cache): seeds of one "
-                      "variant compile the same programs")
+                      help="persistent compilation cache of every run (config."
+                      "compilation_cache_dir; default: the user's, which the seeds of a "
+                      "variant share: they compile the same programs)")
   args = parser.parse_args(argv)
   root = paths.command_line_path(args.root, key="--root")
-  jax.config.update("jax_compilation_cache_dir",
-                    args.compile_cache or str(root / "xla_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   seeds = [int(s) for s in args.seeds.split(",")]
+
+  def train(config, workdir):
+    # Each run opens config.compilation_cache_dir (imp.run.restore.compilation_cache): a
+    # process-wide JAX setting made here would be replaced for the run's duration.
+    if args.compile_cache:
+      config.compilation_cache_dir = args.compile_cache
+    return experiment.train(config, workdir)
+
   for study in ablations.STUDIES if args.study == "all" else [args.study]:
     results = ablations.run_study(study, args.root, seeds, short=args.short, budget=args.budget,
-                                   train=experiment.train)
+                                   train=train)
     text = ablations.table(study, results)
     paths.write_text(root / f"{study}.md", text + "\n")
     print(f"\n## {study}\n\n{text}\n", flush=True)
