@@ -14,7 +14,8 @@ from imp.analysis import ablations
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m imp.analysis.ablations",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--study", default="all", choices=[*ablations.STUDIES, "all"])
   parser.add_argument("--root", default="/tmp/ablations", help="parent of the run workdirs")
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
