@@ -6,6 +6,7 @@ sits below the model."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import docstring_parser
@@ -14,6 +15,7 @@ from imp.config.schema import KEYS, REQUIRED, Key, value_at
 from imp.model import ModelConfig, MoeConfig
 
 
+@functools.cache  # all_keys runs once per override flag and per plan: parse each docstring once
 def _field_docs(cls: type) -> dict[str, str]:
   """Each field's meaning, from the dataclass's docstring (its Google-style `Attributes:`
   section, the one place a model key is documented), on one line without a final period."""
