@@ -26,6 +26,7 @@ from imp.evaluate import EvalSuite
 from imp.paths import Path  # local, gs:// or s3:// (etils.epath)
 from imp.plan.plan import ConfigError
 from imp.run.infer import eval_rows, infer_fn
+from imp.run.metric_writers import MetricWriteError
 from imp.run.restore import Run, compilation_cache, open_run, restore_latest, task_iterators
 from imp.step.checkpoint import CheckpointSaveError
 from imp.train import loop
@@ -34,9 +35,9 @@ from imp.train.train_log import CONSOLE_WIDTH, NonFiniteError, wrap
 
 log = logging.getLogger("imp")
 
-__all__ = ["CheckpointSaveError", "ConfigError", "EvalSuite", "NonFiniteError",
-           "WorkdirBusyError", "build", "compilation_cache", "default_hooks", "evaluate",
-           "markdown_table", "task_iterators", "train"]
+__all__ = ["CheckpointSaveError", "ConfigError", "EvalSuite", "MetricWriteError",
+           "NonFiniteError", "WorkdirBusyError", "build", "compilation_cache", "default_hooks",
+           "evaluate", "markdown_table", "task_iterators", "train"]
 
 def default_hooks(run: Run) -> loop.Hooks:
   """The eval suite of config.evals; at the end, the run's plots (loss per task, eval results

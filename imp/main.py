@@ -256,8 +256,8 @@ def main(argv: list[str]) -> None:
       finish()
       return
     summary = experiment.train(config, workdir)
-  except (experiment.ConfigError, experiment.NonFiniteError,
-          experiment.CheckpointSaveError, experiment.WorkdirBusyError) as e:
+  except (experiment.ConfigError, experiment.NonFiniteError, experiment.CheckpointSaveError,
+          experiment.MetricWriteError, experiment.WorkdirBusyError) as e:
     if _DEBUG.value:
       raise
     _fatal(str(e))

@@ -21,6 +21,7 @@ from test_reliability import _main
 from imp import experiment
 from imp.data import prepare, spoken_digits
 from imp.model import embedders
+from imp.run import metric_writers
 from imp.train import lease
 
 
@@ -46,6 +47,37 @@ def test_failed_asynchronous_save_stops_at_the_next_save_and_keeps_the_committed
   assert "MiB free of" in message and "newest committed checkpoint, step 4, is kept" in message
   kept = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert kept == ["4"]  # keep=1: step 4 is deleted only once a newer one commits
+
+
+def _fail_metrics_from(monkeypatch, step):
+  """Every metrics.jsonl write from `step` on fails as on a full disk."""
+  real = metric_writers.MetricWriter._append
+
+  def failing(self, at, line):
+    if at >= step:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, at, line)
+
+  monkeypatch.setattr(metric_writers.MetricWriter, "_append", failing)
+
+
+def test_failed_metrics_write_after_a_failed_save_names_the_save(tmp_path, monkeypatch):
+  # The save fills the disk, the next log line's write fails first: the save is the cause.
+  _fail_save_of(monkeypatch, 8)
+  _fail_metrics_from(monkeypatch, 9)
+  with pytest.raises(experiment.CheckpointSaveError, match="checkpoint save of step 8 to"):
+    experiment.train(_small(total_steps=12, log_every=1), tmp_path)
+
+
+def test_failed_metrics_write_stops_the_run_naming_the_workdir_and_the_kept_step(
+    tmp_path, monkeypatch):
+  _fail_metrics_from(monkeypatch, 9)
+  with pytest.raises(experiment.MetricWriteError) as error:
+    experiment.train(_small(total_steps=12, log_every=1), tmp_path)
+  message = str(error.value)
+  assert message.startswith(f"writing metrics to {tmp_path} failed: OSError: [Errno 28] No "
+                            "space left on device (") and "MiB free of" in message, message
+  assert "the newest committed checkpoint, step 8, is kept. Free space" in message, message
 
 
 @pytest.fixture

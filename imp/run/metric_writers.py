@@ -14,10 +14,11 @@ import copy
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from imp import paths
+from imp.step.checkpoint import free_space
 
 METRICS_FILE = "metrics.jsonl"
 SEGMENTS_DIR = "metrics.jsonl.d"
@@ -97,18 +98,27 @@ def summary_writer(logdir: paths.PathLike):
   return SummaryWriter(str(paths.as_path(logdir)))
 
 
+class MetricWriteError(RuntimeError):
+  """The workdir's metric records could not be written (full disk, lost bucket): the run stops."""
+
+
 class MetricWriter:
   """Writes scalars to the workdir's JSONL records and TensorBoard (`<workdir>/tensorboard`).
 
   Only process 0 of a multi-host run should create one (the others pass enabled=False).
+  A failed write is a MetricWriteError; `kept()` (if given) runs first and says what a rerun
+  resumes from, or raises an error of its own that explains the failure better (the training
+  loop's waits for the pending checkpoint save, whose failure is the likely cause).
   """
 
-  def __init__(self, workdir: paths.PathLike, enabled: bool = True):
+  def __init__(self, workdir: paths.PathLike, enabled: bool = True,
+               kept: Callable[[], str] | None = None):
     self.enabled = enabled
+    self._kept = kept
+    self._workdir = workdir = paths.as_path(workdir, key="workdir")
     self._tb = None
     self._jsonl = None
     if enabled:
-      workdir = paths.as_path(workdir, key="workdir")
       workdir.mkdir(parents=True, exist_ok=True)
       if paths.is_url(workdir):
         self._jsonl = _JsonlSegments(workdir)
@@ -123,15 +133,27 @@ class MetricWriter:
     clean = {k: float(v) for k, v in scalars.items()}
     record: dict[str, Any] = {"step": int(step), "kind": kind}
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()})
-    line = json.dumps(record) + "\n"
-    if isinstance(self._jsonl, _JsonlSegments):
-      self._jsonl.write(int(step), line)
-    else:
-      self._jsonl.write(line)
-      self._jsonl.flush()
+    try:
+      self._append(int(step), json.dumps(record) + "\n")
+    except OSError as e:
+      self._failed(e)
     for name, value in clean.items():
       if math.isfinite(value):  # the JSONL record keeps non-finite values as strings
         self._tb.add_scalar(f"{kind}/{name}", value, int(step))
+
+  def _append(self, step: int, line: str) -> None:
+    if isinstance(self._jsonl, _JsonlSegments):
+      self._jsonl.write(step, line)
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+
+  def _failed(self, error: OSError) -> None:
+    kept = f" {self._kept()}" if self._kept is not None else ""
+    raise MetricWriteError(
+        f"writing metrics to {self._workdir} failed: {type(error).__name__}: {error} "
+        f"({free_space(self._workdir)});{kept} Free space or fix the path, then rerun the same "
+        "command to resume.") from error
 
   def flush(self) -> None:
     if self.enabled:

@@ -167,7 +167,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     log.info("resumed from step %d", int(state.step))
 
   # ---- Steps ----------------------------------------------------------------------------------
-  train_log = TrainLog(run.workdir, hooks.on_metrics)
+  train_log = TrainLog(run.workdir, hooks.on_metrics, kept=functools.partial(_kept, run))
   profiler = ProfileWindow(config.get("profile"), run.workdir)
   total, tally = int(config.total_steps), _Tally(start=int(state.step))
   end = total if stop_after is None else min(total, tally.start + int(stop_after))
@@ -262,6 +262,13 @@ def _write_log(run: Run, train_log: TrainLog, throughput: Throughput, done: int,
   train_log.writer.write(done, throughput.interval_scalars(), kind="throughput")
   say(train_log.write(done, run.cache.stats(time.perf_counter() - wall_start),
                       sum(s.skips.count for s in run.sources.values())), bar.write)
+
+
+def _kept(run: Run) -> str:
+  """After a failed metrics write: the pending save's failure if it failed (the save is what
+  fills a disk), else what a rerun resumes from."""
+  step, _ = run.checkpointer.committed()  # CheckpointSaveError if the pending save failed
+  return f"the newest committed checkpoint, step {step}, is kept."
 
 
 def _open(config: ml_collections.ConfigDict, workdir: str | Path,

@@ -104,8 +104,10 @@ class TrainLog:
   `on_metrics` (an end-of-run hook's collector, e.g. expert usage) sees every write's means.
   """
 
-  def __init__(self, workdir: Path, on_metrics: OnMetrics | None = None):
-    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  def __init__(self, workdir: Path, on_metrics: OnMetrics | None = None,
+               kept: Callable[[], str] | None = None):
+    # kept: MetricWriter's, run first when a write fails
+    self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0, kept=kept)
     self.on_metrics = on_metrics
     self.pending: list[tuple[str, dict]] = []
     self.steps: list[int] = []
