@@ -37,7 +37,7 @@ log = logging.getLogger("imp")
 
 __all__ = ["CheckpointSaveError", "ConfigError", "EvalSuite", "MetricWriteError",
            "NonFiniteError", "WorkdirBusyError", "build", "compilation_cache", "default_hooks",
-           "evaluate", "markdown_table", "task_iterators", "train"]
+           "evaluate", "evaluate_params", "markdown_table", "task_iterators", "train"]
 
 def default_hooks(run: Run) -> loop.Hooks:
   """The eval suite of config.evals; at the end, the run's plots (loss per task, eval results
@@ -100,8 +100,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   with compilation_cache(config, workdir):
     run, state = restore_latest(config, workdir)
     try:
-      results = EvalSuite(config.evals, run.sources, rows=eval_rows(run)).run(
-          infer_fn(run, state.params))
+      results = evaluate_params(run, state.params)
     finally:
       run.checkpointer.close()
   if jax.process_index() == 0:
@@ -110,6 +109,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
                      json.dumps({"step": step, "results": results}, indent=2) + "\n")
     paths.write_text(run.workdir / "evaluation.md", markdown_table(results, step))
   return results
+
+
+def evaluate_params(run: Run, params: Any) -> dict[str, float]:
+  """The eval suite of `run.config.evals` on `params` (`run.state.params`: the untrained model,
+  the baseline every accuracy bar in the tests is checked against)."""
+  return EvalSuite(run.config.evals, run.sources, rows=eval_rows(run)).run(infer_fn(run, params))
 
 
 def markdown_table(results: Mapping[str, float], step: int) -> str:

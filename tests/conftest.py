@@ -28,6 +28,11 @@ def tiny_digits_config(total_steps=12, **overrides):
   config.model.depth = 1
   config.model.width = 32
   config.model.mlp_dim = 64
+  return set_dotted(config, overrides)
+
+
+def set_dotted(config, overrides):
+  """`config` with each {"a.b": value} of `overrides` set, as `--config.a.b=value` would."""
   for key, value in overrides.items():
     node = config
     *path, last = key.split(".")
@@ -35,6 +40,23 @@ def tiny_digits_config(total_steps=12, **overrides):
       node = node[part]
     node[last] = value
   return config
+
+
+def missed_bars(evals, bars):
+  """{metric: value} of each bar in `bars` ({metric: threshold}) that `evals` does not beat."""
+  return {name: evals[name] for name, bar in bars.items() if not evals[name] > bar}
+
+
+def untrained_evals(config, workdir):
+  """The eval suite of `config` on its 0-step model (the freshly initialised parameters): the
+  baseline each end-to-end bar must be above (tests/test_bars.py)."""
+  from imp import experiment
+
+  run = experiment.build(config, workdir)
+  try:
+    return experiment.evaluate_params(run, run.state.params)
+  finally:
+    run.checkpointer.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from conftest import missed_bars
 
 from experiments.av_digits import get_config
 from imp import experiment
@@ -14,6 +15,14 @@ needs_espeak = pytest.mark.skipif(
     spoken_digits.espeak_binary() is None,
     reason="espeak-ng is not installed (Debian: apt-get install espeak-ng); it synthesises the "
            "spoken digits")
+
+
+# Chance is 10% for each; the 0-step model misses every bar (tests/test_bars.py). Measured
+# (2026-12-07), 0-step model over seeds 0-2 / 1,000 steps, seed 0: probe 68.9-76.7% / 84.4%
+# (a probe on random features of the spectrogram is strong), classifier 10% / 81.1%, R@1
+# audio -> image 6.7-8.9% / 78.0%, image -> audio 8.6-10.6% / 90.0%. A full run: docs/data.md.
+BARS = {"spoken/linear_probe_top1": 0.8, "spoken/classifier_top1": 0.5,
+        "av/retrieval/audio_to_image/R@1": 0.3, "av/retrieval/image_to_audio/R@1": 0.3}
 
 
 def _point_at(config, prepared):
@@ -68,11 +77,7 @@ def test_av_digits_trains_end_to_end(tmp_path, av_digits_folders):
   summary = experiment.train(config, tmp_path / "run")
   evals = summary["eval"]
   print(json.dumps({k: v for k, v in summary.items() if k != "step_cache"}, indent=1))
-  # Chance is 10% for both; the numbers of a full run are in docs/data.md.
-  assert evals["spoken/linear_probe_top1"] > 0.5
-  assert evals["spoken/classifier_top1"] > 0.5
-  assert evals["av/retrieval/audio_to_image/R@1"] > 0.3
-  assert evals["av/retrieval/image_to_audio/R@1"] > 0.3
+  assert not missed_bars(evals, BARS), evals
   # data_wait_share is a timing ratio (load-dependent): `python -m benchmarks.input_pipeline`
   # measures it; here it must only be reported.
   assert 0.0 <= summary["data_wait_share"] <= 1.0

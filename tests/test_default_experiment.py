@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import missed_bars
 
 ROOT = Path(__file__).resolve().parents[1]
+# The 0-step model misses it, and its probe is below the raw-pixel probe (tests/test_bars.py).
+BARS = {"digits/zero_shot_top1": 0.949}  # >= 95%: 342 of the 360 test images
 
 
 @pytest.mark.slow
@@ -24,7 +27,7 @@ def test_default_experiment_reaches_the_accuracy_bar(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   evals = summary["eval"]
-  assert evals["digits/zero_shot_top1"] >= 0.95, evals
+  assert not missed_bars(evals, BARS), evals
   assert evals["digits/linear_probe_top1"] > evals["digits/raw_pixel_probe_top1"], evals
   assert summary["step_cache"]["xla_compiles_after_warmup"] == 0
   assert summary["step_cache"]["misses"] == summary["step_cache"]["size"] == 6

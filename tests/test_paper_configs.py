@@ -6,6 +6,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import pytest
+from conftest import missed_bars
 
 from experiments.fashion_mnist import get_config as fashion_mnist
 from experiments.imp_b import get_config as imp_b
@@ -77,6 +78,19 @@ def test_paper_configs_declare_the_papers_training_settings():
   assert imp_moe_l().datasets.laion400m.tfds_name == "laion400m/images"
 
 
+def fashion_smoke():
+  """The Fashion-MNIST smoke run at 100 steps after a 5-step warm-up: enough to learn."""
+  config = fashion_mnist("smoke")
+  config.update(total_steps=100, log_every=20, checkpoint_every=50)
+  config.optimizer.warmup_steps = 5
+  return config
+
+
+# The 0-step model misses it (tests/test_bars.py). Measured 2026-12-07, seeds 0 / 1: 8.4% /
+# 15.2% at step 0, 29.0% / 39.4% after fashion_smoke()'s 100 steps (10 classes).
+FASHION_BARS = {"fashion/zero_shot_top1": 0.2}
+
+
 def test_count_params_per_token_arithmetic():
   params = {"dense": jax.ShapeDtypeStruct((10, 10), "float32"),
             "moe": {"experts": {"wi": jax.ShapeDtypeStruct((4, 10, 5), "float32")}}}
@@ -93,9 +107,10 @@ def test_imp_moe_b_without_prepared_data_fails_clearly(tmp_path):
     experiment.build(config, tmp_path / "work")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_experiment_trains(tmp_path):
-  summary = experiment.train(fashion_mnist("smoke"), tmp_path)
-  assert summary["steps"] == 8 and len(summary["task_steps"]) >= 2
-  assert 0.0 <= summary["eval"]["fashion/zero_shot_top1"] <= 1.0
+  summary = experiment.train(fashion_smoke(), tmp_path)
+  assert summary["steps"] == 100 and len(summary["task_steps"]) >= 2
+  assert not missed_bars(summary["eval"], FASHION_BARS), summary["eval"]
