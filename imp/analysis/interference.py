@@ -215,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   from imp import paths
   from imp.analysis import ablations, plots
+  from imp.model import ModelConfig
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True, help="experiment config file[:arg]")
@@ -231,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   config = ablations.config_from_file(args.config)
   selections = dict(s.split("=", 1) for s in args.select)
   if not selections:
-    depth, every = int(config.model.depth), int((config.model.get("moe") or {}).get("every", 1))
-    selections = default_selections(depth // every)
+    model = ModelConfig.from_config(config.model)
+    selections = default_selections(model.depth // model.moe.every)
   lr = args.lr if args.lr is not None else float(config.optimizer.learning_rate)
   result = analyse(config, args.workdir, batches=args.batches, selections=selections, lr=lr,
                    seed=args.seed)

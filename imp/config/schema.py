@@ -63,7 +63,8 @@ KEYS: list[Key] = [
         ("input", "dict", REQUIRED, "grain input pipelines"),
         ("evals", "dict", {}, "eval entry -> what to evaluate on which dataset"),
         ("nonfinite", "dict", {}, "the NaN/Inf guard's policy"),
-        ("mesh", "dict", {}, "device mesh axis -> size (-1: the remaining devices)"),
+        ("mesh", "dict", {}, "device mesh axis -> size (-1: the remaining devices); {}: "
+         "data over every device"),
         ("dry_run", "dict", {}, "what the dry run declares in place of opening data"),
         ("profile", "dict", {}, "a jax.profiler trace of some steps into <workdir>/profile "
          "(imp/train/profile_window.py); {} for none"),
@@ -131,6 +132,16 @@ KEYS: list[Key] = [
         ("drop_token", "float", 0.0, "fraction of non-text tokens DropToken drops in training"),
         ("text_length", "int|None", None, "text tokens per example"),
         ("spectrogram", "(int, int)|None", None, "audio (time, mel) bins"),
+    )),
+    *_section("tasks.*.variants.auto.", (
+        ("tokens_per_batch", "int", REQUIRED, "tokens per batch every variant is sized to"),
+        ("base", "dict", {}, "the base variant's resolution, frames, spectrogram, text_length"),
+        ("kinds", "tuple[str]", ("base",), "variant kinds: base, half_res, double_res, "
+         "droptoken, double_res_droptoken"),
+        ("patches", "dict", {}, "patch sizes by family (vision, audio), over imp's defaults"),
+        ("drop_token", "float", 0.75, "DropToken of the droptoken kinds of image variants"),
+        ("batch_multiple", "int", 1, "batches round to a multiple of this"),
+        ("tolerance", "float", 0.1, "how far a batch's tokens may miss tokens_per_batch"),
     )),
     *_section("evals.*.", (
         ("dataset", "str", REQUIRED, "a key of config.datasets"),

@@ -29,7 +29,7 @@ from imp.model.attention import attend
 from imp.model.attention_moe import ATTENTION_ROUTERS, MoeSelfAttention
 from imp.model.conditions import GateInput, get_condition
 from imp.model.expert_merge import merge_block
-from imp.model.moe import ROUTERS, MoeMlp
+from imp.model.moe import ROUTERS, MoeMlp, router_setting
 
 Array = jax.Array
 
@@ -226,7 +226,8 @@ class MoeConfig:
     if self.router == "top_k" and not self.renormalize_gates:
       args["normalize"] = False
     if not self.data_dependent:
-      factor = self.num_experts / int(args.get("k", 1))
+      # a data-independent condition routes with top_k only (from_config checks it)
+      factor = self.num_experts / int(router_setting(self.router, args, "k"))
       args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
     return tuple(sorted(args.items()))
 
@@ -278,8 +279,9 @@ class EncoderBlock(nn.Module):
                        f"task or attribute): with {moe.condition!r} each token picks its own "
                        "experts, so they cannot be merged.")
     args = dict(moe.layer_router_args)
-    return merge_block(nn.meta.unbox(params), condition[0, 0], int(args.get("k", 1)),
-                       self.num_heads, bool(args.get("normalize", True)),
+    return merge_block(nn.meta.unbox(params), condition[0, 0],
+                       int(router_setting(moe.router, args, "k")), self.num_heads,
+                       bool(router_setting(moe.router, args, "normalize")),
                        attention=moe.attention != "none", ffn=moe.ffn)
 
   @nn.compact

@@ -155,22 +155,24 @@ class ModelConfig:
     unknown = sorted(set(cfg) - set(fields))
     if unknown:
       raise ValueError(f"model.{unknown[0]} is not a model setting; valid: {', '.join(fields)}.")
-    values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
+    # The declared defaults, then the config's values: no default restated below.
+    values = {name: f.default for name, f in fields.items()
+              if f.default is not dataclasses.MISSING}
+    values.update({k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()})
     values["moe"] = MoeConfig.from_config(cfg.get("moe"))
     values["heads"] = HeadsConfig.from_config(cfg.get("heads"))
-    check_residual_options(values.get("layer_scale"), values.get("stochastic_depth", 0.0))
+    check_residual_options(values["layer_scale"], values["stochastic_depth"])
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
-    values["attention_impl"] = resolve_attention_impl(values.get("attention_impl", "xla"),
-                                                      values.get("dtype", "float32"))
+    values["attention_impl"] = resolve_attention_impl(values["attention_impl"], values["dtype"])
     check_attention_impl(values["attention_impl"])
-    if values.get("remat_policy") == "auto":  # imp.plan.programs picks per program
+    if values["remat_policy"] == "auto":  # imp.plan.programs picks per program
       values["remat_policy"] = REMAT_AUTO[0]
     for key in ("dtype", "param_dtype"):
-      if values.get(key, "float32") not in DTYPES:
+      if values[key] not in DTYPES:
         raise ValueError(f"model.{key}={values[key]!r} is not known; valid: "
                          f"{', '.join(repr(d) for d in DTYPES)}.")
-    if values.get("front_end", "patch") not in FRONT_ENDS:
+    if values["front_end"] not in FRONT_ENDS:
       raise ValueError(f"model.front_end={values['front_end']!r} is not known; valid: "
                        f"{', '.join(FRONT_ENDS)}.")
     return cls(**values)

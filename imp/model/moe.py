@@ -186,6 +186,13 @@ ROUTERS: dict[str, type[nn.Module]] = {
 }
 
 
+def router_setting(router: str, args: Mapping[str, Any], name: str) -> Any:
+  """`args[name]` (model.moe.router_args), else router `router`'s own declared default."""
+  if name in args:
+    return args[name]
+  return ROUTERS[router].__dataclass_fields__[name].default
+
+
 # ------------------------------------------------------------------------------------------
 # Experts and the layer.
 

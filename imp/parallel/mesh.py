@@ -16,7 +16,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
+from imp.config import schema
+
+MESH_AXES = schema.keys_of("mesh")  # data, fsdp, expert, tensor: the mesh's axis order
 BATCH_AXES = ("data", "fsdp", "expert")
 
 
@@ -27,7 +29,7 @@ def mesh_shape(spec: Mapping[str, int] | None, num_devices: int) -> dict[str, in
   if unknown:
     raise ValueError(f"config.mesh.{unknown[0]} is not a mesh axis; valid: "
                      f"{', '.join(MESH_AXES)}.")
-  sizes = {axis: int(spec.get(axis, 1)) for axis in MESH_AXES}
+  sizes = {axis: int(size) for axis, size in schema.filled(spec, "mesh").items()}
   free = [axis for axis, size in sizes.items() if size == -1]
   if len(free) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
     raise ValueError(f"config.mesh={spec}: sizes must be positive, with at most one -1.")

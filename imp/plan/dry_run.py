@@ -30,6 +30,7 @@ import jax
 import ml_collections
 
 from imp.model import ModelConfig
+from imp.model.moe import router_setting
 from imp.parallel.mesh import data_parallel_size, make_mesh
 from imp.paths import Path
 from imp.plan import programs as plan_programs
@@ -107,10 +108,9 @@ def _scaled_tasks(config: ml_collections.ConfigDict, divisor: int) -> dict[str, 
 def experts_per_token(model: ModelConfig) -> float:
   """Experts one token passes through on average: the capacity factor under expert choice
   (C = S * factor / E slots for each of E experts), k under token-choice top-k."""
-  args = dict(model.moe.router_args)
-  if model.moe.router == "expert_choice":
-    return float(args.get("capacity_factor_train", 1.0))
-  return float(args.get("k", 1))
+  args, router = dict(model.moe.router_args), model.moe.router
+  name = "capacity_factor_train" if router == "expert_choice" else "k"
+  return float(router_setting(router, args, name))
 
 
 def plan(config: ml_collections.ConfigDict, *, batch_divisor: int = 1, workers: int = 4,
@@ -158,7 +158,7 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
   if moe.num_experts and not moe.data_dependent:  # evals.<entry>.merge_experts serves this
     counts["merged"] = merged_param_count(
         run_plan.state.params, logical_axes(run_plan.model), moe.num_experts,
-        int(dict(moe.router_args).get("k", 1)))
+        int(router_setting(moe.router, dict(moe.router_args), "k")))
   cache = StepCache()
   specs = plan_programs.train_specs(run_plan)
   say = echo or (lambda line: None)

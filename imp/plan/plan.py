@@ -282,7 +282,7 @@ def check_batch_split(registry: TaskRegistry, mesh: Mesh) -> None:
 def check_merge_experts(evals: Mapping[str, Any], model: ModelConfig) -> None:
   """`evals.<entry>.merge_experts` needs experts whose routing is data-independent."""
   for name, entry in evals.items():
-    if not entry.get("merge_experts", False):
+    if not schema.filled(entry, "evals.*")["merge_experts"]:
       continue
     if not model.moe.num_experts:
       raise ConfigError(f"evals.{name}.merge_experts=True: the model has no experts "
@@ -297,10 +297,9 @@ def check_merge_experts(evals: Mapping[str, Any], model: ModelConfig) -> None:
 def model_modalities(registry: TaskRegistry, evals: Mapping[str, Any]) -> set[str]:
   """Modalities the model must embed: every task's, and what the evals read."""
   modalities = {m for t in registry for m in t.modalities}
-  for entry in evals.values():
-    modalities |= {entry.get("modality", "image"), "text"} if entry.get("zero_shot", True) else {
-        entry.get("modality", "image")}
-    modalities |= {m for pair in entry.get("retrieval") or () for m in pair}
+  for entry in map(functools.partial(schema.filled, section="evals.*"), evals.values()):
+    modalities |= {entry["modality"], "text"} if entry["zero_shot"] else {entry["modality"]}
+    modalities |= {m for pair in entry["retrieval"] or () for m in pair}
   return modalities
 
 

@@ -138,9 +138,7 @@ def _parse_variant(key: str, name: str, spec: Mapping[str, Any]) -> Variant:
 
 def _loss_weight(key: str, value: Any) -> float:
   """A task's loss multiplier: a finite number >= 0 (0 keeps the task's batches and MoE aux
-  loss in the step but takes its objective out of the gradient); missing means 1.0."""
-  if value is None:
-    return 1.0
+  loss in the step but takes its objective out of the gradient)."""
   try:
     weight = float(value)
   except (TypeError, ValueError):
@@ -222,6 +220,7 @@ class TaskRegistry:
       if unknown:
         raise ValueError(
             f"{key}.{unknown[0]} is not a task setting; valid: {', '.join(_TASK_KEYS)}.")
+      spec = schema.filled(spec, "tasks.*")
       for required in ("dataset", "objective", "modalities", "variants"):
         if spec.get(required) in (None, "", (), {}):
           raise ValueError(f"{key}.{required} is required.")
@@ -244,7 +243,7 @@ class TaskRegistry:
     weights = entry_weights(
         {entry: dataset_sizes[spec["dataset"]] for entry, spec, _, _ in parsed},
         weighting,
-        {entry: spec.get("weight") for entry, spec, _, _ in parsed},
+        {entry: spec["weight"] for entry, spec, _, _ in parsed},
     )
     tasks = []
     for entry, spec, modalities, variants in parsed:
@@ -257,8 +256,8 @@ class TaskRegistry:
             modalities=modalities,
             variant=variant,
             weight=weights[entry] / len(variants),
-            loss_weight=_loss_weight(f"tasks.{entry}", spec.get("loss_weight")),
-            args=_freeze(dict(spec.get("args") or {})),
+            loss_weight=_loss_weight(f"tasks.{entry}", spec["loss_weight"]),
+            args=_freeze(dict(spec["args"] or {})),
         ))
     return cls(tasks)
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from imp.config import schema
+
 KINDS = ("base", "half_res", "double_res", "droptoken", "double_res_droptoken")
-AUTO_KEYS = ("base", "tokens_per_batch", "kinds", "patches", "drop_token", "batch_multiple",
-             "tolerance")
+AUTO_KEYS = schema.keys_of("tasks.*.variants.auto")
 DEFAULT_PATCHES = {"vision": (1, 2, 2), "audio": (4, 4)}
 
 
@@ -63,12 +64,13 @@ def _kept(tokens: int, rate: float) -> int:
 def tokens_per_example(spec: Mapping[str, Any], modalities: Sequence[str],
                        patches: Mapping[str, Sequence[int]], key: str) -> int:
   """Perceptual tokens of one example of `spec` after DropToken (vision + audio)."""
-  rate = float(spec.get("drop_token", 0.0))
+  spec = schema.filled(spec, "tasks.*.variants.*")
+  rate = float(spec["drop_token"])
   total = 0
   if any(m in ("image", "video") for m in modalities):
     pt, ph, pw = (int(p) for p in patches["vision"])
     h, w = _pair(spec["resolution"])
-    frames = int(spec.get("frames", 1)) if "video" in modalities else 1
+    frames = int(spec["frames"]) if "video" in modalities else 1
     if h % ph or w % pw or (frames > 1 and frames % pt):
       raise ValueError(f"{key}: resolution {(h, w)} x {frames} frames does not cut into "
                        f"patches of {tuple(patches['vision'])}.")
@@ -89,7 +91,8 @@ def _frame_tokens(spec: Mapping[str, Any], modalities: Sequence[str],
                   patches: Mapping[str, Sequence[int]]) -> int:
   if "video" not in modalities:
     return 1
-  return max(1, int(spec.get("frames", 1)) // int(patches["vision"][0]))
+  return max(1, int(schema.filled(spec, "tasks.*.variants.*")["frames"]) //
+             int(patches["vision"][0]))
 
 
 def _kind_spec(kind: str, base: dict[str, Any], modalities: Sequence[str],
@@ -127,7 +130,8 @@ def expand_variants(auto: Mapping[str, Any], modalities: Sequence[str],
   if unknown:
     raise ValueError(f"{key}.{unknown[0]} is not an auto-variant setting; valid: "
                      f"{', '.join(AUTO_KEYS)}.")
-  base = dict(auto.get("base") or {})
+  auto = schema.filled(auto, "tasks.*.variants.auto")
+  base = dict(auto["base"] or {})
   if "batch_size" in base:
     raise ValueError(f"{key}.base.batch_size: the batch follows from tokens_per_batch; "
                      "remove it.")
@@ -135,13 +139,12 @@ def expand_variants(auto: Mapping[str, Any], modalities: Sequence[str],
   if budget <= 0:
     raise ValueError(f"{key}.tokens_per_batch must be a positive int, got "
                      f"{auto.get('tokens_per_batch')!r}.")
-  kinds = tuple(auto.get("kinds") or ("base",))
+  kinds = tuple(auto["kinds"])
   if len(set(kinds)) != len(kinds):
     raise ValueError(f"{key}.kinds={kinds} lists a kind twice.")
-  patches = dict(DEFAULT_PATCHES, **dict(auto.get("patches") or {}))
-  drop_token = float(auto.get("drop_token", 0.75))
-  multiple = int(auto.get("batch_multiple", 1))
-  tolerance = float(auto.get("tolerance", 0.1))
+  patches = dict(DEFAULT_PATCHES, **dict(auto["patches"] or {}))
+  drop_token, multiple, tolerance = (float(auto["drop_token"]), int(auto["batch_multiple"]),
+                                     float(auto["tolerance"]))
   if multiple <= 0:
     raise ValueError(f"{key}.batch_multiple={multiple} must be positive.")
   variants = {}
