@@ -226,7 +226,6 @@ class MoeConfig:
     if self.router == "top_k" and not self.renormalize_gates:
       args["normalize"] = False
     if not self.data_dependent:
-      # a data-independent condition routes with top_k only (from_config checks it)
       factor = self.num_experts / int(router_setting(self.router, args, "k"))
       args.update(capacity_factor_train=factor, capacity_factor_eval=factor)
     return tuple(sorted(args.items()))
