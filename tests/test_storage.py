@@ -32,6 +32,31 @@ def _config(cache_dir, total_steps=TOTAL, **overrides):
   return tiny_digits_config(total_steps, compilation_cache_dir=cache_dir, **overrides)
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, cache_dir):
+  """(summary, final parameters) of the straight local run the bucket runs must end on."""
+  workdir = tmp_path_factory.mktemp("straight")
+  summary = experiment.train(_config(cache_dir), workdir)
+  return summary, _final_params(_config(cache_dir), workdir)
+
+
+FLAGS = [f"--config.total_steps={TOTAL}", "--config.checkpoint_every=4"]
+
+
+def _kill_after_committed(workdir: str, step: int, *flags) -> list[int]:
+  """Starts a run in `workdir`, kills it (-9) once checkpoint `step` has committed, and
+  returns the committed steps it left."""
+  checkpoints = paths.as_path(workdir) / "checkpoints"
+  run = _main(workdir, *FLAGS, *flags)
+  _wait_for_step(run, step + 2)
+  deadline = time.monotonic() + 120
+  while step not in _committed_steps(checkpoints) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  run.kill()
+  run.communicate(timeout=60)
+  return _committed_steps(checkpoints)
+
+
 def _committed_steps(checkpoints: paths.Path) -> list[int]:
   """Steps whose save finished: orbax marks a finished save in a bucket with a commit file."""
   import fsspec
@@ -63,17 +88,15 @@ def test_a_bad_workdir_is_one_fatal_line_before_any_compile(gcs_emulator, tmp_pa
   assert list(tmp_path.iterdir()) == []  # no local folder "ftp:" or "gs:"
 
 
-def test_gs_run_survives_sigterm_kill9_and_a_corrupt_checkpoint(gcs_emulator, tmp_path,
-                                                                   cache_dir):
+def test_gs_run_survives_sigterm_kill9_and_a_corrupt_checkpoint(gcs_emulator, cache_dir,
+                                                                   straight):
   """(b) SIGTERM saves to the bucket, the rerun resumes; (a) that rerun, killed with kill -9
   after a committed checkpoint, resumes; (c) with its newest checkpoint corrupted in the
   bucket, the older one is used; the run ends on the straight local run's parameters and
   evaluation."""
-  straight = experiment.train(_config(cache_dir), tmp_path / "straight")
   workdir = gcs_emulator.make_bucket("cut") + "/run"
-  flags = [f"--config.total_steps={TOTAL}", "--config.checkpoint_every=4",
-           f"--config.compilation_cache_dir={cache_dir}"]
-  first = _main(workdir, *flags)
+  cache = f"--config.compilation_cache_dir={cache_dir}"
+  first = _main(workdir, *FLAGS, cache)
   _wait_for_step(first, 2)
   first.send_signal(signal.SIGTERM)
   out = first.communicate(timeout=300)[0]
@@ -81,26 +104,18 @@ def test_gs_run_survives_sigterm_kill9_and_a_corrupt_checkpoint(gcs_emulator, tm
   checkpoints = paths.as_path(workdir) / "checkpoints"
   sigterm_step = _committed_steps(checkpoints)[-1]
   assert 2 <= sigterm_step < 4
-  second = _main(workdir, *flags)
-  _wait_for_step(second, 6)
-  deadline = time.monotonic() + 120
-  while 4 not in _committed_steps(checkpoints) and time.monotonic() < deadline:
-    time.sleep(0.2)
-  second.kill()
-  second.communicate(timeout=60)
+  committed = _kill_after_committed(workdir, 4, cache)
   # Each run's metric records start a segment at its first logged step: the rerun resumed.
   segments = sorted(p.name for p in (paths.as_path(workdir) / "metrics.jsonl.d").iterdir())
   assert segments == ["0000000001.jsonl", f"{sigterm_step + 1:010d}.jsonl"], segments
-  committed = _committed_steps(checkpoints)
   assert len(committed) >= 2 and committed[-1] < TOTAL, committed
   newest, older = committed[-1], committed[-2]
   paths.write_text(checkpoints / str(newest) / "meta" / "metadata", '{"sampler": {"se')
   resumed = experiment.train(_config(cache_dir), workdir)
   assert resumed["steps_this_run"] == TOTAL - older
   assert (paths.as_path(workdir) / "checkpoints_corrupt" / str(newest) / "meta").is_dir()
-  assert resumed["eval"] == straight["eval"]
-  _assert_bit_identical(_final_params(_config(cache_dir), tmp_path / "straight"),
-                        _final_params(_config(cache_dir), workdir))
+  assert resumed["eval"] == straight[0]["eval"]
+  _assert_bit_identical(straight[1], _final_params(_config(cache_dir), workdir))
   # Everything the run wrote is in the bucket, readable as from a local run.
   run = paths.as_path(workdir)
   assert json.loads((run / "summary.json").read_text())["steps"] == TOTAL
@@ -108,6 +123,25 @@ def test_gs_run_survives_sigterm_kill9_and_a_corrupt_checkpoint(gcs_emulator, tm
   logged = {r["step"] for r in read_metrics(run) if r["kind"] == "train"}
   assert logged >= set(range(older + 2 - older % 2, TOTAL + 1, 2)), sorted(logged)  # every 2
   assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
+
+
+def test_s3_run_killed_after_a_checkpoint_resumes_to_the_straight_run(s3_emulator, cache_dir,
+                                                                      straight):
+  """(f) An s3:// run, killed with kill -9 after its first committed checkpoint, resumes from
+  the bucket and ends on the straight local run's parameters and evaluation; its metrics and
+  TensorBoard events are in the bucket."""
+  workdir = s3_emulator.make_bucket("runs") + "/run"
+  committed = _kill_after_committed(workdir, 4, f"--config.compilation_cache_dir={cache_dir}")
+  assert committed and committed[-1] < TOTAL, committed
+  resumed = experiment.train(_config(cache_dir), workdir)
+  assert resumed["steps_this_run"] == TOTAL - committed[-1]
+  assert resumed["eval"] == straight[0]["eval"]
+  _assert_bit_identical(straight[1], _final_params(_config(cache_dir), workdir))
+  run = paths.as_path(workdir)
+  assert _committed_steps(run / "checkpoints")[-1] == TOTAL
+  assert {r["step"] for r in read_metrics(run) if r["kind"] == "train"} >= {TOTAL}
+  assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
+  assert not (ROOT / "s3:").exists()
 
 
 def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
@@ -130,14 +164,13 @@ def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
     experiment.train(config, tmp_path / "run2")
 
 
-def test_s3_metrics_tensorboard_and_plots_and_a_refused_workdir(s3_emulator, cache_dir):
-  """(f), as far as orbax allows: a run's metric segments, TensorBoard events and plots go to
-  s3:// and read back (TensorBoard reads them itself); an s3:// workdir, whose checkpoints
-  orbax cannot keep, is refused naming the key before any compile."""
+def test_s3_metrics_tensorboard_and_plots(s3_emulator):
+  """Metric segments (a value JSON cannot hold among them), TensorBoard events and plots go
+  to s3:// and read back (TensorBoard reads them itself)."""
   from imp.analysis.plots import save_figure
   from imp.run.metric_writers import MetricWriter
 
-  run = paths.as_path(s3_emulator.make_bucket("runs") + "/smoke")
+  run = paths.as_path(s3_emulator.make_bucket("plots") + "/smoke")
   writer = MetricWriter(run)
   for step in (2, 4):
     writer.write(step, {"digits_cls/base/loss": 2.0 / step, "odd": float("nan")})
@@ -149,8 +182,6 @@ def test_s3_metrics_tensorboard_and_plots_and_a_refused_workdir(s3_emulator, cac
 
   figure = save_figure(plt.figure(), run / "analysis" / "plot.png")
   assert figure.read_bytes().startswith(b"\x89PNG")
-  with pytest.raises(ConfigError, match=r"workdir='s3://runs/smoke': orbax cannot keep "):
-    experiment.train(_config(cache_dir), str(run))
 
 
 @pytest.mark.slow

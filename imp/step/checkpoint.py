@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from imp import paths
 from imp.paths import Path
-from imp.step import checksums
+from imp.step import checksums, s3_arrays
 from imp.step.state import TrainState
 
 log = logging.getLogger("imp.checkpoint")
@@ -104,18 +104,14 @@ def _barrier_keys(manager: str) -> ocp.options.MultiprocessingOptions:
 
 
 def check_storage(workdir: paths.PathLike) -> None:
-  """Refuses an s3:// workdir before any compile: orbax 0.11 cannot keep checkpoints there.
-  Its array store (tensorstore) takes every path but gs:// for a local one: OCDBT stops with
-  "Checkpoint path should be absolute", and without OCDBT it writes into a local folder named
-  `s3:`. (A run always checkpoints: at its end and on SIGTERM.)
+  """Readies orbax for the workdir's storage before any compile: an s3:// one needs its array
+  store routed to tensorstore's s3 driver (imp/step/s3_arrays.py).
 
   Raises:
-    paths.PathError: naming the workdir and what would work.
+    paths.PathError: naming the workdir, when this orbax cannot be routed.
   """
   if str(workdir).startswith("s3://"):
-    raise paths.PathError(
-        f"workdir={str(workdir)!r}: orbax cannot keep checkpoints in s3:// (its array store "
-        "takes any path but gs:// for a local file); use gs:// or a local or mounted path.")
+    s3_arrays.enable(workdir)
 
 
 class Checkpointer:
@@ -125,6 +121,7 @@ class Checkpointer:
                best_metric: str | None = None, best_mode: str = "max",
                restore_step: int | None = None):
     directory = paths.as_path(directory, key="workdir")
+    check_storage(directory)
     self.directory = directory if paths.is_url(directory) else directory.absolute()
     self.every = int(every)
     # config.restore_step: restore this step, not the newest intact one.
@@ -143,13 +140,15 @@ class Checkpointer:
           self.directory.with_name(self.directory.name + "_best"),
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+              temporary_path_class=s3_arrays.temporary_path_class(self.directory),
               multiprocessing_options=_barrier_keys("best")),
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "meta": ocp.JsonCheckpointHandler()})
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             multiprocessing_options=_barrier_keys("latest")),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, multiprocessing_options=_barrier_keys("latest"),
+            temporary_path_class=s3_arrays.temporary_path_class(self.directory)),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()},
     )
