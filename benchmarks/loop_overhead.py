@@ -40,17 +40,22 @@ GOAL = "<= 1.05x"
 SIZES = {"quick": dict(rounds=1, short=4, long=12), "full": dict(rounds=3, short=50, long=250)}
 
 
-def experiment(total_steps: int, cache_dir: Path) -> ml_collections.ConfigDict:
-  """The default experiment, without evaluation (it is not part of the per-step loop)."""
+def experiment(total_steps: int, cache_dir: Path,
+               dataset: dict | None = None) -> ml_collections.ConfigDict:
+  """The default experiment, without evaluation (it is not part of the per-step loop);
+  `dataset` replaces its digits dataset's settings."""
   config = get_config()
   config.total_steps = total_steps
+  if dataset is not None:
+    config.datasets.digits = ml_collections.ConfigDict(dataset)
   config.evals = ml_collections.ConfigDict({})
   config.checkpoint_best_metric = None
   config.compilation_cache_dir = str(cache_dir)
   return config
 
 
-def loop_run(steps: int, total_steps: int, cache_dir: Path, root: Path) -> dict[str, float]:
+def loop_run(steps: int, total_steps: int, cache_dir: Path, root: Path,
+             dataset: dict | None = None) -> dict[str, float]:
   """A fresh run of `steps` steps: seconds of its loop (every program compiles before step 1,
   so none of it is compiling), and of data waits.
 
@@ -58,7 +63,8 @@ def loop_run(steps: int, total_steps: int, cache_dir: Path, root: Path) -> dict[
   compiled programs), so all runs share the same programs and the persistent cache serves them.
   """
   workdir = Path(tempfile.mkdtemp(dir=root))
-  summary = imp_experiment.train(experiment(total_steps, cache_dir), workdir, stop_after=steps)
+  summary = imp_experiment.train(experiment(total_steps, cache_dir, dataset), workdir,
+                                 stop_after=steps)
   loop_seconds = summary["steps_this_run"] / summary["steps_per_second"]
   return {"stepping": loop_seconds, "data_wait": summary["data_wait_share"] * loop_seconds}
 

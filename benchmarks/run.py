@@ -37,6 +37,7 @@ BENCHMARKS = {
     "batching": "benchmarks.batching",
     "moe_vs_dense": "benchmarks.moe_vs_dense",
     "input_pipeline": "benchmarks.input_pipeline",
+    "bucket_input": "benchmarks.bucket_input",
     "gpu_mfu": "benchmarks.gpu_mfu",
     "bare_loop": "benchmarks.bare_loop",
 }

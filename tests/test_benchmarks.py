@@ -198,8 +198,14 @@ def _check_bare_loop(data):
       assert 0.0 < case[f"{key}_ratio"]["median"] < float("inf")
 
 
-CHECKS = {"compile_cost": _check_compile_cost, "remat": _check_remat,
-          "scan_layers": _check_scan_layers, "bare_loop": _check_bare_loop,
+def _check_bucket_input(data):
+  assert data["bucket"].startswith("fake-gcs-server")  # the bucket side read an emulator bucket
+  for stats in (data["data_wait_over_step_time"], data["ms_per_step"]):
+    assert set(stats) == {"disk", "bucket"}
+
+
+CHECKS = {"compile_cost": _check_compile_cost, "bucket_input": _check_bucket_input,
+          "remat": _check_remat, "scan_layers": _check_scan_layers, "bare_loop": _check_bare_loop,
           "batching": _check_batching, "moe_vs_dense": _check_moe_vs_dense}
 
 

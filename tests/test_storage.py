@@ -144,16 +144,34 @@ def test_s3_run_killed_after_a_checkpoint_resumes_to_the_straight_run(s3_emulato
   assert not (ROOT / "s3:").exists()
 
 
+def _records(directory) -> dict[str, list[bytes]]:
+  """Every split's records, as stored."""
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+  meta = json.loads((paths.as_path(directory) / "metadata.json").read_text())
+  sources = {split: ArrayRecordDataSource(str(paths.as_path(directory) / info["file"]))
+             for split, info in meta["splits"].items()}
+  return {split: [source[i] for i in range(len(source))] for split, source in sources.items()}
+
+
 def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
-  """(e) `prepare --output gs://...`, then a run reading it with source="arrayrecord"."""
+  """(e) `prepare --input gs://... --output gs://...` (the same records as from a local
+  folder), then a run reading them with source="arrayrecord"."""
   from imp.data.prepare import main as prepare
 
   _write_image_folder(tmp_path / "digits")
-  data = gcs_emulator.make_bucket("data") + "/digits"
-  meta = prepare(["image_folder", "--input", str(tmp_path / "digits"), "--output", data,
-                  "--test-fraction", "0.25", "--seed", "3"])
+  bucket = gcs_emulator.make_bucket("data")
+  paths.upload_tree(tmp_path / "digits", f"{bucket}/raw")
+  data = f"{bucket}/digits"
+  flags = ["--test-fraction", "0.25", "--seed", "3"]
+  meta = prepare(["image_folder", "--input", f"{bucket}/raw", "--output", data, *flags])
   listed = sorted(p.name for p in paths.as_path(data).iterdir())
   assert listed == ["metadata.json", "test.array_record", "train.array_record"]
+  assert meta["source"] == "gs://data/raw"
+  local = prepare(["image_folder", "--input", str(tmp_path / "digits"), "--output",
+                   str(tmp_path / "local"), *flags])
+  assert meta["splits"] == local["splits"] and meta["fields"] == local["fields"]
+  assert _records(data) == _records(tmp_path / "local")
   config = _config(cache_dir)  # the other runs' programs: compiled once, in the cache
   config.datasets.digits = dict(source="arrayrecord", directory=data, label_templates=TEMPLATES)
   summary = experiment.train(config, tmp_path / "run")
@@ -162,6 +180,32 @@ def test_data_prepared_into_a_bucket_trains(gcs_emulator, tmp_path, cache_dir):
   with pytest.raises(ConfigError, match=r"datasets.digits.directory='gs://data/gone' does not "):
     config.datasets.digits.directory = "gs://data/gone"
     experiment.train(config, tmp_path / "run2")
+
+
+def test_prepare_reads_a_manifest_in_s3(s3_emulator, tmp_path):
+  """A manifest in s3:// whose rows name objects beside it: the records are those of the same
+  manifest on a disk, and a missing object is skipped by its URL."""
+  from imp.data.prepare import main as prepare
+
+  images = _write_image_folder(tmp_path / "raw", per_class=2)
+  rows = [{"image": f"{name}/{i:03d}.{'npy' if i % 2 else 'png'}", "label": name}
+          for name, items in images.items() for i in range(len(items))]
+  rows.append({"image": "zero/gone.png", "label": "zero"})
+  (tmp_path / "raw" / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  bucket = s3_emulator.make_bucket("media")
+  paths.upload_tree(tmp_path / "raw", f"{bucket}/raw")
+  flags = ["--on-error", "skip", "--test-fraction", "0.25", "--seed", "1"]
+  meta = prepare(["manifest", "--input", f"{bucket}/raw/m.jsonl", "--output",
+                  str(tmp_path / "from_s3"), *flags])
+  local = prepare(["manifest", "--input", str(tmp_path / "raw" / "m.jsonl"), "--output",
+                   str(tmp_path / "from_disk"), *flags])
+  assert meta["skipped"] == [{"path": "s3://media/raw/zero/gone.png",
+                              "reason": local["skipped"][0]["reason"]}]
+  assert "s3://media/raw/zero/gone.png" not in local["skipped"][0]["reason"]
+  assert meta["source"] == "s3://media/raw/m.jsonl" and meta["splits"] == local["splits"]
+  assert _records(tmp_path / "from_s3") == _records(tmp_path / "from_disk")
+  with pytest.raises(ValueError, match=r"--input s3://media/nothing: no such folder"):
+    prepare(["image_folder", "--input", f"{bucket}/nothing", "--output", str(tmp_path / "x")])
 
 
 def test_s3_metrics_tensorboard_and_plots(s3_emulator):

@@ -249,3 +249,27 @@ def test_bad_and_empty_splits(data_dir):
   with pytest.raises(ValueError, match=r"datasets.tiny.split is not a setting of source 'tfds'; "
                                        r"valid settings: .*Did you mean datasets.tiny.splits"):
     _load(data_dir, split={"train": "train"})
+
+
+def test_reads_a_data_dir_in_a_bucket(data_dir, gcs_emulator):
+  """data_dir=gs://...: TFDS finds the prepared dataset through epath and array_record reads
+  its files from the bucket; the examples are those of the local copy."""
+  from imp import paths
+
+  bucket = gcs_emulator.make_bucket("tfds-data")
+  paths.upload_tree(data_dir, f"{bucket}/tfds")
+  local, remote = _load(data_dir), _load(f"{bucket}/tfds")
+  # The reads go to the bucket: the data source's files are gs:// ones.
+  files = [getattr(p, "filename", p) for p in remote.splits["train"]._source.data_source._paths]
+  assert files and all(str(f).startswith("gs://tfds-data/tfds/") for f in files), files
+  for split in ("train", "test"):
+    assert len(remote.splits[split]) == len(local.splits[split])
+    for index in (0, 7, len(local.splits[split]) - 1):
+      got, want = remote.splits[split][index], local.splits[split][index]
+      assert sorted(got) == sorted(want)
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+  assert remote.class_names == local.class_names
+  with pytest.raises(ValueError, match=r"datasets.tiny.data_dir='s3://b/tfds': array_record "
+                                       r"reads local files and gs:// objects, not s3://"):
+    _load("s3://b/tfds")

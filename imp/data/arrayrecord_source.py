@@ -258,6 +258,19 @@ def read_metadata(directory: paths.PathLike) -> dict[str, Any]:
   return meta
 
 
+def check_readable(directory: paths.PathLike, key: str) -> None:
+  """Refuses an s3:// directory of ArrayRecord files: array_record (C++, riegeli) opens local
+  files and gs:// objects only.
+
+  Raises:
+    paths.PathError: naming `key`, the directory and what would work.
+  """
+  if str(directory).startswith("s3://"):
+    raise paths.PathError(f"{key}={str(directory)!r}: array_record reads local files and "
+                          "gs:// objects, not s3://; copy the prepared directory to gs:// or "
+                          "a local disk.")
+
+
 @register_source("arrayrecord")
 def arrayrecord_source(
     name: str,
@@ -282,10 +295,7 @@ def arrayrecord_source(
         f"imp.data.prepare` (e.g. --config.datasets.{name}.directory=DIR).")
   key = f"datasets.{name}.directory"
   directory = paths.as_path(directory, key=key)
-  if str(directory).startswith("s3://"):  # array_record opens local files and gs:// only
-    raise paths.PathError(f"{key}={str(directory)!r}: array_record reads local files and "
-                          "gs:// objects, not s3://; copy the prepared directory to gs:// or "
-                          "a local disk.")
+  check_readable(directory, key)
   if not directory.is_dir():
     what = "is not a directory" if directory.exists() else "does not exist"
     raise ValueError(

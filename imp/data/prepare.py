@@ -1,4 +1,4 @@
-"""Converts a local folder, once, into an ArrayRecord dataset for the `arrayrecord` source.
+"""Converts a folder or manifest, once, into an ArrayRecord dataset for the `arrayrecord` source.
 
   python -m imp.data.prepare KIND --input PATH --output DIR [options]
 
@@ -28,6 +28,8 @@ values of a manifest column (--split-by). The output DIR gets `<split>.array_rec
 `metadata.json` (class names, fields, counts, each split's groups, skipped files, warnings,
 the source and options). `--on-error skip` skips unreadable files, counting and listing each
 with its reason; `--on-error fail` (the default) stops at the first, naming it.
+PATH and DIR may be local, gs:// or s3://: a bucket PATH is read through a temporary local
+copy (imp/data/prepare_staging.py), and messages and metadata.json name its objects.
 See docs/data.md for every option.
 """
 
@@ -46,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from imp import paths
-from imp.data import audio, images, video, video_file
+from imp.data import audio, images, prepare_staging, video, video_file
 from imp.data.arrayrecord_source import METADATA_FILE
 from imp.data.prepare_inputs import (
   Item,
@@ -284,10 +286,11 @@ def _decoder(modality: str, args: argparse.Namespace,
   return functools.partial(audio_example, options=audio_options)
 
 
-def _channels(items: Sequence[Item], setting: str) -> int:
+def _channels(items: Sequence[Item], setting: str, local: Callable[[str], str] = str) -> int:
   """The one channel count of every stored image (--channels): a dataset mixing grayscale
-  and RGB would fail at its first batch. Prints how many images are converted."""
-  found = {item.path: images.image_channels(item.path) for item in items}
+  and RGB would fail at its first batch. Prints how many images are converted. `local(path)`
+  is the file to read (a bucket input's local copy)."""
+  found = {item.path: images.image_channels(local(item.path)) for item in items}
   counts = collections.Counter(c for c in found.values() if c is not None)
   if setting in ("1", "3"):
     target = int(setting)
@@ -327,17 +330,9 @@ def _splits(args: argparse.Namespace, items: Sequence[Item],
   return split_items(items, args.test_fraction, args.seed), {}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  """Runs the command line; returns the written metadata. Errors raise ValueError."""
-  args = _parser().parse_args(argv)
-  given = args.input
-  source = os.path.abspath(os.path.expanduser(args.input))
-  args.input = source
-  output = str(paths.as_path(args.output, key="--output"))
-  _check_flags(args)
-  _check_output(output, args.overwrite)
-  unlabelled: list[dict] = []
-  options: dict[str, Any] = {}
+def _list(args: argparse.Namespace, source: str, options: dict[str, Any]
+          ) -> tuple[str, list[Item], list[dict[str, Any]]]:
+  """(modality, items, unlabelled entries) of the local input `source`; records options."""
   if args.kind == "manifest":
     rows = read_manifest(source)
     columns = _manifest_columns(args, rows)
@@ -346,31 +341,49 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           text_column=columns["text"], label_column=columns["label"],
                           split_by=args.split_by, group_column=columns["group"])
     options["columns"] = columns
-  else:
-    modality = args.kind.split("_")[0]
-    items, unlabelled = list_folder(args.kind, source, args.label_pattern, args.group_pattern)
-    options.update(label_pattern=args.label_pattern, group_pattern=args.group_pattern)
+    return modality, items, []
+  items, unlabelled = list_folder(args.kind, source, args.label_pattern, args.group_pattern)
+  options.update(label_pattern=args.label_pattern, group_pattern=args.group_pattern)
+  return args.kind.split("_")[0], items, unlabelled
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs the command line; returns the written metadata. Errors raise ValueError."""
+  args = _parser().parse_args(argv)
+  given = str(paths.as_path(args.input, key="--input"))
+  output = str(paths.as_path(args.output, key="--output"))
+  _check_flags(args)
+  _check_output(output, args.overwrite)
+  options: dict[str, Any] = {}
+  with prepare_staging.staged(given, args.kind) as staging:
+    # A bucket input is listed and decoded from its local copy; items keep their URLs.
+    listed = staging.root if staging else os.path.abspath(given)
+    modality, items, unlabelled = _list(args, listed, options)
+    local: Callable[[str], str] = staging.local if staging else str
+    if staging:
+      items, unlabelled = staging.as_urls(items, unlabelled)
+    source = given if staging else listed
     if unlabelled and args.on_error == "fail":
       first = unlabelled[0]
       raise ValueError(f"{first['path']}: {first['reason']} (pass --on-error skip to skip "
                        f"{len(unlabelled)} such file(s)).")
-  if not items:
-    raise ValueError(f"--input {source}: no usable files ({len(unlabelled)} without a label).")
-  if args.class_names:
-    options["class_names"] = parse_class_names(args.class_names)
-    items = rename_labels(items, options["class_names"])
-  if modality == "image":
-    options["channels"] = _channels(items, args.channels)
-  decode = _decoder(modality, args, options)
-  splits, split_info = _splits(args, items, options)
-  counts = collections.Counter(item.label for item in items if item.label is not None)
-  class_names = sorted(counts)
-  if class_names:
-    print(f"found {len(class_names)} classes: "
-          + ", ".join(f"{name} ({counts[name]})" for name in class_names))
-  meta = _write(output, splits, decode, class_names=class_names, on_error=args.on_error,
-                       metadata={"kind": args.kind, "source": source, "options": options},
-                       skipped=unlabelled, split_info=split_info)
+    if not items:
+      raise ValueError(f"--input {source}: no usable files ({len(unlabelled)} without a label).")
+    if args.class_names:
+      options["class_names"] = parse_class_names(args.class_names)
+      items = rename_labels(items, options["class_names"])
+    if modality == "image":
+      options["channels"] = _channels(items, args.channels, local)
+    decode = _decoder(modality, args, options)
+    splits, split_info = _splits(args, items, options)
+    counts = collections.Counter(item.label for item in items if item.label is not None)
+    if counts:
+      print(f"found {len(counts)} classes: "
+            + ", ".join(f"{name} ({counts[name]})" for name in sorted(counts)))
+    meta = _write(output, splits, staging.decoder(decode) if staging else decode,
+                  class_names=sorted(counts), on_error=args.on_error,
+                  metadata={"kind": args.kind, "source": source, "options": options},
+                  skipped=unlabelled, split_info=split_info)
   _print_summary(args.kind, given, output, meta)
   return meta
 

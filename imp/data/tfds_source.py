@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from imp import paths
+from imp.data.arrayrecord_source import check_readable
 from imp.data.sources import DataSource, LazyFields, modalities_of, register_source
 
 # Fields a `features` entry may map, and which of them are modalities (registry.MODALITIES).
@@ -239,8 +240,10 @@ def tfds_source(
   if not isinstance(tfds_name, str) or not tfds_name:
     raise ValueError(f"datasets.{name}.tfds_name must be a TFDS dataset name, got {tfds_name!r}.")
   if data_dir is not None:
-    # TFDS reads gs:// itself (through etils.epath); as_path refuses other schemes by name.
+    # TFDS reads gs:// itself (its metadata through etils.epath, its array_record files with
+    # array_record's GCS reader); as_path refuses other schemes by name.
     data_dir = str(paths.as_path(data_dir, key=f"datasets.{name}.data_dir"))
+    check_readable(data_dir, f"datasets.{name}.data_dir")
   splits = _as_dict(splits, f"datasets.{name}.splits")
   features = _as_dict(features, f"datasets.{name}.features")
   if not splits:
