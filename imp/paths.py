@@ -12,6 +12,8 @@ application default credentials or `STORAGE_EMULATOR_HOST` for gcsfs, AWS's chai
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +23,7 @@ import fsspec
 from etils import epath
 
 Path = epath.Path
+log = logging.getLogger("imp.paths")
 PathLike = str | os.PathLike | epath.Path
 
 URL_SCHEMES = ("gs://", "s3://")
@@ -135,6 +138,67 @@ def upload_tree(local: PathLike, target: PathLike, *, last: str | None = None) -
       destination.parent.mkdir(parents=True, exist_ok=True)
     with open(os.path.join(local, rel), "rb") as src, destination.open("wb") as dst:
       shutil.copyfileobj(src, dst)
+
+
+def bucket_cache_dir() -> str:
+  """Where `local_copy` keeps bucket folders: $XDG_CACHE_HOME/imp/buckets, else
+  ~/.cache/imp/buckets (beside the compilation cache)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+  return os.path.expanduser(os.path.join(base, "imp", "buckets"))
+
+
+_COPY_INDEX = ".imp_copy.json"  # in a local copy: each object's version tag when copied
+
+
+def _version_tag(info: dict) -> str:
+  """What changes when an object is rewritten: its ETag (s3), MD5 or CRC32C (GCS), else its
+  size and time."""
+  for field in ("ETag", "md5Hash", "crc32c"):
+    if info.get(field):
+      return str(info[field])
+  return f"{info.get('size')}@{info.get('LastModified') or info.get('updated') or ''}"
+
+
+def local_copy(url: PathLike, *, key: str = "path") -> epath.Path:
+  """A local copy of the bucket folder `url` (a local path is returned as it is), for readers
+  that open local files only: array_record reads s3:// through it.
+
+  It lives under `bucket_cache_dir()/<scheme>/<bucket>/<prefix>` and is refreshed object by
+  object: an object whose version tag differs from the one recorded at its copy is fetched
+  again (to a temporary name, then renamed), so a folder prepared again is read anew, and
+  processes on one host may copy at once.
+
+  Raises:
+    PathError: naming `key` and the URL, when the bucket is unreachable or nothing is there.
+  """
+  if not is_url(url):
+    return as_path(url, key=key)
+  check_reachable(url, key=key)
+  fs, root = fsspec.core.url_to_fs(str(url))
+  root = root.rstrip("/")
+  objects = {name: info for name, info in fs.find(root, detail=True).items()
+             if info.get("type") != "directory"}
+  if not objects:
+    raise PathError(f"{key}={str(url)!r} does not exist (no objects under it).")
+  target = os.path.join(bucket_cache_dir(), str(url).split("://", 1)[0], root)
+  index_file = os.path.join(target, _COPY_INDEX)
+  index = json.loads(epath.Path(index_file).read_text()) if os.path.exists(index_file) else {}
+  fetched = 0
+  for name, info in sorted(objects.items()):
+    rel, tag = os.path.relpath(name, root), _version_tag(info)
+    local = os.path.join(target, rel)
+    if index.get(rel) == tag and os.path.exists(local):
+      continue
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    partial = f"{local}.{uuid.uuid4().hex[:8]}.partial"
+    fs.get_file(name, partial)
+    os.replace(partial, local)
+    index[rel] = tag
+    fetched += 1
+  if fetched:
+    log.info("%s: copied %d of %d objects to %s", url, fetched, len(objects), target)
+    write_text(index_file, json.dumps(index, indent=1))
+  return epath.Path(target)
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:

@@ -208,6 +208,31 @@ def test_prepare_reads_a_manifest_in_s3(s3_emulator, tmp_path):
     prepare(["image_folder", "--input", f"{bucket}/nothing", "--output", str(tmp_path / "x")])
 
 
+def test_arrayrecord_data_in_s3_is_read_through_a_refreshed_local_copy(s3_emulator, tmp_path,
+                                                                       monkeypatch):
+  """source="arrayrecord" with directory=s3://: read from a local copy (array_record cannot
+  open s3://) whose objects are fetched again when the folder is prepared anew."""
+  from imp.data import load_source
+  from imp.data.prepare import main as prepare
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  _write_image_folder(tmp_path / "raw", per_class=3)
+  data = s3_emulator.make_bucket("prepared") + "/digits"
+
+  def examples(directory):
+    split = load_source("d", dict(source="arrayrecord", directory=str(directory))).split("test")
+    return [split[i]["image"].tobytes() for i in range(len(split))]
+
+  for seed in ("1", "2"):  # the second prepare replaces the first in the bucket
+    flags = ["--test-fraction", "0.5", "--seed", seed, "--overwrite"]
+    prepare(["image_folder", "--input", str(tmp_path / "raw"), "--output", data, *flags])
+    prepare(["image_folder", "--input", str(tmp_path / "raw"), "--output",
+             str(tmp_path / seed), *flags])
+    assert examples(data) == examples(tmp_path / seed)
+  assert examples(tmp_path / "1") != examples(tmp_path / "2")  # the copy was refreshed
+  assert (tmp_path / "cache/imp/buckets/s3/prepared/digits/test.array_record").is_file()
+
+
 def test_s3_metrics_tensorboard_and_plots(s3_emulator):
   """Metric segments (a value JSON cannot hold among them), TensorBoard events and plots go
   to s3:// and read back (TensorBoard reads them itself)."""

@@ -270,6 +270,24 @@ def test_reads_a_data_dir_in_a_bucket(data_dir, gcs_emulator):
       for key in want:
         np.testing.assert_array_equal(got[key], want[key])
   assert remote.class_names == local.class_names
-  with pytest.raises(ValueError, match=r"datasets.tiny.data_dir='s3://b/tfds': array_record "
-                                       r"reads local files and gs:// objects, not s3://"):
-    _load("s3://b/tfds")
+
+
+def test_reads_a_data_dir_in_s3_through_a_local_copy(data_dir, s3_emulator, tmp_path,
+                                                     monkeypatch):
+  """data_dir=s3://...: array_record cannot open s3://, so the dataset's folder is copied under
+  $XDG_CACHE_HOME/imp/buckets once; the examples are the local ones."""
+  from imp import paths
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  bucket = s3_emulator.make_bucket("tfds-s3")
+  paths.upload_tree(data_dir, f"{bucket}/tfds")
+  local, remote = _load(data_dir), _load(f"{bucket}/tfds")
+  copy = tmp_path / "cache" / "imp" / "buckets" / "s3" / "tfds-s3" / "tfds" / "tiny_digits"
+  assert (copy / ".imp_copy.json").is_file()
+  for index in (0, len(local.splits["test"]) - 1):
+    got, want = remote.splits["test"][index], local.splits["test"][index]
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  with pytest.raises(ValueError, match=r"datasets.tiny.data_dir='s3://tfds-s3/nothing/tiny_"
+                                       r"digits' does not exist"):
+    _load(f"{bucket}/nothing")

@@ -258,17 +258,14 @@ def read_metadata(directory: paths.PathLike) -> dict[str, Any]:
   return meta
 
 
-def check_readable(directory: paths.PathLike, key: str) -> None:
-  """Refuses an s3:// directory of ArrayRecord files: array_record (C++, riegeli) opens local
-  files and gs:// objects only.
-
-  Raises:
-    paths.PathError: naming `key`, the directory and what would work.
-  """
+def local_directory(directory: paths.PathLike, key: str) -> paths.Path:
+  """Where array_record can open `directory`'s files: itself when local or gs:// (array_record
+  has its own GCS reader), else (s3://, which array_record, C++ over riegeli, cannot open) a
+  local copy, refreshed where objects changed (`paths.local_copy`)."""
+  directory = paths.as_path(directory, key=key)
   if str(directory).startswith("s3://"):
-    raise paths.PathError(f"{key}={str(directory)!r}: array_record reads local files and "
-                          "gs:// objects, not s3://; copy the prepared directory to gs:// or "
-                          "a local disk.")
+    return paths.local_copy(directory, key=key)
+  return directory
 
 
 @register_source("arrayrecord")
@@ -294,8 +291,7 @@ def arrayrecord_source(
         f"datasets.{name}.directory is not set; set it to a directory prepared by `python -m "
         f"imp.data.prepare` (e.g. --config.datasets.{name}.directory=DIR).")
   key = f"datasets.{name}.directory"
-  directory = paths.as_path(directory, key=key)
-  check_readable(directory, key)
+  directory = local_directory(directory, key)
   if not directory.is_dir():
     what = "is not a directory" if directory.exists() else "does not exist"
     raise ValueError(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from imp import paths
-from imp.data.arrayrecord_source import check_readable
+from imp.data.arrayrecord_source import local_directory
 from imp.data.sources import DataSource, LazyFields, modalities_of, register_source
 
 # Fields a `features` entry may map, and which of them are modalities (registry.MODALITIES).
@@ -241,9 +241,11 @@ def tfds_source(
     raise ValueError(f"datasets.{name}.tfds_name must be a TFDS dataset name, got {tfds_name!r}.")
   if data_dir is not None:
     # TFDS reads gs:// itself (its metadata through etils.epath, its array_record files with
-    # array_record's GCS reader); as_path refuses other schemes by name.
+    # array_record's GCS reader); as_path refuses unknown schemes by name.
     data_dir = str(paths.as_path(data_dir, key=f"datasets.{name}.data_dir"))
-    check_readable(data_dir, f"datasets.{name}.data_dir")
+    if data_dir.startswith("s3://"):  # array_record cannot open s3://: read a local copy
+      folder = tfds_name.split(":")[0].split("/")[0]  # the dataset's folder under data_dir
+      data_dir = str(local_directory(f"{data_dir}/{folder}", f"datasets.{name}.data_dir").parent)
   splits = _as_dict(splits, f"datasets.{name}.splits")
   features = _as_dict(features, f"datasets.{name}.features")
   if not splits:
