@@ -355,6 +355,26 @@ def test_sentencepiece_round_trip_and_reaches_pipelines_and_prompts(sentencepiec
   assert data.tokenizer.vocab_size == tok.vocab_size
 
 
+def test_sentencepiece_model_file_in_a_bucket(sentencepiece_model, gcs_emulator):
+  """model_file=gs://...: the model's bytes are read from the bucket (sentencepiece opens local
+  files only); it encodes as the local file does, and survives pickling into a grain worker."""
+  import pickle
+
+  from imp import paths
+
+  url = gcs_emulator.make_bucket("tokenizers") + "/tiny.model"
+  paths.write_bytes(url, paths.as_path(sentencepiece_model).read_bytes())
+  local = make_tokenizer(dict(name="sentencepiece", model_file=sentencepiece_model), "k")
+  remote = pickle.loads(pickle.dumps(
+      make_tokenizer(dict(name="sentencepiece", model_file=url), "k")))
+  assert remote.model_file == url
+  text = "a photo of the digit seven"
+  np.testing.assert_array_equal(remote.encode(text, 24), local.encode(text, 24))
+  with pytest.raises(ValueError, match=r"gs://tokenizers/gone.model: SentencePiece model file "
+                                       r"not found"):
+    make_tokenizer(dict(name="sentencepiece", model_file="gs://tokenizers/gone.model"), "k")
+
+
 def test_tokenizer_errors_name_the_key(tmp_path):
   with pytest.raises(ValueError, match=r"datasets.d.tokenizer: tokenizer 'bpe' is not known; "
                                        r"valid: byte, sentencepiece"):

@@ -129,7 +129,7 @@ def test_s3_run_killed_after_a_checkpoint_resumes_to_the_straight_run(s3_emulato
                                                                       straight):
   """(f) An s3:// run, killed with kill -9 after its first committed checkpoint, resumes from
   the bucket and ends on the straight local run's parameters and evaluation; its metrics and
-  TensorBoard events are in the bucket."""
+  TensorBoard events are in the bucket, and evaluating it there gives the same results."""
   workdir = s3_emulator.make_bucket("runs") + "/run"
   committed = _kill_after_committed(workdir, 4, f"--config.compilation_cache_dir={cache_dir}")
   assert committed and committed[-1] < TOTAL, committed
@@ -141,6 +141,10 @@ def test_s3_run_killed_after_a_checkpoint_resumes_to_the_straight_run(s3_emulato
   assert _committed_steps(run / "checkpoints")[-1] == TOTAL
   assert {r["step"] for r in read_metrics(run) if r["kind"] == "train"} >= {TOTAL}
   assert "train/digits_cls/base/loss" in _event_scalars(str(run / "tensorboard"))
+  # `python -m imp.evaluate` on the bucket workdir: the latest checkpoint, results in s3.
+  assert experiment.evaluate(_config(cache_dir), workdir) == straight[0]["eval"]
+  assert json.loads((run / "evaluation.json").read_text())["step"] == TOTAL
+  assert f"checkpoint at step {TOTAL}." in (run / "evaluation.md").read_text()
   assert not (ROOT / "s3:").exists()
 
 
