@@ -183,6 +183,11 @@ def local_copy(url: PathLike, *, key: str = "path") -> epath.Path:
   target = os.path.join(bucket_cache_dir(), str(url).split("://", 1)[0], root)
   index_file = os.path.join(target, _COPY_INDEX)
   index = json.loads(epath.Path(index_file).read_text()) if os.path.exists(index_file) else {}
+  gone = sorted(set(index) - {os.path.relpath(name, root) for name in objects})
+  for rel in gone:  # objects deleted from the bucket since the last copy
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(target, rel))
+    del index[rel]
   fetched = 0
   for name, info in sorted(objects.items()):
     rel, tag = os.path.relpath(name, root), _version_tag(info)
@@ -195,8 +200,9 @@ def local_copy(url: PathLike, *, key: str = "path") -> epath.Path:
     os.replace(partial, local)
     index[rel] = tag
     fetched += 1
-  if fetched:
-    log.info("%s: copied %d of %d objects to %s", url, fetched, len(objects), target)
+  if fetched or gone:
+    log.info("%s: copied %d of %d objects to %s (%d removed)", url, fetched, len(objects),
+             target, len(gone))
     write_text(index_file, json.dumps(index, indent=1))
   return epath.Path(target)
 

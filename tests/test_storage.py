@@ -215,7 +215,8 @@ def test_prepare_reads_a_manifest_in_s3(s3_emulator, tmp_path):
 def test_arrayrecord_data_in_s3_is_read_through_a_refreshed_local_copy(s3_emulator, tmp_path,
                                                                        monkeypatch):
   """source="arrayrecord" with directory=s3://: read from a local copy (array_record cannot
-  open s3://) whose objects are fetched again when the folder is prepared anew."""
+  open s3://) whose objects are fetched again when the folder is prepared anew, and removed
+  when deleted from the bucket."""
   from imp.data import load_source
   from imp.data.prepare import main as prepare
 
@@ -227,14 +228,18 @@ def test_arrayrecord_data_in_s3_is_read_through_a_refreshed_local_copy(s3_emulat
     split = load_source("d", dict(source="arrayrecord", directory=str(directory))).split("test")
     return [split[i]["image"].tobytes() for i in range(len(split))]
 
+  copy = tmp_path / "cache/imp/buckets/s3/prepared/digits"
+  paths.write_text(f"{data}/notes.txt", "deleted before the second read")
   for seed in ("1", "2"):  # the second prepare replaces the first in the bucket
     flags = ["--test-fraction", "0.5", "--seed", seed, "--overwrite"]
     prepare(["image_folder", "--input", str(tmp_path / "raw"), "--output", data, *flags])
     prepare(["image_folder", "--input", str(tmp_path / "raw"), "--output",
              str(tmp_path / seed), *flags])
     assert examples(data) == examples(tmp_path / seed)
+    assert (copy / "test.array_record").is_file()
+    assert (copy / "notes.txt").exists() == (seed == "1")
+    paths.as_path(f"{data}/notes.txt").unlink(missing_ok=True)
   assert examples(tmp_path / "1") != examples(tmp_path / "2")  # the copy was refreshed
-  assert (tmp_path / "cache/imp/buckets/s3/prepared/digits/test.array_record").is_file()
 
 
 def test_s3_metrics_tensorboard_and_plots(s3_emulator):
