@@ -59,24 +59,25 @@ def test_params_read_by_marks_only_the_tasks_head():
 def test_untouched_head_stays_bit_identical_despite_momentum(optimizer):
   model, tx, state = _setup(optimizer)
   rng = np.random.default_rng(0)
+  cache = StepCache()  # one program per task, as in a run
   spec_a = StepSpec("softmax", "a", ("image",))
   spec_b = StepSpec("softmax", "b", ("image",))
   spec_nce = StepSpec("nce", "a", ("image", "text"))
   # Give head b momentum first, so plain Adam would keep moving it.
   for _ in range(2):
-    state, _ = _step(model, tx, state, spec_b, _batch(rng, 3))
+    state, _ = _step(model, tx, state, spec_b, _batch(rng, 3), cache)
   head_b = jax.device_get(state.params["classifiers_b"])
   text = jax.device_get(state.params["embedders_text"])
   mu_b = jax.device_get(optax.tree_utils.tree_get(state.opt_state, "mu")["classifiers_b"])
   for _ in range(3):
-    state, metrics = _step(model, tx, state, spec_a, _batch(rng, 4))
+    state, metrics = _step(model, tx, state, spec_a, _batch(rng, 4), cache)
   assert np.isfinite(metrics["loss"])
   jax.tree.map(np.testing.assert_array_equal, head_b, jax.device_get(state.params["classifiers_b"]))
   jax.tree.map(np.testing.assert_array_equal, mu_b, jax.device_get(
       optax.tree_utils.tree_get(state.opt_state, "mu")["classifiers_b"]))
   jax.tree.map(np.testing.assert_array_equal, text, jax.device_get(state.params["embedders_text"]))
   # The NCE step does read text: the text embedder moves, head b still does not.
-  state, _ = _step(model, tx, state, spec_nce, _batch(rng, 4, text=True))
+  state, _ = _step(model, tx, state, spec_nce, _batch(rng, 4, text=True), cache)
   assert not np.array_equal(text["token"]["embedding"],
                             state.params["embedders_text"]["token"]["embedding"])
   jax.tree.map(np.testing.assert_array_equal, head_b, jax.device_get(state.params["classifiers_b"]))
