@@ -14,7 +14,6 @@ real bucket's latency, which a TPU VM in the bucket's region sees at a few milli
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -68,30 +67,19 @@ def _share(size: dict, directory: str, cache_dir: Path, root: Path) -> tuple[flo
 
 
 def benchmark(quick: bool) -> Report:
-  from tests.storage_emulators import FakeGcs
+  from tests.storage_emulators import FakeGcs, running
 
   size = SIZES["quick" if quick else "full"]
-  server = FakeGcs()
-  saved = {k: os.environ.get(k) for k in server.env()}
-  os.environ.update(server.env())
   share = {"disk": [], "bucket": []}
   ms = {"disk": [], "bucket": []}
-  try:
-    with tempfile.TemporaryDirectory() as root:
-      root = Path(root)
-      where = _prepared(root, server.make_bucket("bench"))
-      for _ in range(size["rounds"]):
-        for kind, directory in where.items():  # disk, bucket, disk, bucket
-          s, m = _share(size, directory, root / "compilation_cache", root)
-          share[kind].append(s)
-          ms[kind].append(m)
-  finally:
-    server.stop()
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
+  with running(FakeGcs) as server, tempfile.TemporaryDirectory() as root:
+    root = Path(root)
+    where = _prepared(root, server.make_bucket("bench"))
+    for _ in range(size["rounds"]):
+      for kind, directory in where.items():  # disk, bucket, disk, bucket
+        s, m = _share(size, directory, root / "compilation_cache", root)
+        share[kind].append(s)
+        ms[kind].append(m)
   shares = {k: Stat.of(v).scaled(100) for k, v in share.items()}
   return Report(
       rows=[("data wait / step time, data in the bucket",

@@ -77,16 +77,10 @@ def _emulator_fixture(make):
 
   @pytest.fixture(scope="session")
   def emulator():
-    server = make()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    yield server
-    server.stop()
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
+    from storage_emulators import running
+
+    with running(make) as server:
+      yield server
 
   return emulator
 

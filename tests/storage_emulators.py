@@ -11,6 +11,7 @@ credentials (s3fs, tensorstore's s3 driver). By hand:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -115,6 +116,24 @@ class MotoS3:
 
   def stop(self) -> None:
     self._server.stop()
+
+
+@contextlib.contextmanager
+def running(make):
+  """The emulator `make()` starts, its client variables set in os.environ (so this process and
+  its subprocesses reach it); on leaving, stopped and the variables restored."""
+  server = make()
+  saved = {k: os.environ.get(k) for k in server.env()}
+  os.environ.update(server.env())
+  try:
+    yield server
+  finally:
+    server.stop()
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
 
 
 if __name__ == "__main__":
