@@ -177,7 +177,7 @@ def _dry_run(config, workdir: str) -> None:
   written = plan_programs.write_json(
       facts["programs"], out / "programs.json", dry_run=True,
       mesh=facts["mesh"], devices=facts["devices"], platform=facts["platform"],
-      compile_wall_seconds=facts["compile_wall_seconds"])
+      compile_wall_seconds=facts["compile_wall_seconds"], **facts["choices"])
   print(f"wrote {written}")
   if _MEMORY_BUDGET.value is not None:
     dry_run.check_budget(reports, _MEMORY_BUDGET.value)

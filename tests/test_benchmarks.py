@@ -185,7 +185,8 @@ def _check_bare_loop(data):
     if not name.startswith("steps_"):
       continue
     runs = case["runs"]
-    assert len(runs["imp"]) == len(runs["bare"]) == len(runs["bare_unrolled"]) == data["rounds"]
+    rounds = data["rounds"][name.removeprefix("steps_")]
+    assert len(runs["imp"]) == len(runs["bare"]) == len(runs["bare_unrolled"]) == rounds
     for imp_run, bare_run, unrolled in zip(runs["imp"], runs["bare"], runs["bare_unrolled"],
                                            strict=True):
       assert imp_run["steps"] == bare_run["steps"] == int(name.removeprefix("steps_"))

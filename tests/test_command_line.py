@@ -57,10 +57,10 @@ def test_bad_config_variant_or_file_is_one_line(spec, expected):
 
 
 def test_a_schema_key_the_experiment_leaves_out_can_be_set(tmp_path):
-  """model.scan_unroll is declared by the schema (default 1), not by the digits experiment."""
+  """model.scan_unroll is declared by the schema (default "auto"), not by the digits experiment."""
   proc = _main("--config", DIGITS, "--config.model.scan_unroll=2", "--mode=describe")
   assert proc.returncode == 0, proc.stderr
-  assert "model.scan_unroll = 2  [int, default 1]" in proc.stdout
+  assert "model.scan_unroll = 2  [int | str, default 'auto']" in proc.stdout
 
 
 def test_debug_shows_the_traceback():

@@ -140,3 +140,8 @@ def test_dry_run_reports_the_merged_parameter_count():
   assert 0 < params["merged"] < params["total"]
   assert f"experts merged for one condition (evals.*.merge_experts): " \
          f"{params['merged'] / 1e6:,.1f}M" in "\n".join(dry_run.report_lines(reports, facts))
+  # scan_unroll="auto" is planned as an accelerator compiles it (one layer a loop iteration),
+  # not as this CPU would train it, and the table's last line says so.
+  assert facts["choices"]["scan_unroll"] == 1 and config.model.get("scan_unroll") is None
+  assert "on cpu: layers scanned, 1 per loop iteration (model.scan_unroll); attention xla" \
+      in "\n".join(dry_run.report_lines(reports, facts))

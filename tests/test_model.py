@@ -148,12 +148,13 @@ def test_scan_equals_unrolled_and_remat_keeps_gradients():
     Encoder(16, 1, 2, 32, remat_policy="some").init(jax.random.PRNGKey(0), x, mask)
 
 
-@pytest.mark.parametrize("unroll", [2, 8])  # 8: more than the 3 layers, one loop iteration
+# 8: more than the 3 layers, one loop iteration; "auto" on CPU: the depth, the same.
+@pytest.mark.parametrize("unroll", [2, 8, "auto"])
 def test_scan_unroll_keeps_the_parameters_and_the_outputs(unroll):
   """nn.scan's unroll changes the compiled loop, not the math or the [layers, ...] layout."""
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 16)), jnp.float32)
   mask = jnp.array([[True] * 5, [True, True, True, False, False]])
-  rolled = Encoder(16, 3, 2, 32, scan_layers=True)
+  rolled = Encoder(16, 3, 2, 32, scan_layers=True, scan_unroll=1)
   params = nn.unbox(rolled.init(jax.random.PRNGKey(0), x, mask))["params"]
   unrolled = Encoder(16, 3, 2, 32, scan_layers=True, scan_unroll=unroll)
   assert jax.tree.map(np.shape, nn.unbox(unrolled.init(jax.random.PRNGKey(0), x, mask))[
@@ -163,8 +164,18 @@ def test_scan_unroll_keeps_the_parameters_and_the_outputs(unroll):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                jax.grad(lambda p: loss(unrolled, p))(params),
                jax.grad(lambda p: loss(rolled, p))(params))
-  with pytest.raises(ValueError, match=r"model.scan_unroll=0: expects an int >= 1"):
+  with pytest.raises(ValueError, match=r"model.scan_unroll=0: expects .auto. or an int >= 1"):
     Encoder(16, 3, 2, 32, scan_unroll=0).init(jax.random.PRNGKey(0), x, mask)
+
+
+def test_scan_unroll_auto_is_the_whole_scan_on_cpu_and_one_iteration_elsewhere(monkeypatch):
+  assert ModelConfig.from_config({"depth": 6}).scan_unroll == 6  # this CPU
+  assert ModelConfig.from_config({"depth": 6, "scan_unroll": 2}).scan_unroll == 2
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert ModelConfig.from_config({"depth": 6}).scan_unroll == 1
+  with pytest.raises(ValueError, match=r"model.scan_unroll='all': expects 'auto' or an int"):
+    ModelConfig.from_config({"scan_unroll": "all"})
 
 
 def test_every_parameter_has_logical_axes():

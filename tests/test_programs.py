@@ -34,7 +34,7 @@ def test_gflops_count_every_scanned_layer(overrides):
   """The count of the scanned program (its jaxpr, every scan trip) matches XLA's count of the
   unrolled one: 3 scanned units, a layer each or two layers with MoE (measured: 1.003x and
   0.994x)."""
-  scanned = build_plan(_config(**overrides), FACTS)
+  scanned = build_plan(_config(**overrides, **{"model.scan_unroll": 1}), FACTS)  # a real loop
   unrolled = build_plan(_config(**overrides, **{"model.scan_layers": False}), FACTS)
   (rolled,) = programs.compile_all(scanned, StepCache(), programs.train_specs(scanned))
   (flat,) = programs.compile_all(unrolled, StepCache(), programs.train_specs(unrolled))
@@ -122,6 +122,10 @@ def test_every_program_compiles_before_step_1(tmp_path):
   assert names == ["train digits_cls/base", "eval embed image, features image",
                    "eval embed text"]
   assert table["programs"][0]["input_bytes"] == 512 + 32  # one device
+  # The model-wide choices, "auto" resolved for this CPU: the whole scan in one iteration.
+  assert (table["backend"], table["scan_layers"], table["attention_impl"]) == ("cpu", True, "xla")
+  assert table["scan_unroll"] == programs.model_choices(
+      build_plan(_config(), FACTS))["scan_unroll"] == 3  # _config's depth
   cache = summary["step_cache"]
   assert cache["misses"] == cache["size"] == len(names)
   assert cache["xla_compiles_after_warmup"] == 0 and cache["hits"] >= 4

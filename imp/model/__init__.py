@@ -5,8 +5,9 @@ Shape glossary used in docstrings:
   F frames, H height, W width, T spectrogram time bins, Q spectrogram frequency bins.
 """
 
-from imp.model.encoder import REMAT_AUTO, REMAT_POLICIES, Encoder, MoeConfig, drop_tokens
+from imp.model.encoder import Encoder, MoeConfig, drop_tokens
 from imp.model.imp_model import IMPModel, ModelConfig, Request
+from imp.model.layer_stack import REMAT_AUTO, REMAT_POLICIES
 
 __all__ = ["REMAT_AUTO", "REMAT_POLICIES", "Encoder", "IMPModel", "ModelConfig", "MoeConfig",
            "Request", "drop_tokens"]

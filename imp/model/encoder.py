@@ -29,24 +29,10 @@ from imp.model.attention import attend
 from imp.model.attention_moe import ATTENTION_ROUTERS, MoeSelfAttention
 from imp.model.conditions import GateInput, get_condition
 from imp.model.expert_merge import merge_block
+from imp.model.layer_stack import REMAT_POLICIES, resolve_scan_unroll
 from imp.model.moe import ROUTERS, MoeMlp, router_setting
 
 Array = jax.Array
-
-# Remat policies by name. "none" keeps every activation (no remat); "full" saves nothing and
-# recomputes the whole block in the backward pass (what IMP uses); "dots_saveable" keeps matmul
-# outputs and recomputes the cheap elementwise ops.
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
-}
-# model.remat_policy="auto" tries these in order, least recomputation first, per train program
-# (imp.plan.programs): the first whose compiled program fits the device's memory is kept.
-REMAT_AUTO = ("none", "dots_saveable", "full")
-
 
 def drop_path(x: Array, rate: float, rng: Array) -> Array:
   """Stochastic depth on a residual branch x [B, ...]: each example's branch is zeroed with
@@ -382,7 +368,8 @@ class Encoder(nn.Module):
     remat_policy: a key of REMAT_POLICIES.
     scan_unroll: scanned units per iteration of the compiled loop (`nn.scan`'s unroll; the
       parameters keep their stacked [layers, ...] layout whatever it is): 1 compiles fastest,
-      more trade compile time for step time (docs/benchmarks.md, scan_layers).
+      more trade compile time for step time (docs/benchmarks.md, scan_layers); "auto": see
+      resolve_scan_unroll.
     moe: MoE placement and routing; None or num_experts=0 for a dense encoder.
     layer_scale: LayerScale's initial gamma, or None (off); see the module docstring.
     stochastic_depth: the uniform drop rate of every block's residual branches (0: off).
@@ -403,7 +390,7 @@ class Encoder(nn.Module):
   attention_impl: str = "xla"
   dtype: str = "float32"
   param_dtype: str = "float32"
-  scan_unroll: int = 1
+  scan_unroll: int | str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, *, train: bool = False,
@@ -413,10 +400,6 @@ class Encoder(nn.Module):
       raise ValueError(f"model.remat_policy={self.remat_policy!r} is not known; valid: "
                        f"auto, {', '.join(REMAT_POLICIES)}.")
     moe = self.moe if self.moe is not None and self.moe.num_experts else None
-    if (isinstance(self.scan_unroll, bool) or not isinstance(self.scan_unroll, int)
-        or self.scan_unroll < 1):
-      raise ValueError(f"model.scan_unroll={self.scan_unroll!r}: expects an int >= 1 (scanned "
-                       "units per loop iteration).")
     if moe is not None and (moe.every < 1 or self.depth % moe.every):
       raise ValueError(f"model.depth={self.depth} must be a multiple of "
                        f"model.moe.every={moe.every}.")
@@ -428,17 +411,20 @@ class Encoder(nn.Module):
     if moe is not None:
       kwargs.update(moe=moe, merge=merge_experts)
     length = self.depth // layers_per_unit(moe)
+    unroll = min(resolve_scan_unroll(self.scan_unroll, length), length)
     if self.remat_policy != "none":
-      # Under scan, CSE cannot merge the recomputation across iterations, so it is safe off.
+      # A scan loop keeps the recomputation apart from the forward pass, so CSE cannot merge
+      # them; XLA inlines a loop of one iteration (unroll = length), which then needs the
+      # barrier as unrolled layers do (measured: no memory saved without it).
       unit = nn.remat(unit, policy=REMAT_POLICIES[self.remat_policy],
-                      prevent_cse=not self.scan_layers)
+                      prevent_cse=not self.scan_layers or unroll == length)
     args = (self.width, self.num_heads, self.mlp_dim)
     x = x.astype(self.dtype)
     if self.scan_layers:
       layers = nn.scan(
           unit, variable_axes={"params": 0},
           split_rngs={"params": True, "router": True, "stochastic_depth": True},
-          in_axes=nn.broadcast, length=length, unroll=min(self.scan_unroll, length),
+          in_axes=nn.broadcast, length=length, unroll=unroll,
           metadata_params={nn.PARTITION_NAME: "layers"})
       x, metrics = layers(*args, **kwargs, name="layers")(x, mask, condition, segments)
     else:

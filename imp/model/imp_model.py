@@ -39,8 +39,9 @@ from imp.model.conditions import (
     token_attributes,
 )
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder, input_dtype
-from imp.model.encoder import REMAT_AUTO, Encoder, MoeConfig, check_residual_options, drop_tokens
+from imp.model.encoder import Encoder, MoeConfig, check_residual_options, drop_tokens
 from imp.model.heads import ClassifierHead, HeadsConfig
+from imp.model.layer_stack import REMAT_AUTO, resolve_scan_unroll
 from imp.model.perceiver import PerceiverFrontEnd
 
 Array = jax.Array
@@ -77,7 +78,10 @@ class ModelConfig:
     mlp_dim: hidden size of the feed-forward blocks.
     embed_dim: width E of the common contrastive space.
     scan_layers: roll layers with nn.scan.
-    scan_unroll: scanned units per loop iteration (nn.scan's unroll; 1: compile fastest).
+    scan_unroll: scanned units per loop iteration (nn.scan's unroll; the parameters keep
+      their stacked layout whatever it is), or "auto": the whole scan on CPU (one iteration:
+      the unrolled step time, measured in docs/benchmarks.md) and 1 on GPU and TPU (the
+      compile stays one layer's at any depth, as IMP scans its layers).
     remat_policy: a key of imp.model.REMAT_POLICIES (none, dots_saveable, full, ...), the
       rematerialisation of each layer; or "auto": per train program the least recomputation
       (none, dots_saveable, full) whose compiled program fits config.device_memory_limit or
@@ -125,7 +129,7 @@ class ModelConfig:
   mlp_dim: int = 256
   embed_dim: int = 64
   scan_layers: bool = True
-  scan_unroll: int = 1
+  scan_unroll: int | str = "auto"
   remat_policy: str = "none"
   vision_patch: tuple[int, int, int] = (1, 2, 2)
   vision_base_grid: tuple[int, int, int] = (1, 4, 4)
@@ -164,6 +168,7 @@ class ModelConfig:
     check_residual_options(values["layer_scale"], values["stochastic_depth"])
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
+    values["scan_unroll"] = resolve_scan_unroll(values["scan_unroll"], values["depth"])
     values["attention_impl"] = resolve_attention_impl(values["attention_impl"], values["dtype"])
     check_attention_impl(values["attention_impl"])
     if values["remat_policy"] == "auto":  # imp.plan.programs picks per program

@@ -149,6 +149,11 @@ def progress_line(report: plan_programs.ProgramReport, elapsed: float, done: int
 def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
           xla_log_path: str | Path | None, echo: Callable[[str], None] | None,
           ) -> tuple[list[SignatureReport], dict[str, Any]]:
+  if config.model.get("scan_unroll", "auto") == "auto":
+    # Planned as the pod's GPUs or TPUs compile it (imp.model.layer_stack), not as this CPU
+    # would train it: one layer per loop iteration, whatever the host's backend.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.scan_unroll = 1
   run_plan = build_plan(config, declared_facts(config),
                         tasks=_scaled_tasks(config, int(batch_divisor)))
   model_config = run_plan.model_config
@@ -189,6 +194,7 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
            "platform": jax.devices()[0].platform, "mesh_rules": config.get("mesh_rules") or
            "fsdp", "params": counts, "compiles": cache.stats(),
            "scan_layers": model_config.scan_layers, "programs": programs,
+           "choices": plan_programs.model_choices(run_plan),
            "compile_wall_seconds": round(wall, 2)}
   plan_programs.check_memory(programs, config.get("device_memory_limit"))
   return reports, facts
@@ -228,7 +234,8 @@ def report_lines(reports: list[SignatureReport], facts: Mapping[str, Any]) -> li
                f"{facts['compiles']['compile_seconds']:.1f}s")
   if facts.get("programs"):
     lines += ["", "programs compiled (as training compiles them before step 1):"]
-    lines += plan_programs.table_lines(facts["programs"], facts.get("compile_wall_seconds"))
+    lines += plan_programs.table_lines(facts["programs"], facts.get("compile_wall_seconds"),
+                                       facts.get("choices"))
   if facts.get("scan_layers"):
     lines.append("GFLOPs count every layer (XLA's own count of a scanned program has its loop "
                  "body once): the step's jaxpr, every scan trip, split over the devices.")

@@ -347,9 +347,19 @@ def _gib(n: int | None) -> str:
   return "n/a" if n is None else f"{n / GIB:.3f}"
 
 
+def model_choices(plan: Plan) -> dict[str, Any]:
+  """The compile choices every program of the model shares, the "auto" ones resolved for this
+  backend (imp.model.layer_stack): for the table's last line and programs.json."""
+  model = plan.model_config
+  return {"backend": jax.default_backend(), "scan_layers": model.scan_layers,
+          "scan_unroll": model.scan_unroll if model.scan_layers else None,
+          "attention_impl": model.attention_impl}
+
+
 def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = None,
-                ) -> list[str]:
-  """The compile-before-step-1 table, one program a line (memory in GiB per device)."""
+                choices: Mapping[str, Any] | None = None) -> list[str]:
+  """The compile-before-step-1 table, one program a line (memory in GiB per device), and the
+  model-wide `choices` (model_choices) below it."""
   width = max([len(r.name) for r in reports] + [7])
   # Within the console's 120 characters: args and out GiB are in programs.json.
   lines = [f"{'program':<{width}} {'compile s':>9} {'from':>8} {'GFLOPs':>10} "
@@ -371,6 +381,11 @@ def table_lines(reports: Sequence[ProgramReport], wall_seconds: float | None = N
   lines.append("from: compiled, or loaded from the persistent compilation cache")
   lines.append("remats: XLA's involuntary full rematerializations (a tensor replicated whole to "
                "reshard it)")
+  if choices:
+    stack = (f"scanned, {choices['scan_unroll']} per loop iteration (model.scan_unroll)"
+             if choices["scan_layers"] else "unrolled (model.scan_layers=False)")
+    lines.append(f"on {choices['backend']}: layers {stack}; attention "
+                 f"{choices['attention_impl']} (model.attention_impl)")
   warned = sum(r.xla_warnings for r in reports)
   if warned:
     lines.append(f"XLA warned {warned} times while compiling (xla_compile.log in the workdir)")

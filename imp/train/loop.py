@@ -111,11 +111,12 @@ def compile_programs(run: Run, hooks: Hooks, *, workers: int = 4,
   reports = plan_programs.compile_all(run.plan, run.cache, specs, workers=workers,
                                       xla_log_path=xla_log_path(run.workdir))
   wall = time.perf_counter() - start
+  choices = plan_programs.model_choices(run.plan)
   log.info("compiled before step 1:\n%s",
-           "\n".join(plan_programs.table_lines(reports, wall_seconds=wall)))
+           "\n".join(plan_programs.table_lines(reports, wall_seconds=wall, choices=choices)))
   if jax.process_index() == 0:
     plan_programs.write_json(reports, run.workdir / "programs.json",
-                             compile_wall_seconds=round(wall, 2), workers=workers,
+                             compile_wall_seconds=round(wall, 2), workers=workers, **choices,
                              device_memory_bytes=plan_programs.device_memory(),
                              device_memory_limit=run.config.get("device_memory_limit"))
   plan_programs.check_memory(reports, run.config.get("device_memory_limit"))
