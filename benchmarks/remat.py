@@ -6,7 +6,8 @@ is the compiler's estimate of the train step's temporary buffers
 workspace); step time is the median of interleaved rounds on the same batch. Beside them,
 XLA's cost analysis of each step (FLOPs and bytes accessed) says what remat trades: more
 FLOPs for recomputation, fewer bytes moved. Which of the two sets the step time depends on
-whether the device is compute-bound (the paper's TPUs) or memory-bound.
+whether the device is compute-bound (the paper's TPUs) or memory-bound. The layers run as a
+scan loop of one layer per iteration (`scan_unroll=1`), as IMP runs them on its TPUs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ NAME = "remat"
 GOAL = "70-80% less memory, 18-20% longer steps (paper)"
 POLICIES = ("none", "full", "dots_saveable")
 SIZES = {
-    "quick": dict(model=dict(width=32, depth=2, num_heads=2, mlp_dim=128, embed_dim=32),
+    "quick": dict(model=dict(width=32, depth=2, num_heads=2, mlp_dim=128, embed_dim=32,
+                             scan_unroll=1),
                   batch=dict(batch_size=8, resolution=16), rounds=2, repeats=2),
-    "full": dict(model=dict(width=128, depth=8, num_heads=4, mlp_dim=512, embed_dim=64),
+    "full": dict(model=dict(width=128, depth=8, num_heads=4, mlp_dim=512, embed_dim=64,
+                            scan_unroll=1),
                  batch=dict(batch_size=32, resolution=16), rounds=5, repeats=3),
 }
 

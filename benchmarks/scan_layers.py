@@ -33,7 +33,7 @@ def benchmark(quick: bool) -> Report:
   rows, data = [], {}
   for depth in size["depths"]:
     compile_s, lower_s, programs = {}, {}, {}
-    settings = {"scanned": dict(scan_layers=True)}
+    settings = {"scanned": dict(scan_layers=True, scan_unroll=1)}  # a loop of `depth` trips
     unrolls = sorted({k for k in size["unrolls"] if k < depth} | {depth})  # depth: no loop
     settings.update({f"scanned_unroll{k}": dict(scan_layers=True, scan_unroll=k)
                      for k in unrolls})

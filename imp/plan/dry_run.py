@@ -113,6 +113,13 @@ def experts_per_token(model: ModelConfig) -> float:
   return float(router_setting(router, args, name))
 
 
+# The dry run never runs its programs, so XLA generates their machine code at its lowest
+# effort. Memory (buffer assignment), collectives and the partitioner's rematerializations
+# come from the HLO passes before it, which these options leave alone.
+DRY_RUN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
+                            "xla_llvm_disable_expensive_passes": True}
+
+
 def plan(config: ml_collections.ConfigDict, *, batch_divisor: int = 1, workers: int = 4,
          xla_log_path: str | Path | None = None, echo: Callable[[str], None] | None = None,
          ) -> tuple[list[SignatureReport], dict[str, Any]]:
@@ -164,7 +171,7 @@ def _plan(config: ml_collections.ConfigDict, batch_divisor: int, workers: int,
     counts["merged"] = merged_param_count(
         run_plan.state.params, logical_axes(run_plan.model), moe.num_experts,
         int(router_setting(moe.router, dict(moe.router_args), "k")))
-  cache = StepCache()
+  cache = StepCache(compiler_options=DRY_RUN_COMPILER_OPTIONS)
   specs = plan_programs.train_specs(run_plan)
   say = echo or (lambda line: None)
   say(f"dry run: {len(specs)} programs for mesh {dict(run_plan.mesh.shape)} on "

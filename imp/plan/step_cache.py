@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -102,7 +102,11 @@ class StepCache:
     compiles: one record per compile (key, seconds, compiler-estimated temp memory).
   """
 
-  def __init__(self, logger: logging.Logger | None = None):
+  def __init__(self, logger: logging.Logger | None = None,
+               compiler_options: Mapping[str, Any] | None = None):
+    """`compiler_options`: XLA options for every compile of this cache (the dry run's
+    DRY_RUN_COMPILER_OPTIONS); None: XLA's defaults."""
+    self._compiler_options = dict(compiler_options) if compiler_options else None
     self._compiled: dict[Hashable, Any] = {}
     self.hits = 0
     self.misses = 0
@@ -149,7 +153,7 @@ class StepCache:
     with TRACE_LOCK:
       traced = jax.jit(build(), donate_argnums=donate_argnums, **shardings).trace(*args)
       lowered = traced.lower()
-    program = lowered.compile()
+    program = lowered.compile(self._compiler_options)
     seconds = time.perf_counter() - start
     if on_traced is not None:
       on_traced(traced)
