@@ -39,7 +39,13 @@ from imp.model.conditions import (
     token_attributes,
 )
 from imp.model.embedders import AudioEmbedder, TextEmbedder, VisionEmbedder, input_dtype
-from imp.model.encoder import Encoder, MoeConfig, check_residual_options, drop_tokens
+from imp.model.encoder import (
+    Encoder,
+    MoeConfig,
+    check_residual_options,
+    drop_tokens,
+    layers_per_unit,
+)
 from imp.model.heads import ClassifierHead, HeadsConfig
 from imp.model.layer_stack import REMAT_AUTO, resolve_scan_unroll
 from imp.model.perceiver import PerceiverFrontEnd
@@ -168,7 +174,10 @@ class ModelConfig:
     check_residual_options(values["layer_scale"], values["stochastic_depth"])
     for key, low in (("perceiver_max_freq", 0.0), ("perceiver_freq_base", 1.0)):
       values[key] = _per_modality(f"model.{key}", cfg.get(key), low)
-    values["scan_unroll"] = resolve_scan_unroll(values["scan_unroll"], values["depth"])
+    # Resolved against the scanned units (MoE: `moe.every` layers each), the loop's real length,
+    # so the programs table reports the unroll the encoder compiles.
+    units = max(1, values["depth"] // layers_per_unit(values["moe"]))
+    values["scan_unroll"] = resolve_scan_unroll(values["scan_unroll"], units)
     values["attention_impl"] = resolve_attention_impl(values["attention_impl"], values["dtype"])
     check_attention_impl(values["attention_impl"])
     if values["remat_policy"] == "auto":  # imp.plan.programs picks per program

@@ -21,12 +21,13 @@ REMAT_POLICIES = {
 REMAT_AUTO = ("none", "dots_saveable", "full")
 
 
-def resolve_scan_unroll(unroll: int | str, depth: int) -> int:
-  """`model.scan_unroll` as an int. "auto": `depth` (one iteration) on CPU, where the scanned
-  loop ran up to 1.22x slower than unrolled layers (docs/benchmarks.md); 1 on GPU and TPU,
-  where the scan keeps the compile at one layer's whatever the depth."""
+def resolve_scan_unroll(unroll: int | str, units: int) -> int:
+  """`model.scan_unroll` as an int, for a scan of `units` iterations. "auto": `units` (one
+  iteration) on CPU, where the scanned loop ran up to 1.22x slower than unrolled layers
+  (docs/benchmarks.md); 1 on GPU and TPU, where the scan keeps the compile at one layer's
+  whatever the depth."""
   if unroll == "auto":
-    return depth if jax.default_backend() == "cpu" else 1
+    return units if jax.default_backend() == "cpu" else 1
   if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
     raise ValueError(f"model.scan_unroll={unroll!r}: expects 'auto' or an int >= 1 (scanned "
                      "units per loop iteration).")
