@@ -6,7 +6,10 @@ gradients of its 8 devices in one XLA all-reduce; 2 processes of 4 sum 4 inside 
 and then across the two over gloo, another order of float32 additions (measured: 9 of 94 state
 leaves bit-identical, the largest difference 6.4e-6, in the attention key bias, whose true
 gradient is 0 because softmax ignores a constant added to every score: Adam divides its
-rounding noise by a near-zero second moment; every other leaf within 3e-8).
+rounding noise by a near-zero second moment; every other leaf within 3e-8). The MoE mesh
+test's key bias once differed by 1.09e-5 (CI, 2026-12-07), so key biases are held to 1e-4,
+still 5.6x below the 5.6e-4 that the 8 steps' learning rates sum to (warm-up from 0 to 2e-3
+over 100 steps): about what Adam would move a key bias with a real gradient.
 """
 
 import json
@@ -29,6 +32,7 @@ from imp import experiment
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "local.sh"
 ATOL = 1e-5
+KEY_BIAS_ATOL = 1e-4
 # The digits smoke config at tiny width: 8 steps, checkpoints at 4 and 8, final evaluation.
 TINY = ["--config=experiments/digits.py:smoke", "--config.total_steps=8",
         "--config.checkpoint_every=4", "--config.eval_every=0", "--config.log_every=2",
@@ -82,7 +86,13 @@ def _state(workdir, config=None):
 
 
 def _assert_close(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=ATOL), a, b)
+  """Every leaf within ATOL, the attention key biases within KEY_BIAS_ATOL (module docstring);
+  a failure names the leaf."""
+  def close(path, x, y):
+    name = jax.tree_util.keystr(path)
+    atol = KEY_BIAS_ATOL if "'key'" in name and "'bias'" in name else ATOL
+    np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=name)
+  jax.tree.map_with_path(close, a, b)
 
 
 def _summary(workdir):

@@ -160,5 +160,11 @@ class TextEmbedder(nn.Module):
         embedding_init=logical.normal(0.02, "vocab", "embed"))
     pos = GridPositions((self.max_length,), self.width, self.param_dtype,
                         name="pos")((self.max_length,))
-    tokens = embed(ids)
-    return tokens + pos[:length].astype(tokens.dtype)
+    # FSDP: the table is gathered whole over the width before the lookup, as every layer's
+    # weights are. Looked up in a width-split table, the tokens came out width-split, and
+    # the partitioner replicated the batch-split gradients of the encoder's backward loop
+    # whole to reshard them (XLA's "involuntary full rematerialization").
+    table = logical.constrain(jnp.asarray(embed.embedding, self.dtype), "vocab", None)
+    tokens = jnp.take(table, ids, axis=0) + logical.constrain(
+        pos[:length].astype(self.dtype), None, None)
+    return logical.constrain(tokens, "batch", None, None)
