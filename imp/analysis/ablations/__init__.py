@@ -41,6 +41,15 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
     "moe": (("dense", "moe4", "moe16"),
             (("digits/linear_probe_top1", "linear probe top-1"),
              ("digits/zero_shot_top1", "zero-shot top-1"))),
+    # Issue 37: audio, images and their AGD mix (experiments/ablation_modality_mix.py); a
+    # modality an arm does not train shows "-". Needs the av_digits folders (espeak-ng).
+    "modality_mix": (("audio", "image", "mix", "mix_moe", "mix_modality", "mix_x3",
+                      "mix_moe_x3", "mix_modality_x3"),
+                     (("spoken/classifier_top1", "audio classifier"),
+                      ("spoken/linear_probe_top1", "audio probe"),
+                      ("images/classifier_top1", "image classifier"),
+                      ("images/linear_probe_top1", "image probe"),
+                      ("av/retrieval/audio_to_image/R@1", "audio -> image R@1"))),
     # Last, so that "all" runs the digits studies first: it reads Debian's Fashion-MNIST.
     "objectives_fashion": (("softmax", "nce", "sum", "agd"),
                            (("fashion/linear_probe_top1", "linear probe top-1"),
@@ -108,13 +117,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def table(study: str, results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
   """A Markdown table: one row per variant, `mean ± std` in percent over seeds per column
-  (sample std; a single seed shows its value alone)."""
+  (sample std; a single seed shows its value alone; "-" where the variant does not measure
+  the column)."""
   _, columns = STUDIES[study]
   header = "| variant | seeds | steps | " + " | ".join(h for _, h in columns) + " |"
   lines = [header, "|" + " --- |" * (3 + len(columns))]
   for variant, runs in results.items():
     cells = []
     for metric, _ in columns:
+      if not any(metric in r["eval"] for r in runs):
+        cells.append("-")
+        continue
       mean, std = mean_std([100 * r["eval"][metric] for r in runs])
       cells.append(f"{mean:.1f} ± {std:.1f}" if len(runs) > 1 else f"{mean:.1f} (1 seed)")
     lines.append(f"| {variant} | {len(runs)} | {runs[0]['steps']} | " + " | ".join(cells) + " |")
