@@ -30,8 +30,10 @@ audio <-> image retrieval R@1.
 
 import ml_collections
 
-from experiments.av_digits import get_config as av_digits_config
+from imp.config.files import sibling
 from imp.config.variants import parse_arg
+
+av_digits_config = sibling("av_digits", __file__).get_config
 
 STEPS = {"": 1500, "short": 12, "long": 3000}
 MIX = ("images_cls", "spoken_cls", "av_nce")

@@ -92,6 +92,7 @@ def test_modality_mix_arms_train_alone_or_mixed_at_equal_compute_or_equal_steps_
   assert "| audio | 1 | 12 | 50.0 (1 seed) | 25.0 (1 seed) | - | - | - |" in ablations.table(
       "modality_mix", {"audio": runs})
 
+
 @pytest.mark.slow
 def test_commands_on_a_tiny_run(tmp_path):
   from imp.analysis import interference, plots
