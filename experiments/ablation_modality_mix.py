@@ -30,8 +30,8 @@ audio <-> image retrieval R@1.
 
 import ml_collections
 
+from imp.config.ablation import variant_and_steps
 from imp.config.files import sibling
-from imp.config.variants import parse_arg
 
 av_digits_config = sibling("av_digits", __file__).get_config
 
@@ -59,18 +59,10 @@ IMAGES_EVAL = dict(dataset="images", modality="image", resolution=8, batch_size=
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a variant name, optionally with ",short" or ",long"."""
-  budgets = tuple(b for b in STEPS if b)
-  try:
-    options = parse_arg(arg or "mix", "experiments/ablation_modality_mix.py",
-                        words=(*VARIANTS, *budgets), exclusive=(tuple(VARIANTS), budgets))
-  except ValueError:
-    options = {}
-  variant = next((v for v in VARIANTS if v in options), None)
-  if variant is None:
-    raise ValueError(f"experiments/ablation_modality_mix.py: unknown variant {arg!r}; valid: "
-                     f"{', '.join(VARIANTS)}, each optionally with ',short' or ',long'.")
+  variant, steps = variant_and_steps(arg or "mix", VARIANTS,
+                                     "experiments/ablation_modality_mix.py", STEPS)
   tasks, multiple, moe = VARIANTS[variant]
-  steps = STEPS[next((b for b in budgets if b in options), "")] * multiple
+  steps *= multiple
 
   config = av_digits_config()
   config.total_steps = steps

@@ -55,9 +55,10 @@ def small(config: ml_collections.ConfigDict, steps: int,
 
 
 def variant_and_steps(arg: str, variants: Mapping[str, Any], config_file: str,
-                      ) -> tuple[str, int]:
-  """"<variant>[,<budget>]" -> (variant, steps); ValueError naming the valid values."""
-  budgets = tuple(b for b in BUDGETS if b)
+                      steps: Mapping[str, int] = BUDGETS) -> tuple[str, int]:
+  """"<variant>[,<budget>]" -> (variant, steps); ValueError naming the valid values.
+  `steps`: budget -> steps, "" the default (a study with its own budgets passes its own)."""
+  budgets = tuple(b for b in steps if b)
   try:
     options = parse_arg(arg, config_file, words=(*variants, *budgets),
                         exclusive=(tuple(variants), budgets))
@@ -67,4 +68,4 @@ def variant_and_steps(arg: str, variants: Mapping[str, Any], config_file: str,
   if len(chosen) != 1:
     raise ValueError(f"{config_file}: unknown variant {arg!r}; valid: {', '.join(variants)}, "
                      f"each optionally with one of ',short', ',long'.")
-  return chosen[0], BUDGETS[next((b for b in budgets if b in options), "")]
+  return chosen[0], steps[next((b for b in budgets if b in options), "")]

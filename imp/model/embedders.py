@@ -165,6 +165,4 @@ class TextEmbedder(nn.Module):
     # the partitioner replicated the batch-split gradients of the encoder's backward loop
     # whole to reshard them (XLA's "involuntary full rematerialization").
     table = logical.constrain(jnp.asarray(embed.embedding, self.dtype), "vocab", None)
-    tokens = jnp.take(table, ids, axis=0) + logical.constrain(
-        pos[:length].astype(self.dtype), None, None)
-    return logical.constrain(tokens, "batch", None, None)
+    return jnp.take(table, ids, axis=0) + pos[:length].astype(self.dtype)
