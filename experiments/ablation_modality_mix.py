@@ -25,7 +25,9 @@ Build the folders once, then run every arm x seed (the table: imp/analysis/ablat
 
 Measured by held-out accuracy per modality (the trained classifier and a linear probe on
 frozen features: spoken digits in unseen voices, held-out images) and, for the mixes,
-audio <-> image retrieval R@1.
+audio <-> image retrieval R@1 and the task interference between the three entries' base
+variants at the last checkpoint (imp.analysis.interference). The results and the verdict:
+docs/ablations.md, section 5.
 """
 
 import ml_collections

@@ -88,9 +88,34 @@ def test_modality_mix_arms_train_alone_or_mixed_at_equal_compute_or_equal_steps_
   with pytest.raises(ValueError, match="unknown variant"):
     ablations.load_config("modality_mix", "nope")
   # A modality the arm does not train is "-" in the table.
-  runs = [{"steps": 12, "eval": {"spoken/classifier_top1": 0.5, "spoken/linear_probe_top1": 0.25}}]
-  assert "| audio | 1 | 12 | 50.0 (1 seed) | 25.0 (1 seed) | - | - | - |" in ablations.table(
-      "modality_mix", {"audio": runs})
+  runs = [{"steps": 12, "eval": {"spoken/classifier_top1": 0.5, "spoken/linear_probe_top1": 0.25},
+           "task_steps": {"spoken_cls/base": 5, "spoken_cls/droptoken": 7}}]
+  assert "| audio | 1 | 12 | 12 / - / - | 50.0 (1 seed) | 25.0 (1 seed) | - | - | - |" in (
+      ablations.table("modality_mix", {"audio": runs}))
+  # Steps per entry, summed over its variants, mean over seeds.
+  mixed = [{"steps": 12, "eval": {}, "task_steps": {"images_cls/base": 4, "av_nce/base": 8}},
+           {"steps": 12, "eval": {}, "task_steps": {"images_cls/half_res": 7, "av_nce/base": 5}}]
+  assert "| mix | 2 | 12 | - / 6 / 6 | - | - | - | - | - |" in ablations.table(
+      "modality_mix", {"mix": mixed})
+
+
+def test_modality_mix_interference_table_reads_each_pair_from_its_row_and_column():
+  tasks, _ = ablations.INTERFERENCE["modality_mix"]
+  assert tasks == ("spoken_cls/base", "images_cls/base", "av_nce/base")
+
+  def run(scale):  # I[i][j]: task i's loss under a step on task j, in a shuffled task order
+    order = ["av_nce/base", "spoken_cls/base", "images_cls/base"]
+    matrix = [[scale * (10 * i + j) for j in range(3)] for i in range(3)]
+    return {"selections": {"encoder": {"tasks": order, "interference": matrix,
+                                       "sign_purity_mean_distance_from_half": 0.25 * scale}}}
+
+  text = ablations.interference_table("modality_mix", {"mix": [run(0.01), run(0.03)]})
+  header, _, row = text.splitlines()
+  assert header.count("|") == row.count("|") == 8  # no "|" inside a header or cell
+  # audio <- image = I[spoken=1][images=2] = 12 x scale; image <- audio = 21; audio <- NCE = 10;
+  # image <- NCE = 20: means over scales 0.01 and 0.03, sample std sqrt(2) x 0.01 x value.
+  assert row == ("| mix | 2 | +0.240 ± 0.170 | +0.420 ± 0.297 | +0.200 ± 0.141 | +0.400 ± 0.283 "
+                 "| +0.005 ± 0.004 |")
 
 
 @pytest.mark.slow
@@ -118,6 +143,10 @@ def test_commands_on_a_tiny_run(tmp_path):
   assert np.isfinite(np.array(ffn["affinity"])).all()
   assert sum(ffn["sign_purity_histogram"]) == pytest.approx(1.0)
   assert (workdir / "analysis" / "interference_ffn_l0.png").exists()
+  with pytest.raises(ValueError, match=r"\['nope/base'\] are not task variants.*valid: "
+                     r"digits_cls/base, digits_label_nce/base"):
+    interference.main(["--config", str(config_path), "--workdir", str(workdir),
+                       "--tasks", "digits_cls/base,nope/base"])
 
   plots.main(["--config", str(config_path), "--workdir", str(workdir)])
   assert (workdir / "analysis" / "loss_curves.png").exists()
@@ -148,3 +177,30 @@ def test_ablations_notebook_short(tmp_path):
     for v in ablations.STUDIES[study][0]:
       summary = json.loads((tmp_path / study / v / "seed0" / "summary.json").read_text())
       assert summary["steps"] == 12
+
+
+@pytest.mark.slow
+def test_modality_mix_interference_runs_once_per_mixed_run(tmp_path, monkeypatch,
+                                                            av_digits_folders):
+  # The study reads data/av_digits/prepared from where it runs, as its command does.
+  prepared = Path(av_digits_folders["images"]).parent
+  (tmp_path / "data" / "av_digits").mkdir(parents=True)
+  (tmp_path / "data" / "av_digits" / "prepared").symlink_to(prepared)
+  monkeypatch.chdir(tmp_path)
+  root = tmp_path / "runs"
+  config = ablations.load_config("modality_mix", "mix,short")
+  experiment.train(config, root / "modality_mix" / "mix" / "seed0")
+
+  found = ablations.run_interference("modality_mix", root, [0], budget="short")
+  assert list(found) == ["mix"]  # the one finished run; arms without a run are skipped
+  saved = root / "modality_mix" / "mix" / "seed0" / ablations.INTERFERENCE_FILE
+  encoder = found["mix"][0]["selections"]["encoder"]
+  assert sorted(encoder["tasks"]) == sorted(ablations.INTERFERENCE["modality_mix"][0])
+  np.testing.assert_allclose(np.diag(encoder["interference"]), 1.0)  # I(i, i) = 1 by eq. 2
+  assert 0.0 <= encoder["sign_purity_mean_distance_from_half"] <= 0.5
+  assert found["mix"][0]["checkpoint_step"] == 12
+  written = saved.stat().st_mtime_ns
+  assert ablations.run_interference("modality_mix", root, [0], budget="short") == found
+  assert saved.stat().st_mtime_ns == written  # read, not computed again
+  assert ablations.interference_table("modality_mix", found).splitlines()[2].startswith(
+      "| mix | 1 | ")

@@ -158,8 +158,10 @@ def selection_mask(params: Any, chosen: Sequence[str]) -> Any:
 
 
 def analyse(config: Any, workdir: str, *, batches: int, selections: Mapping[str, str],
-            lr: float, seed: int = 0) -> dict[str, Any]:
-  """Per-task gradients of the latest checkpoint -> matrices per selection (JSON-ready)."""
+            lr: float, seed: int = 0, tasks: Sequence[str] | None = None) -> dict[str, Any]:
+  """Per-task gradients of the latest checkpoint -> matrices per selection (JSON-ready).
+
+  tasks: the task variants to compare ("entry/variant" names; default every one)."""
   import jax
 
   from imp.data import task_dataset
@@ -168,9 +170,14 @@ def analyse(config: Any, workdir: str, *, batches: int, selections: Mapping[str,
 
   exp, state = restore_latest(config, workdir)
   exp.checkpointer.close()
+  if tasks is not None and set(tasks) - set(exp.registry.names):
+    raise ValueError(f"tasks {sorted(set(tasks) - set(exp.registry.names))} are not task "
+                     f"variants of this config; valid: {', '.join(exp.registry.names)}")
   params, rng = state.params, jax.random.PRNGKey(seed)
   grads, losses, first = {}, {}, {}
   for index, task in enumerate(exp.registry):
+    if tasks is not None and task.name not in tasks:
+      continue
     loss_fn = make_loss_fn(exp.model, exp.plan.specs[task.name])
     total = jax.jit(lambda p, b, r, f=loss_fn: f(p, b, r)[0])
     losses[task.name] = total
@@ -226,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--select", action="append", default=[],
                       help="NAME=REGEX over parameter paths (repeatable; default: every "
                       "layer's FFN and the whole encoder)")
+  parser.add_argument("--tasks", default=None,
+                      help="comma-separated task variants to compare, e.g. "
+                      "'spoken_cls/base,images_cls/base' (default: every one)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   out = paths.command_line_path(args.workdir, key="--workdir") / "analysis"
@@ -236,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     selections = default_selections(model.depth // model.moe.every)
   lr = args.lr if args.lr is not None else float(config.optimizer.learning_rate)
   result = analyse(config, args.workdir, batches=args.batches, selections=selections, lr=lr,
-                   seed=args.seed)
+                   seed=args.seed, tasks=args.tasks.split(",") if args.tasks else None)
   paths.write_text(out / "interference.json", json.dumps(result, indent=2) + "\n")
   for label, r in result["selections"].items():
     plots.plot_task_matrix(r["interference"], r["tasks"], out / f"interference_{label}.png",
